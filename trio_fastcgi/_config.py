@@ -1,0 +1,116 @@
+"""Server options: one place for their names, defaults and validation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Final, TypedDict
+
+import attrs
+
+from ._connection import DEFAULT_MAX_CONNS, DEFAULT_MAX_PARAMS_SIZE, DEFAULT_MAX_REQS
+from ._wire import Role
+
+if TYPE_CHECKING:
+    import trio
+
+#: Unread input a request may have buffered before the connection stops reading
+#: (backpressure to the web server). Four full records.
+DEFAULT_INPUT_BUFFER_SIZE: Final = 256 * 1024
+#: nginx keeps idle upstream connections 60 s by default; staying open longer
+#: than the web server avoids racing it on a connection it is about to reuse.
+DEFAULT_IDLE_TIMEOUT: Final = 300.0
+DEFAULT_READ_TIMEOUT: Final = 60.0
+DEFAULT_GRACE_PERIOD: Final = 30.0
+
+
+class ServerOptions(TypedDict, total=False):
+    """Keyword options accepted by every ``serve_*`` function.
+
+    See :class:`Config` for what each one means and its default.
+    """
+
+    roles: Collection[Role]
+    max_conns: int
+    max_reqs: int
+    mpxs_conns: bool
+    max_params_size: int
+    input_buffer_size: int
+    idle_timeout: float | None
+    read_timeout: float | None
+    grace_period: float
+    shutdown_event: trio.Event | None
+
+
+def _positive(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{attribute.name} must be at least 1, not {value!r}")
+
+
+def _timeout(instance: object, attribute: attrs.Attribute[float], value: float | None) -> None:
+    if value is not None and not (value > 0 and not math.isnan(value)):
+        raise ValueError(f"{attribute.name} must be a positive number or None, not {value!r}")
+
+
+def _roles(value: Collection[Role | int]) -> frozenset[Role]:
+    roles = frozenset(Role(role) for role in value)
+    if not roles:
+        raise ValueError("roles must name at least one role")
+    return roles
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """The validated options of a server.
+
+    Attributes:
+      roles: roles whose requests reach the handler; the others are answered
+        with ``FCGI_UNKNOWN_ROLE`` without calling it. Default: Responder only,
+        so that a handler written as a Responder is never asked to authorize.
+      max_conns: connections served at once; the server stops accepting beyond
+        it. Reported as ``FCGI_MAX_CONNS``. Default 1024.
+      max_reqs: requests active at once on one connection; more are refused with
+        ``FCGI_OVERLOADED``. Reported as ``FCGI_MAX_REQS``. Default 100.
+      mpxs_conns: accept several concurrent requests on one connection
+        (multiplexing). If false, a second one gets ``FCGI_CANT_MPX_CONN``.
+        Reported as ``FCGI_MPXS_CONNS``. Default true.
+      max_params_size: bytes of ``FCGI_PARAMS`` one request may send; more closes
+        the connection as a protocol error. Default 128 KiB.
+      input_buffer_size: unread stdin/data bytes buffered per request before the
+        connection stops reading (backpressure to the web server). Default
+        256 KiB.
+      idle_timeout: seconds a connection with no request in flight may stay
+        silent before it is closed; None waits forever. Default 300.
+      read_timeout: seconds a record (or a request's params) may take to arrive
+        once it has started; stops slow-loris peers. None waits forever.
+        Default 60.
+      grace_period: on graceful shutdown, seconds in-flight requests get to
+        finish before they are cancelled. Default 30.
+      shutdown_event: setting this :class:`trio.Event` starts a graceful
+        shutdown: stop accepting, close idle connections, let requests finish
+        within ``grace_period``, then cancel the rest and return.
+    """
+
+    roles: frozenset[Role] = attrs.field(default=frozenset({Role.RESPONDER}), converter=_roles)
+    max_conns: int = attrs.field(default=DEFAULT_MAX_CONNS, validator=_positive)
+    max_reqs: int = attrs.field(default=DEFAULT_MAX_REQS, validator=_positive)
+    mpxs_conns: bool = True
+    max_params_size: int = attrs.field(default=DEFAULT_MAX_PARAMS_SIZE, validator=_positive)
+    input_buffer_size: int = attrs.field(default=DEFAULT_INPUT_BUFFER_SIZE, validator=_positive)
+    idle_timeout: float | None = attrs.field(default=DEFAULT_IDLE_TIMEOUT, validator=_timeout)
+    read_timeout: float | None = attrs.field(default=DEFAULT_READ_TIMEOUT, validator=_timeout)
+    grace_period: float = attrs.field(default=DEFAULT_GRACE_PERIOD)
+    shutdown_event: trio.Event | None = None
+
+    @grace_period.validator
+    def _check_grace_period(self, attribute: attrs.Attribute[float], value: float) -> None:
+        if not value >= 0:
+            raise ValueError(f"grace_period must be >= 0, not {value!r}")
+
+    @classmethod
+    def from_options(cls, options: ServerOptions) -> Config:
+        """Validate keyword options; unknown names raise :class:`TypeError`."""
+        unknown = set(options) - set(attrs.fields_dict(cls))
+        if unknown:
+            raise TypeError(f"unknown server option(s): {', '.join(sorted(unknown))}")
+        return cls(**options)

@@ -1,0 +1,411 @@
+"""The sans-IO FastCGI connection: bytes in, events out; events in, bytes out.
+
+No I/O and no trio here. Feed what the socket gave with :meth:`receive_data`,
+pull events with :meth:`next_event` until it returns :data:`NEED_DATA`, and turn
+output events into bytes with :meth:`send`. The caller writes those bytes in the
+order :meth:`send` produced them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from typing import Final, final
+
+from ._events import (
+    NEED_DATA,
+    AbortRequest,
+    BeginRequest,
+    ConnectionClosed,
+    Data,
+    EndRequest,
+    GetValues,
+    GetValuesResult,
+    InputEvent,
+    NeedData,
+    OutputEvent,
+    Params,
+    RequestRejected,
+    Stderr,
+    Stdin,
+    Stdout,
+    UnknownRecord,
+    UnknownType,
+)
+from ._exceptions import LocalProtocolError, RemoteProtocolError
+from ._state import STREAM_STATES, Action, RequestState, state_after, stream_action
+from ._wire import (
+    BEGIN_REQUEST_BODY,
+    FCGI_VERSION_1,
+    HEADER,
+    HEADER_LEN,
+    KEEP_CONN_FLAG,
+    NULL_REQUEST_ID,
+    UNKNOWN_TYPE_BODY,
+    ProtocolStatus,
+    RecordType,
+    Role,
+    WireError,
+    decode_pairs,
+    encode_end_request,
+    encode_pairs,
+    encode_record,
+    encode_stream,
+)
+
+DEFAULT_MAX_CONNS: Final = 1024
+DEFAULT_MAX_REQS: Final = 100
+#: nginx sends a few hundred bytes of params; long cookies and URLs make tens of
+#: KiB. 128 KiB allows those and bounds what a request can make us buffer.
+DEFAULT_MAX_PARAMS_SIZE: Final = 128 * 1024
+
+_REQUEST_RECORDS: Final = frozenset(
+    {
+        RecordType.BEGIN_REQUEST,
+        RecordType.ABORT_REQUEST,
+        RecordType.PARAMS,
+        RecordType.STDIN,
+        RecordType.DATA,
+    }
+)
+_STDERR_UNUSED, _STDERR_OPEN, _STDERR_CLOSED = 0, 1, 2
+_EMPTY: Final = b""
+
+
+@final
+class _Request:
+    """What the connection knows about one active request."""
+
+    __slots__ = (
+        "keep_conn",
+        "params",
+        "params_complete",
+        "params_size",
+        "role",
+        "state",
+        "stderr",
+        "stdout_open",
+    )
+
+    def __init__(self, role: Role, keep_conn: bool) -> None:
+        self.role = role
+        self.keep_conn = keep_conn
+        self.state = RequestState.PARAMS
+        self.params: list[bytes] = []
+        self.params_size = 0
+        self.params_complete = False
+        self.stdout_open = True
+        self.stderr = _STDERR_UNUSED
+
+
+@final
+class FastCGIConnection:
+    """The application side of one FastCGI transport connection.
+
+    Args:
+      roles: roles whose requests are accepted; a ``FCGI_BEGIN_REQUEST`` for any
+        other role gives :class:`RequestRejected` with ``FCGI_UNKNOWN_ROLE``.
+      max_conns: reported as ``FCGI_MAX_CONNS`` to ``FCGI_GET_VALUES``.
+      max_reqs: the most requests active at once on this connection; beyond it
+        a new request is rejected with ``FCGI_OVERLOADED``. Reported as
+        ``FCGI_MAX_REQS``.
+      mpxs_conns: whether several requests may be active at once. If not, a
+        second one is rejected with ``FCGI_CANT_MPX_CONN``.
+      max_params_size: the most bytes of ``FCGI_PARAMS`` one request may send;
+        more is a :class:`RemoteProtocolError`.
+    """
+
+    def __init__(
+        self,
+        *,
+        roles: Collection[Role] = (Role.RESPONDER,),
+        max_conns: int = DEFAULT_MAX_CONNS,
+        max_reqs: int = DEFAULT_MAX_REQS,
+        mpxs_conns: bool = True,
+        max_params_size: int = DEFAULT_MAX_PARAMS_SIZE,
+    ) -> None:
+        if max_reqs < 1 or max_conns < 1 or max_params_size < 0:
+            raise ValueError("max_reqs and max_conns must be >= 1, max_params_size >= 0")
+        self._roles = frozenset(roles)
+        self._max_reqs = max_reqs
+        self._mpxs_conns = mpxs_conns
+        self._max_params_size = max_params_size
+        self._values: dict[bytes, bytes] = {
+            b"FCGI_MAX_CONNS": str(max_conns).encode(),
+            b"FCGI_MAX_REQS": str(max_reqs).encode(),
+            b"FCGI_MPXS_CONNS": b"1" if mpxs_conns else b"0",
+        }
+        self._buffer = bytearray()
+        self._pos = 0
+        self._eof = False
+        self._error: RemoteProtocolError | None = None
+        self._requests: dict[int, _Request] = {}
+        # Ids refused at BEGIN_REQUEST whose END_REQUEST has not been sent yet.
+        self._rejected: set[int] = set()
+        self._keep_alive = True
+
+    # -- state ---------------------------------------------------------------
+
+    @property
+    def active_request_ids(self) -> frozenset[int]:
+        """Ids of the requests that began and have not ended (rejected ones aside)."""
+        return frozenset(self._requests)
+
+    def request_state(self, request_id: int) -> RequestState | None:
+        """The input state of an active request, or ``None`` if it is not active."""
+        request = self._requests.get(request_id)
+        return None if request is None else request.state
+
+    @property
+    def keep_alive(self) -> bool:
+        """False once a request without ``FCGI_KEEP_CONN`` has ended."""
+        return self._keep_alive
+
+    @property
+    def should_close(self) -> bool:
+        """True when the application should close the connection: a request
+        without ``FCGI_KEEP_CONN`` has ended and nothing else is pending."""
+        return not self._keep_alive and not self._requests and not self._rejected
+
+    @property
+    def idle(self) -> bool:
+        """True when no request is active and no refusal is waiting to be sent."""
+        return not self._requests and not self._rejected
+
+    @property
+    def has_partial_record(self) -> bool:
+        """True while part of a record has been received but not all of it."""
+        return len(self._buffer) > self._pos
+
+    # -- input ---------------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Add bytes received from the web server; ``b""`` means end of file."""
+        if self._error is not None:
+            raise self._error
+        if not data:
+            self._eof = True
+        elif self._eof:
+            raise LocalProtocolError("receive_data() after end of file")
+        else:
+            if self._pos and self._pos >= len(self._buffer) // 2:
+                del self._buffer[: self._pos]
+                self._pos = 0
+            self._buffer += data
+
+    def next_event(self) -> InputEvent | NeedData:
+        """The next event, or :data:`NEED_DATA` if more bytes are needed first.
+
+        Raises:
+          RemoteProtocolError: the web server broke the protocol. Nothing else
+            escapes this method; anything else would be a bug.
+        """
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._next_event()
+        except RemoteProtocolError as exc:
+            self._error = exc
+            raise
+
+    def _next_event(self) -> InputEvent | NeedData:
+        buffer = self._buffer
+        while True:
+            pos = self._pos
+            available = len(buffer) - pos
+            if available < HEADER_LEN:
+                return self._at_end_of_buffer(available)
+            version, record_type, request_id, length, padding = HEADER.unpack_from(buffer, pos)
+            if version != FCGI_VERSION_1:
+                raise RemoteProtocolError(
+                    f"unsupported FastCGI version {version} in record header "
+                    f"(expected {FCGI_VERSION_1})"
+                )
+            end = pos + HEADER_LEN + length
+            if available < HEADER_LEN + length + padding:
+                return self._at_end_of_buffer(available)
+            self._pos = end + padding
+            content = bytes(buffer[pos + HEADER_LEN : end])
+            event = self._handle_record(record_type, request_id, content)
+            if event is not None:
+                return event
+
+    def _at_end_of_buffer(self, available: int) -> ConnectionClosed | NeedData:
+        if not self._eof:
+            return NEED_DATA
+        if available:
+            raise RemoteProtocolError(
+                f"connection closed in the middle of a record ({available} bytes of it received)"
+            )
+        return ConnectionClosed()
+
+    def _handle_record(
+        self, record_type: int, request_id: int, content: bytes
+    ) -> InputEvent | None:
+        if request_id == NULL_REQUEST_ID:
+            if record_type == RecordType.GET_VALUES:
+                try:
+                    pairs = decode_pairs(content)
+                except WireError as exc:
+                    raise RemoteProtocolError(f"malformed FCGI_GET_VALUES: {exc}") from None
+                return GetValues(tuple(name for name, _ in pairs))
+            return UnknownRecord(record_type, request_id)
+        if record_type not in _REQUEST_RECORDS:
+            return UnknownRecord(record_type, request_id)
+        request = self._requests.get(request_id)
+        if record_type == RecordType.BEGIN_REQUEST:
+            if request is not None or request_id in self._rejected:
+                raise RemoteProtocolError(
+                    f"FCGI_BEGIN_REQUEST for request {request_id}, which is already active"
+                )
+            return self._begin(request_id, content)
+        if request is None:
+            # Spec 3.3: records for inactive ids are ignored. They follow rejected
+            # or aborted requests, and lighttpd's empty STDIN to Authorizers.
+            return None
+        if record_type == RecordType.ABORT_REQUEST:
+            if request.state is RequestState.ABORTED:
+                return None
+            request.state = RequestState.ABORTED
+            request.params = []
+            return AbortRequest(request_id)
+        action = stream_action(request.state, record_type, not content)
+        if action is Action.IGNORE:
+            return None
+        if action is Action.ERROR:
+            raise RemoteProtocolError(
+                f"{RecordType(record_type).name} record for request {request_id} "
+                f"while {request.state.value} ({request.role.name})"
+            )
+        if record_type == RecordType.PARAMS:
+            return self._params(request_id, request, content)
+        if not content:
+            request.state = state_after(request.role, STREAM_STATES[record_type])
+        if record_type == RecordType.STDIN:
+            return Stdin(request_id, content)
+        return Data(request_id, content)
+
+    def _begin(self, request_id: int, content: bytes) -> BeginRequest | RequestRejected:
+        if len(content) < BEGIN_REQUEST_BODY.size:
+            raise RemoteProtocolError(
+                f"FCGI_BEGIN_REQUEST for request {request_id} has a {len(content)}-byte "
+                f"body (expected {BEGIN_REQUEST_BODY.size})"
+            )
+        role_number, flags = BEGIN_REQUEST_BODY.unpack_from(content)
+        keep_conn = bool(flags & KEEP_CONN_FLAG)
+        status: ProtocolStatus | None = None
+        if role_number not in self._roles:
+            status = ProtocolStatus.UNKNOWN_ROLE
+        elif self._requests and not self._mpxs_conns:
+            status = ProtocolStatus.CANT_MPX_CONN
+        elif len(self._requests) >= self._max_reqs:
+            status = ProtocolStatus.OVERLOADED
+        if status is not None:
+            self._rejected.add(request_id)
+            if not keep_conn:
+                self._keep_alive = False
+            return RequestRejected(request_id, status, role_number)
+        role = Role(role_number)
+        self._requests[request_id] = _Request(role, keep_conn)
+        return BeginRequest(request_id, role, keep_conn)
+
+    def _params(self, request_id: int, request: _Request, content: bytes) -> Params | None:
+        if content:
+            request.params_size += len(content)
+            if request.params_size > self._max_params_size:
+                raise RemoteProtocolError(
+                    f"FCGI_PARAMS of request {request_id} exceed the limit of "
+                    f"{self._max_params_size} bytes (max_params_size)"
+                )
+            request.params.append(content)
+            return None
+        chunks = request.params
+        request.params = []
+        whole = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        try:
+            pairs = decode_pairs(whole)
+        except WireError as exc:
+            raise RemoteProtocolError(
+                f"malformed FCGI_PARAMS for request {request_id}: {exc}"
+            ) from None
+        request.state = state_after(request.role, RequestState.PARAMS)
+        request.params_complete = True
+        return Params(request_id, tuple(pairs))
+
+    # -- output --------------------------------------------------------------
+
+    def send(self, event: OutputEvent) -> bytes:
+        """The bytes that carry *event* to the web server.
+
+        Raises:
+          LocalProtocolError: the event is not allowed now, e.g. output for a
+            request that has ended or whose params are not complete yet.
+        """
+        event_type = type(event)
+        if event_type is Stdout or event_type is Stderr:
+            return self._send_output(event)  # type: ignore[arg-type]
+        if event_type is EndRequest:
+            return self._send_end(event)  # type: ignore[arg-type]
+        if event_type is GetValuesResult:
+            return encode_record(
+                RecordType.GET_VALUES_RESULT,
+                NULL_REQUEST_ID,
+                encode_pairs(event.values),  # type: ignore[union-attr]
+            )
+        if event_type is UnknownType:
+            return encode_record(
+                RecordType.UNKNOWN_TYPE,
+                NULL_REQUEST_ID,
+                UNKNOWN_TYPE_BODY.pack(event.record_type),  # type: ignore[union-attr]
+            )
+        raise TypeError(f"cannot send {event!r}")
+
+    def get_values_result(self, names: Iterable[bytes]) -> GetValuesResult:
+        """The answer to ``FCGI_GET_VALUES``: the names asked that we know, in order."""
+        values = self._values
+        return GetValuesResult(tuple((name, values[name]) for name in names if name in values))
+
+    def _active(self, request_id: int, what: str) -> _Request:
+        request = self._requests.get(request_id)
+        if request is None:
+            raise LocalProtocolError(f"{what} for request {request_id}, which is not active")
+        return request
+
+    def _send_output(self, event: Stdout | Stderr) -> bytes:
+        is_stdout = type(event) is Stdout
+        name = "FCGI_STDOUT" if is_stdout else "FCGI_STDERR"
+        request = self._active(event.request_id, name)
+        if not request.params_complete:
+            raise LocalProtocolError(f"{name} for request {event.request_id} before its params")
+        data = event.data
+        if is_stdout:
+            if not request.stdout_open:
+                raise LocalProtocolError(f"{name} of request {event.request_id} is closed")
+            if not data:
+                request.stdout_open = False
+            return encode_stream(RecordType.STDOUT, event.request_id, data)
+        if request.stderr == _STDERR_CLOSED:
+            raise LocalProtocolError(f"{name} of request {event.request_id} is closed")
+        request.stderr = _STDERR_OPEN if data else _STDERR_CLOSED
+        return encode_stream(RecordType.STDERR, event.request_id, data)
+
+    def _send_end(self, event: EndRequest) -> bytes:
+        request_id = event.request_id
+        if request_id in self._rejected:
+            self._rejected.discard(request_id)
+            return encode_end_request(request_id, event.app_status, event.protocol_status)
+        request = self._active(request_id, "FCGI_END_REQUEST")
+        del self._requests[request_id]
+        if not request.keep_conn:
+            self._keep_alive = False
+        end = encode_end_request(request_id, event.app_status, event.protocol_status)
+        if not request.params_complete:
+            # Ended before its params were complete (aborted early, or refused by
+            # the handler layer): no output stream was ever started.
+            return end
+        parts = []
+        if request.stdout_open:
+            parts.append(encode_stream(RecordType.STDOUT, request_id, _EMPTY))
+        if request.stderr == _STDERR_OPEN:
+            parts.append(encode_stream(RecordType.STDERR, request_id, _EMPTY))
+        parts.append(end)
+        return b"".join(parts)

@@ -1,0 +1,102 @@
+"""Listening sockets: unix sockets with a safe unlink, and the inherited fd 0."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import stat
+from typing import Final
+
+import trio
+
+#: fd 0 is where a web server or spawn-fcgi leaves the listening socket.
+FCGI_LISTENSOCK_FILENO: Final = 0
+DEFAULT_BACKLOG: Final = 1024
+
+
+def protect_std_fds() -> None:
+    """Reopen fds 1 and 2 on /dev/null if the process started with them closed.
+
+    The FastCGI spec has web servers spawn applications with stdout and stderr
+    closed. The next socket the process opens would then get fd 1 or 2, and a
+    stray ``print()`` would write into the FastCGI stream and corrupt it.
+    """
+    for fd in (1, 2):
+        try:
+            os.fstat(fd)
+        except OSError as exc:
+            if exc.errno != errno.EBADF:
+                raise
+            null = os.open(os.devnull, os.O_WRONLY)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
+def _unlink_stale_socket(path: str) -> None:
+    """Remove *path* if it is a unix socket nobody listens on any more."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise FileExistsError(errno.EEXIST, "exists and is not a socket", path)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # nobody answered: a leftover of a dead process
+    else:
+        raise OSError(errno.EADDRINUSE, "another process is listening on", path)
+    finally:
+        probe.close()
+
+
+async def open_unix_listener(
+    path: str | os.PathLike[str], *, mode: int | None = None, backlog: int | None = None
+) -> trio.SocketListener:
+    """Listen on a unix socket at *path*.
+
+    A stale socket file left by a dead process is replaced; a live one, or a
+    file that is not a socket, is an error. *mode* sets the file's permission
+    bits (the web server's user needs write permission).
+    """
+    path = os.fspath(path)
+    _unlink_stale_socket(path)
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        await sock.bind(path)
+        if mode is not None:
+            os.chmod(path, mode)
+        sock.listen(DEFAULT_BACKLOG if backlog is None else backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
+
+
+def remove_socket_file(path: str | os.PathLike[str], inode: int) -> None:
+    """Remove the socket file at *path* if it still is the one with *inode*
+    (another server may have replaced it since)."""
+    with contextlib.suppress(OSError):
+        if os.lstat(path).st_ino == inode:
+            os.unlink(path)
+
+
+def inherited_listener(fd: int = FCGI_LISTENSOCK_FILENO) -> trio.SocketListener:
+    """Wrap the listening socket (TCP or unix) that the parent left on *fd*.
+
+    Raises:
+      OSError: *fd* is not a socket (ENOTSOCK).
+      ValueError: it is a socket but not a listening stream socket.
+    """
+    sock = socket.socket(fileno=fd)
+    if sock.type != socket.SOCK_STREAM or not sock.getsockopt(
+        socket.SOL_SOCKET, socket.SO_ACCEPTCONN
+    ):
+        sock.detach()
+        raise ValueError(f"fd {fd} is not a listening stream socket")
+    return trio.SocketListener(trio.socket.from_stdlib_socket(sock))

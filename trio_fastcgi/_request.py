@@ -1,0 +1,165 @@
+"""The request object a handler receives."""
+
+from __future__ import annotations
+
+import http
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, final
+
+import trio
+
+from ._events import Stderr, Stdout
+from ._streams import InputStream, OutputStream
+from ._wire import Role
+
+if TYPE_CHECKING:
+    from ._events import OutputEvent
+
+HeaderItems = Iterable[tuple[str, str]] | Mapping[str, str]
+
+
+def _decode(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _length_param(value: str | None) -> int | None:
+    """A decimal length parameter, or None if absent or empty (nginx sends
+    ``CONTENT_LENGTH=""`` for requests without a body)."""
+    if value is None or not value.isdigit():
+        return None
+    return int(value)
+
+
+def format_cgi_head(status: int, headers: HeaderItems) -> bytes:
+    """A CGI response head: a ``Status:`` line, headers, a blank line."""
+    try:
+        reason = http.HTTPStatus(status).phrase
+    except ValueError:
+        reason = ""
+    lines = [f"Status: {status} {reason}".rstrip()]
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    for name, value in items:
+        if "\n" in name or "\r" in name or "\n" in value or "\r" in value or ":" in name:
+            raise ValueError(f"invalid header {name!r}: {value!r}")
+        lines.append(f"{name}: {value}")
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("latin-1")
+
+
+@final
+class Request:
+    """One FastCGI request, as the handler sees it.
+
+    Attributes:
+      request_id: the FastCGI request id (nginx always uses 1).
+      role: the :class:`Role` the web server asked for.
+      keep_conn: whether the web server keeps the connection open afterwards.
+      raw_params: the params exactly as received: ``(name, value)`` byte
+        strings, in order, duplicates kept.
+      stdin: the request body (``FCGI_STDIN``). Empty for an Authorizer.
+      data: the Filter role's file (``FCGI_DATA``); empty for other roles.
+      stdout: where the CGI response goes (``FCGI_STDOUT``).
+      stderr: error output for the web server's log (``FCGI_STDERR``).
+    """
+
+    def __init__(
+        self,
+        *,
+        request_id: int,
+        role: Role,
+        keep_conn: bool,
+        raw_params: tuple[tuple[bytes, bytes], ...],
+        outbox: trio.MemorySendChannel[OutputEvent],
+        input_buffer_size: int,
+    ) -> None:
+        self.request_id = request_id
+        self.role = role
+        self.keep_conn = keep_conn
+        self.raw_params = raw_params
+        self._params: dict[str, str] | None = None
+        self._aborted = False
+        params = self.params
+        self.stdin = InputStream(
+            "stdin",
+            buffer_size=input_buffer_size,
+            expected_length=_length_param(params.get("CONTENT_LENGTH")),
+        )
+        self.data = InputStream(
+            "data",
+            buffer_size=input_buffer_size,
+            expected_length=_length_param(params.get("FCGI_DATA_LENGTH")),
+        )
+        if role is Role.AUTHORIZER:
+            self.stdin.expected_length = None
+            self.stdin._feed_eof()
+        if role is not Role.FILTER:
+            self.data.expected_length = None
+            self.data._feed_eof()
+        self.stdout = OutputStream(request_id, Stdout, outbox)
+        self.stderr = OutputStream(request_id, Stderr, outbox)
+        self.cancel_scope = trio.CancelScope()
+
+    def __repr__(self) -> str:
+        return f"<Request {self.request_id} {self.role.name}>"
+
+    @property
+    def params(self) -> Mapping[str, str]:
+        """The params decoded like :data:`os.environ`: UTF-8 with
+        ``surrogateescape``, so no byte is lost. A repeated name keeps its last
+        value; :attr:`raw_params` has them all."""
+        params = self._params
+        if params is None:
+            params = self._params = {_decode(k): _decode(v) for k, v in self.raw_params}
+        return params
+
+    @property
+    def aborted(self) -> bool:
+        """True once the web server sent ``FCGI_ABORT_REQUEST`` for this request."""
+        return self._aborted
+
+    @property
+    def content_length(self) -> int | None:
+        """``CONTENT_LENGTH`` as an int, or None if absent or empty."""
+        return self.stdin.expected_length
+
+    @property
+    def data_length(self) -> int | None:
+        """Filter role: ``FCGI_DATA_LENGTH``, the size of the data stream."""
+        return _length_param(self.params.get("FCGI_DATA_LENGTH"))
+
+    @property
+    def data_last_mod(self) -> int | None:
+        """Filter role: ``FCGI_DATA_LAST_MOD``, the file's mtime (Unix time)."""
+        return _length_param(self.params.get("FCGI_DATA_LAST_MOD"))
+
+    async def respond(
+        self,
+        body: bytes | str = b"",
+        *,
+        status: int = 200,
+        headers: HeaderItems = (),
+        content_type: str | None = "text/plain; charset=utf-8",
+    ) -> None:
+        """Write a whole CGI response (status, headers, body) and end stdout.
+
+        A ``str`` body is encoded as UTF-8. *content_type* is added unless it
+        is None or *headers* already name a Content-Type.
+        """
+        items = list(headers.items() if isinstance(headers, Mapping) else headers)
+        if content_type is not None and not any(
+            name.lower() == "content-type" for name, _ in items
+        ):
+            items.append(("Content-Type", content_type))
+        payload = body.encode() if isinstance(body, str) else body
+        await self.stdout.send_all(format_cgi_head(status, items) + payload)
+        await self.stdout.aclose()
+
+    async def authorize(self, variables: Mapping[str, str] | None = None) -> None:
+        """Authorizer role: allow the request (status 200).
+
+        Each of *variables* goes out as a ``Variable-NAME`` header, which the
+        web server turns into the param ``NAME`` of the request it goes on to
+        serve.
+        """
+        headers = [(f"Variable-{name}", value) for name, value in (variables or {}).items()]
+        await self.respond(status=200, headers=headers, content_type=None)

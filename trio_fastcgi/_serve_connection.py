@@ -1,0 +1,398 @@
+"""One FastCGI connection on Trio: a reader, a writer, a cancel scope per request.
+
+Task tree of one connection::
+
+    connection nursery
+    ├── writer task      sole caller of stream.send_all; drains the outbox
+    ├── reader task      sole caller of stream.receive_some; feeds the core
+    └── request task (N) one per request, handler inside request.cancel_scope
+
+Request tasks never touch the socket: they put output events on the outbox (a
+bounded memory channel), and the writer turns each into whole records with the
+sans-IO core and coalesces everything queued into one ``send_all``. Because the
+core's per-request state is only changed by the writer, in outbox order, what it
+knows always matches what went on the wire.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Final, final
+
+import trio
+
+from ._connection import FastCGIConnection
+from ._events import (
+    NEED_DATA,
+    AbortRequest,
+    BeginRequest,
+    ConnectionClosed,
+    Data,
+    EndRequest,
+    GetValues,
+    InputEvent,
+    OutputEvent,
+    Params,
+    RequestRejected,
+    Stdin,
+    UnknownRecord,
+    UnknownType,
+)
+from ._exceptions import EndRequestWith, LocalProtocolError, RemoteProtocolError
+from ._request import Request, format_cgi_head
+from ._wire import ProtocolStatus
+
+if TYPE_CHECKING:
+    from ._config import Config
+
+LOGGER: Final = logging.getLogger("trio_fastcgi")
+
+#: A handler: ``async def handler(request) -> int | None``; the int is the
+#: appStatus of FCGI_END_REQUEST, None means 0.
+Handler = Callable[[Request], Awaitable["int | None"]]
+
+RECEIVE_SIZE: Final = 256 * 1024
+#: Output events queued per connection before request tasks wait for the writer.
+OUTBOX_SIZE: Final = 32
+#: The writer stops gathering queued records into one send at this many bytes.
+COALESCE_LIMIT: Final = 256 * 1024
+#: After our half-close, how long we read and discard what the web server still
+#: sends before closing: closing with unread input makes the kernel send RST,
+#: and the web server may then drop the response it has not read yet.
+DRAIN_TIMEOUT: Final = 5.0
+#: Sent when a handler fails before writing anything, so the client gets a
+#: clean 500 instead of the web server's "upstream closed prematurely" 502.
+_ERROR_RESPONSE: Final = (
+    format_cgi_head(500, [("Content-Type", "text/plain; charset=utf-8")])
+    + b"Internal Server Error\n"
+)
+_MAX_APP_STATUS: Final = 0xFFFFFFFF
+
+
+@final
+class ServedConnection:
+    """Serves FastCGI on one open stream until it closes."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, handler: Handler, stream: trio.abc.Stream, config: Config) -> None:
+        self.name = f"conn-{next(self._ids)}"
+        self._handler = handler
+        self._stream = stream
+        self._config = config
+        self._conn = FastCGIConnection(
+            roles=config.roles,
+            max_conns=config.max_conns,
+            max_reqs=config.max_reqs,
+            mpxs_conns=config.mpxs_conns,
+            max_params_size=config.max_params_size,
+        )
+        self._outbox, self._outbox_receiver = trio.open_memory_channel[OutputEvent | None](
+            OUTBOX_SIZE
+        )
+        # Requests whose handler runs, and ones that began but wait for params.
+        self._requests: dict[int, Request] = {}
+        self._pending: dict[int, BeginRequest] = {}
+        #: Cancels everything of this connection (used by graceful shutdown).
+        self.cancel_scope = trio.CancelScope()
+        self._nursery: trio.Nursery | None = None
+        self._shutting_down = False
+        self._idle_closing = False
+        self._closing = False  # the writer has half-closed; the reader drains
+        self._drain_deadline = math.inf
+        self._receive_scope: trio.CancelScope | None = None
+        self._idle_since = trio.current_time()
+        self._mid_input_since: float | None = None
+
+    def __repr__(self) -> str:
+        return f"<ServedConnection {self.name}>"
+
+    async def run(self) -> None:
+        """Serve until the connection ends; never raises for peer behaviour."""
+        try:
+            with self.cancel_scope:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    nursery.start_soon(self._write_loop)
+                    await self._read_loop()
+                    nursery.cancel_scope.cancel()
+        finally:
+            for request in self._requests.values():
+                request.stdin._close()
+                request.data._close()
+            await trio.aclose_forcefully(self._stream)
+            LOGGER.debug("%s: closed", self.name)
+
+    def begin_shutdown(self) -> None:
+        """Finish the requests in flight, then close. New requests that arrive
+        meanwhile are still served."""
+        self._shutting_down = True
+        self._wake_writer()
+
+    # -- reading -----------------------------------------------------------------
+
+    def _deadline(self) -> float:
+        config = self._config
+        if self._closing:
+            return self._drain_deadline
+        if self._idle_closing:
+            return math.inf  # waiting for the writer to flush and half-close
+        if self._mid_input_since is not None and config.read_timeout is not None:
+            return self._mid_input_since + config.read_timeout
+        if not self._requests and config.idle_timeout is not None:
+            return self._idle_since + config.idle_timeout
+        return math.inf
+
+    def _update_receive_deadline(self) -> None:
+        if self._receive_scope is not None:
+            self._receive_scope.deadline = self._deadline()
+
+    async def _receive(self) -> bytes | None:
+        """Some bytes, b"" at EOF, or None if the current deadline passed."""
+        with trio.CancelScope(deadline=self._deadline()) as scope:
+            self._receive_scope = scope
+            try:
+                return bytes(await self._stream.receive_some(RECEIVE_SIZE))
+            finally:
+                self._receive_scope = None
+        return None
+
+    async def _read_loop(self) -> None:
+        conn = self._conn
+        while True:
+            try:
+                data = await self._receive()
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                LOGGER.debug("%s: receive failed (%r); peer is gone", self.name, exc)
+                return
+            if self._closing:
+                if not data:
+                    return  # drained to EOF (or drain timed out)
+                continue
+            if data is None:
+                if self._mid_input_since is not None:
+                    LOGGER.info(
+                        "%s: closing connection: a record or params took longer than "
+                        "read_timeout (%s s)",
+                        self.name,
+                        self._config.read_timeout,
+                    )
+                    return
+                LOGGER.debug(
+                    "%s: idle for idle_timeout (%s s); closing",
+                    self.name,
+                    self._config.idle_timeout,
+                )
+                self._idle_closing = True
+                self._request_close()
+                continue
+            now = trio.current_time()
+            self._idle_since = now
+            conn.receive_data(data)
+            try:
+                while (event := conn.next_event()) is not NEED_DATA:
+                    if await self._dispatch(event):
+                        return
+            except RemoteProtocolError as exc:
+                LOGGER.warning("%s: closing connection: %s", self.name, exc)
+                return
+            if conn.has_partial_record or self._pending:
+                if self._mid_input_since is None:
+                    self._mid_input_since = now
+            else:
+                self._mid_input_since = None
+
+    async def _dispatch(self, event: InputEvent) -> bool:
+        """Act on one input event; True means stop reading."""
+        match event:
+            case Stdin(request_id, data):
+                request = self._requests.get(request_id)
+                if request is not None:
+                    await request.stdin._feed(data)
+            case Data(request_id, data):
+                request = self._requests.get(request_id)
+                if request is not None:
+                    await request.data._feed(data)
+            case Params():
+                self._start_request(event)
+            case BeginRequest(request_id):
+                self._pending[request_id] = event
+            case AbortRequest(request_id):
+                await self._abort(request_id)
+            case RequestRejected(request_id, protocol_status, role):
+                LOGGER.info(
+                    "%s: refused request %d (role %d): %s",
+                    self.name,
+                    request_id,
+                    role,
+                    protocol_status.name,
+                )
+                await self._outbox.send(EndRequest(request_id, 0, protocol_status))
+            case GetValues(names):
+                await self._outbox.send(self._conn.get_values_result(names))
+            case UnknownRecord(record_type, request_id):
+                LOGGER.debug(
+                    "%s: unknown record type %d (request %d)", self.name, record_type, request_id
+                )
+                await self._outbox.send(UnknownType(record_type))
+            case ConnectionClosed():
+                if self._requests or self._pending:
+                    LOGGER.debug(
+                        "%s: peer closed the connection; cancelling %d request(s)",
+                        self.name,
+                        len(self._requests) + len(self._pending),
+                    )
+                return True
+        return False
+
+    def _start_request(self, event: Params) -> None:
+        begin = self._pending.pop(event.request_id)
+        request = Request(
+            request_id=event.request_id,
+            role=begin.role,
+            keep_conn=begin.keep_conn,
+            raw_params=event.params,
+            outbox=self._outbox,
+            input_buffer_size=self._config.input_buffer_size,
+        )
+        self._requests[event.request_id] = request
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_request, request)
+
+    async def _abort(self, request_id: int) -> None:
+        request = self._requests.get(request_id)
+        if request is not None:
+            LOGGER.debug("%s: request %d aborted by the web server", self.name, request_id)
+            request._aborted = True
+            request.cancel_scope.cancel()
+        elif self._pending.pop(request_id, None) is not None:
+            # Aborted before its params were complete: the handler never ran.
+            await self._outbox.send(EndRequest(request_id))
+            self._request_ended()
+
+    # -- requests ----------------------------------------------------------------
+
+    async def _run_request(self, request: Request) -> None:
+        app_status = 0
+        protocol_status = ProtocolStatus.REQUEST_COMPLETE
+        try:
+            with request.cancel_scope:
+                try:
+                    result = await self._handler(request)
+                except EndRequestWith as exc:
+                    protocol_status = exc.protocol_status
+                except Exception:
+                    LOGGER.exception(
+                        "%s: handler failed on request %d", self.name, request.request_id
+                    )
+                    app_status = 1
+                    await self._send_error_response(request)
+                else:
+                    app_status = self._app_status(result)
+        finally:
+            del self._requests[request.request_id]
+            request.stdin._discard()
+            request.data._discard()
+            request.stdout._closed = request.stderr._closed = True
+        await self._outbox.send(EndRequest(request.request_id, app_status, protocol_status))
+        self._request_ended()
+
+    def _app_status(self, result: object) -> int:
+        if result is None:
+            return 0
+        if isinstance(result, int) and 0 <= result <= _MAX_APP_STATUS:
+            return result
+        LOGGER.error(
+            "%s: handler returned %r; expected None or an int in 0..2**32-1", self.name, result
+        )
+        return 1
+
+    async def _send_error_response(self, request: Request) -> None:
+        stdout = request.stdout
+        if stdout._sent_data or stdout.closed:
+            return
+        with contextlib.suppress(trio.BrokenResourceError, trio.BusyResourceError):
+            await stdout.send_all(_ERROR_RESPONSE)
+
+    def _request_ended(self) -> None:
+        if not self._requests and not self._pending:
+            self._idle_since = trio.current_time()
+            self._update_receive_deadline()
+        if self._shutting_down:
+            self._wake_writer()
+
+    # -- writing -----------------------------------------------------------------
+
+    def _wake_writer(self) -> None:
+        try:
+            self._outbox.send_nowait(None)
+        except trio.WouldBlock:
+            pass  # the writer is busy and checks for closing after this batch
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    def _request_close(self) -> None:
+        """Close once everything queued is written (idle or read timeout)."""
+        self._shutting_down = True
+        self._wake_writer()
+
+    def _should_close(self) -> bool:
+        conn = self._conn
+        if conn.should_close:
+            return True
+        return self._shutting_down and conn.idle and not self._requests and not self._pending
+
+    async def _write_loop(self) -> None:
+        conn = self._conn
+        receiver = self._outbox_receiver
+        stream = self._stream
+        parts: list[bytes] = []
+        while not self._should_close():
+            item = await receiver.receive()
+            size = 0
+            while True:
+                if item is not None:
+                    try:
+                        data = conn.send(item)
+                    except LocalProtocolError as exc:
+                        # Output from a task outside the request, racing its end.
+                        LOGGER.debug("%s: dropped output: %s", self.name, exc)
+                    else:
+                        parts.append(data)
+                        size += len(data)
+                if size >= COALESCE_LIMIT:
+                    break
+                try:
+                    item = receiver.receive_nowait()
+                except trio.WouldBlock:
+                    break
+            if not parts:
+                continue
+            payload = parts[0] if len(parts) == 1 else b"".join(parts)
+            parts.clear()
+            try:
+                await stream.send_all(payload)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                LOGGER.debug("%s: send failed (%r); peer is gone", self.name, exc)
+                self.cancel_scope.cancel()
+                return
+        await self._half_close()
+
+    async def _half_close(self) -> None:
+        """Send EOF, then let the reader drain until the peer closes too."""
+        self._closing = True
+        stream = self._stream
+        if isinstance(stream, trio.abc.HalfCloseableStream):
+            try:
+                await stream.send_eof()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.cancel_scope.cancel()
+                return
+            self._drain_deadline = trio.current_time() + DRAIN_TIMEOUT
+            self._update_receive_deadline()
+        else:
+            self.cancel_scope.cancel()

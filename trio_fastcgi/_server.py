@@ -1,0 +1,254 @@
+"""The public ``serve_*`` entry points, shaped like :func:`trio.serve_tcp`."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Final, final
+
+import trio
+
+from ._config import Config
+from ._listeners import (
+    FCGI_LISTENSOCK_FILENO,
+    inherited_listener,
+    open_unix_listener,
+    protect_std_fds,
+    remove_socket_file,
+)
+from ._serve_connection import Handler, ServedConnection
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ._config import ServerOptions
+
+LOGGER: Final = logging.getLogger("trio_fastcgi")
+
+# accept(2) errors that mean "out of resources right now", not "broken": log and
+# retry after a pause, as trio.serve_listeners does.
+_ACCEPT_CAPACITY_ERRNOS: Final = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+)
+_ACCEPT_RETRY_DELAY: Final = 0.1
+
+
+async def serve_connection(
+    handler: Handler, stream: trio.abc.Stream, **options: Unpack[ServerOptions]
+) -> None:
+    """Serve FastCGI on one open *stream* until the web server or the connection
+    ends it. The stream is closed on return.
+
+    Every exception from *handler* is handled (see :func:`serve_listeners`);
+    the web server's misbehaviour is logged, never raised.
+    """
+    await ServedConnection(handler, stream, Config.from_options(options)).run()
+
+
+@final
+class _Server:
+    def __init__(self, handler: Handler, config: Config) -> None:
+        self._handler = handler
+        self._config = config
+        self._connections: set[ServedConnection] = set()
+        self._slots = trio.Semaphore(config.max_conns)
+        self._all_closed = trio.Event()
+        self._shutting_down = False
+
+    async def serve(
+        self,
+        listeners: Sequence[trio.SocketListener],
+        handler_nursery: trio.Nursery | None,
+        task_status: trio.TaskStatus[list[trio.SocketListener]],
+    ) -> None:
+        async with trio.open_nursery() as own_nursery:
+            connection_nursery = handler_nursery or own_nursery
+            async with trio.open_nursery() as accept_nursery:
+                for listener in listeners:
+                    accept_nursery.start_soon(self._accept_loop, listener, connection_nursery)
+                shutdown_event = self._config.shutdown_event
+                if shutdown_event is not None:
+                    accept_nursery.start_soon(
+                        self._stop_accepting_on, shutdown_event, accept_nursery.cancel_scope
+                    )
+                task_status.started(list(listeners))
+            # Only a graceful shutdown gets here: the listeners are closed.
+            await self._drain()
+
+    async def _stop_accepting_on(self, event: trio.Event, accepting: trio.CancelScope) -> None:
+        await event.wait()
+        LOGGER.info(
+            "graceful shutdown: no longer accepting; %d connection(s) open",
+            len(self._connections),
+        )
+        self._shutting_down = True
+        accepting.cancel()
+
+    async def _drain(self) -> None:
+        for connection in list(self._connections):
+            connection.begin_shutdown()
+        with trio.move_on_after(self._config.grace_period):
+            await self._wait_all_closed()
+            return
+        LOGGER.warning(
+            "graceful shutdown: cancelling %d connection(s) still busy after %s s",
+            len(self._connections),
+            self._config.grace_period,
+        )
+        for connection in list(self._connections):
+            connection.cancel_scope.cancel()
+        await self._wait_all_closed()
+
+    async def _wait_all_closed(self) -> None:
+        if self._connections:
+            await self._all_closed.wait()
+
+    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        async with listener:
+            while True:
+                if self._slots.value == 0:
+                    LOGGER.warning(
+                        "max_conns (%d) connections open; accepting again when one closes",
+                        self._config.max_conns,
+                    )
+                await self._slots.acquire()
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    self._slots.release()
+                    if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                        raise
+                    LOGGER.error(
+                        "accept failed: %s; retrying in %s s",
+                        os.strerror(exc.errno or 0),
+                        _ACCEPT_RETRY_DELAY,
+                    )
+                    await trio.sleep(_ACCEPT_RETRY_DELAY)
+                    continue
+                except BaseException:
+                    self._slots.release()
+                    raise
+                nursery.start_soon(self._serve_one, stream)
+
+    async def _serve_one(self, stream: trio.SocketStream) -> None:
+        connection = ServedConnection(self._handler, stream, self._config)
+        self._connections.add(connection)
+        if self._shutting_down:
+            connection.begin_shutdown()
+        try:
+            await connection.run()
+        except Exception:
+            LOGGER.exception("%s: internal error; connection closed", connection.name)
+        finally:
+            self._slots.release()
+            self._connections.discard(connection)
+            if not self._connections:
+                self._all_closed.set()
+                self._all_closed = trio.Event()
+
+
+async def serve_listeners(
+    handler: Handler,
+    listeners: Sequence[trio.SocketListener],
+    *,
+    handler_nursery: trio.Nursery | None = None,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    **options: Unpack[ServerOptions],
+) -> None:
+    """Serve FastCGI on already-open *listeners* until cancelled or shut down.
+
+    ``await nursery.start(serve_listeners, handler, listeners)`` returns the
+    listeners once they are all being served. Each connection is served by
+    :func:`serve_connection` in *handler_nursery* (default: an internal one).
+
+    Each request calls ``await handler(request)``. Its return value (an int, or
+    None for 0) is the appStatus of ``FCGI_END_REQUEST``. Raising
+    :class:`Overloaded` or :class:`UnknownRole` ends the request with that
+    protocolStatus. Any other exception is logged with its traceback to the
+    ``trio_fastcgi`` logger and ends the request with appStatus 1 (and, if the
+    handler wrote nothing yet, a plain 500 response); the connection and its
+    other requests carry on.
+
+    Cancelling this function closes the listeners and cancels every connection
+    and request at once. Setting the ``shutdown_event`` option instead stops
+    gracefully (see :class:`Config`), after which this function returns.
+    """
+    config = Config.from_options(options)
+    protect_std_fds()
+    server = _Server(handler, config)
+    await server.serve(listeners, handler_nursery, task_status)
+
+
+async def serve_tcp(
+    handler: Handler,
+    port: int,
+    *,
+    host: str | bytes | None = None,
+    backlog: int | None = None,
+    handler_nursery: trio.Nursery | None = None,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    **options: Unpack[ServerOptions],
+) -> None:
+    """Serve FastCGI on TCP *port* (0 picks a free one) until cancelled.
+
+    Like :func:`trio.serve_tcp`: *host* None listens on every address, and
+    ``await nursery.start(serve_tcp, handler, 0)`` returns the listeners, so
+    ``listeners[0].socket.getsockname()`` gives the port. Options and error
+    handling as in :func:`serve_listeners`.
+    """
+    Config.from_options(options)  # fail on a bad option before binding
+    listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
+    await serve_listeners(
+        handler, listeners, handler_nursery=handler_nursery, task_status=task_status, **options
+    )
+
+
+async def serve_unix(
+    handler: Handler,
+    path: str | os.PathLike[str],
+    *,
+    mode: int | None = 0o660,
+    backlog: int | None = None,
+    handler_nursery: trio.Nursery | None = None,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    **options: Unpack[ServerOptions],
+) -> None:
+    """Serve FastCGI on a unix socket at *path* until cancelled.
+
+    A stale socket file is replaced, but a live socket or any other file is an
+    error. *mode* sets the file's permission bits (the web server's user needs
+    write access; None keeps the umask's). The file is removed on exit.
+    Options and error handling as in :func:`serve_listeners`.
+    """
+    Config.from_options(options)
+    listener = await open_unix_listener(path, mode=mode, backlog=backlog)
+    inode = os.stat(path).st_ino
+    try:
+        await serve_listeners(
+            handler, [listener], handler_nursery=handler_nursery, task_status=task_status, **options
+        )
+    finally:
+        remove_socket_file(path, inode)
+
+
+async def serve_inherited(
+    handler: Handler,
+    fd: int = FCGI_LISTENSOCK_FILENO,
+    *,
+    handler_nursery: trio.Nursery | None = None,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    **options: Unpack[ServerOptions],
+) -> None:
+    """Serve FastCGI on the listening socket (TCP or unix) inherited on *fd*.
+
+    This is how lighttpd's ``bin-path``, Apache's mod_fcgid and spawn-fcgi start
+    an application: the listening socket is fd 0 (``FCGI_LISTENSOCK_FILENO``).
+    Options and error handling as in :func:`serve_listeners`.
+    """
+    Config.from_options(options)
+    listener = inherited_listener(fd)
+    await serve_listeners(
+        handler, [listener], handler_nursery=handler_nursery, task_status=task_status, **options
+    )

@@ -1,0 +1,238 @@
+"""A request's byte streams: stdin/data in, stdout/stderr out.
+
+Input is fed by the connection's reader task into a bounded buffer; the handler
+drains it. Output never touches the socket: each ``send_all`` becomes one output
+event on the connection's outbox, which only the writer task reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from typing import TYPE_CHECKING, Final, final
+
+import trio
+
+from ._events import Stderr, Stdout
+from ._exceptions import IncompleteInput, InputTooLarge
+
+if TYPE_CHECKING:
+    from ._events import OutputEvent
+
+DEFAULT_MAX_BODY_SIZE: Final = 16 * 1024 * 1024
+
+
+@final
+class InputStream(trio.abc.ReceiveStream):
+    """A request's ``FCGI_STDIN`` or ``FCGI_DATA`` stream.
+
+    :meth:`receive_some` returns ``b""`` once the web server has ended the
+    stream; ``async for chunk in stream`` works too. If the web server announced
+    a length (``CONTENT_LENGTH``, ``FCGI_DATA_LENGTH``) and the stream ends at a
+    different one, :meth:`receive_some` raises :class:`IncompleteInput` instead
+    of returning ``b""``: the body was cut short and must not be trusted.
+    """
+
+    def __init__(self, name: str, *, buffer_size: int, expected_length: int | None) -> None:
+        self._name = name
+        self._buffer_size = buffer_size
+        #: Bytes the web server announced for this stream, if it did.
+        self.expected_length = expected_length
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._received = 0
+        self._eof = False
+        self._closed = False
+        self._discarding = False
+        self._busy = False
+        self._readable = trio.lowlevel.ParkingLot()
+        self._writable = trio.lowlevel.ParkingLot()
+
+    @property
+    def received(self) -> int:
+        """Bytes of this stream received from the web server so far."""
+        return self._received
+
+    @property
+    def at_eof(self) -> bool:
+        """True once the web server has ended the stream."""
+        return self._eof
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Wait for and return some input, at most *max_bytes*; ``b""`` at the end."""
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError("max_bytes must be at least 1")
+        if self._busy:
+            raise trio.BusyResourceError(f"another task is already reading {self._name}")
+        self._busy = True
+        try:
+            if self._closed:
+                raise trio.ClosedResourceError(f"{self._name} was closed")
+            if self._chunks or self._eof:
+                await trio.lowlevel.checkpoint()
+            while not self._chunks and not self._eof:
+                await self._readable.park()
+                if self._closed:
+                    raise trio.ClosedResourceError(f"{self._name} was closed")
+            return self._take(max_bytes)
+        finally:
+            self._busy = False
+
+    def _take(self, max_bytes: int | None) -> bytes:
+        chunks = self._chunks
+        if not chunks:
+            expected = self.expected_length
+            if expected is not None and expected != self._received:
+                raise IncompleteInput(
+                    f"{self._name} ended after {self._received} bytes, "
+                    f"but {expected} were announced"
+                )
+            return b""
+        if max_bytes is None:
+            data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+            chunks.clear()
+        else:
+            data = chunks.popleft()
+            if len(data) > max_bytes:
+                chunks.appendleft(data[max_bytes:])
+                data = data[:max_bytes]
+            elif chunks and len(data) < max_bytes:
+                parts = [data]
+                size = len(data)
+                while chunks and size + len(chunks[0]) <= max_bytes:
+                    parts.append(chunks.popleft())
+                    size += len(parts[-1])
+                data = b"".join(parts)
+        self._buffered -= len(data)
+        self._writable.unpark_all()
+        return data
+
+    async def receive_all(self, max_size: int = DEFAULT_MAX_BODY_SIZE) -> bytes:
+        """Read the whole stream and return it.
+
+        Raises:
+          InputTooLarge: the stream is (or announced to be) longer than
+            *max_size*; nothing more is read.
+          IncompleteInput: it ended short of its announced length.
+        """
+        expected = self.expected_length
+        if expected is not None and expected > max_size:
+            raise InputTooLarge(
+                f"{self._name} announces {expected} bytes, more than the {max_size} allowed"
+            )
+        parts: list[bytes] = []
+        size = 0
+        while chunk := await self.receive_some():
+            size += len(chunk)
+            if size > max_size:
+                raise InputTooLarge(f"{self._name} is longer than the {max_size} bytes allowed")
+            parts.append(chunk)
+        return b"".join(parts)
+
+    async def aclose(self) -> None:
+        """Stop reading: buffered and later input is discarded."""
+        self._close()
+        await trio.lowlevel.checkpoint()
+
+    def _close(self) -> None:
+        self._closed = True
+        self._discard()
+        self._readable.unpark_all()
+
+    # -- the connection's side ---------------------------------------------------
+
+    def _discard(self) -> None:
+        """Drop buffered input and any that still arrives (the handler is done)."""
+        self._discarding = True
+        self._chunks.clear()
+        self._buffered = 0
+        self._writable.unpark_all()
+
+    def _feed_eof(self) -> None:
+        self._eof = True
+        self._readable.unpark_all()
+
+    async def _feed(self, data: bytes) -> None:
+        """Add a chunk; wait while the buffer is full (backpressure)."""
+        if not data:
+            self._feed_eof()
+            return
+        self._received += len(data)
+        while (
+            self._buffered
+            and self._buffered + len(data) > self._buffer_size
+            and not self._discarding
+        ):
+            await self._writable.park()
+        if self._discarding:
+            return
+        self._chunks.append(data)
+        self._buffered += len(data)
+        self._readable.unpark_all()
+
+
+@final
+class OutputStream(trio.abc.SendStream):
+    """A request's ``FCGI_STDOUT`` or ``FCGI_STDERR`` stream.
+
+    Each :meth:`send_all` is queued whole for the connection's single writer,
+    which splits it into records of at most 65,528 bytes; output of concurrent
+    requests can never interleave inside a record. :meth:`aclose` ends the
+    stream; the request's end closes it too if the handler did not.
+    """
+
+    def __init__(
+        self,
+        request_id: int,
+        event_type: type[Stdout | Stderr],
+        outbox: trio.MemorySendChannel[OutputEvent],
+    ) -> None:
+        self._request_id = request_id
+        self._event_type = event_type
+        self._outbox = outbox
+        self._closed = False
+        self._busy = False
+        self._sent_data = False
+
+    @property
+    def closed(self) -> bool:
+        """True once the stream was closed, or its request ended."""
+        return self._closed
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue *data* for the web server; waits while the outbox is full.
+
+        Raises:
+          trio.ClosedResourceError: the stream was closed or its request ended.
+          trio.BrokenResourceError: the connection to the web server is gone.
+        """
+        if self._busy:
+            raise trio.BusyResourceError("another task is already writing this stream")
+        if self._closed:
+            raise trio.ClosedResourceError("the output stream is closed")
+        if not data:
+            await trio.lowlevel.checkpoint()
+            return
+        self._busy = True
+        try:
+            chunk = data if type(data) is bytes else bytes(data)
+            self._sent_data = True
+            await self._outbox.send(self._event_type(self._request_id, chunk))
+        finally:
+            self._busy = False
+
+    async def wait_send_all_might_not_block(self) -> None:
+        """Returns at once: the outbox gives no finer readiness signal."""
+        if self._closed:
+            raise trio.ClosedResourceError("the output stream is closed")
+        await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        """End the stream (sends its empty record). Closing twice is harmless."""
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        # If the connection is gone there is nothing left to end.
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self._outbox.send(self._event_type(self._request_id, b""))

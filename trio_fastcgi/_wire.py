@@ -1,0 +1,180 @@
+"""The FastCGI 1.0 wire format: record headers, name-value pairs, constants.
+
+Everything here is pure and synchronous. Decoders work on ``bytes`` (or
+``memoryview``) and never allocate more than the input they are given, whatever
+lengths the input declares.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Iterable
+from typing import Final
+
+FCGI_VERSION_1: Final = 1
+HEADER_LEN: Final = 8
+MAX_CONTENT_LEN: Final = 0xFFFF
+#: Largest content length that needs no padding to reach an 8-byte boundary. Every
+#: record we write is aligned, as the spec recommends; splitting large output at
+#: this size keeps that true without a padding byte per record.
+MAX_ALIGNED_CONTENT_LEN: Final = 0xFFF8
+NULL_REQUEST_ID: Final = 0
+KEEP_CONN_FLAG: Final = 1
+
+
+class RecordType(enum.IntEnum):
+    """FastCGI record types (``FCGI_BEGIN_REQUEST`` ... ``FCGI_UNKNOWN_TYPE``)."""
+
+    BEGIN_REQUEST = 1
+    ABORT_REQUEST = 2
+    END_REQUEST = 3
+    PARAMS = 4
+    STDIN = 5
+    STDOUT = 6
+    STDERR = 7
+    DATA = 8
+    GET_VALUES = 9
+    GET_VALUES_RESULT = 10
+    UNKNOWN_TYPE = 11
+
+
+class Role(enum.IntEnum):
+    """The role a web server asks the application to play for one request."""
+
+    RESPONDER = 1
+    AUTHORIZER = 2
+    FILTER = 3
+
+
+class ProtocolStatus(enum.IntEnum):
+    """The ``protocolStatus`` field of ``FCGI_END_REQUEST``."""
+
+    REQUEST_COMPLETE = 0
+    CANT_MPX_CONN = 1
+    OVERLOADED = 2
+    UNKNOWN_ROLE = 3
+
+
+# version, type, request id, content length, padding length, reserved
+HEADER: Final = struct.Struct("!BBHHBx")
+BEGIN_REQUEST_BODY: Final = struct.Struct("!HB5x")
+END_REQUEST_BODY: Final = struct.Struct("!LB3x")
+UNKNOWN_TYPE_BODY: Final = struct.Struct("!B7x")
+_LONG_LENGTH: Final = struct.Struct("!L")
+_PADDING: Final = bytes(8)
+
+
+class WireError(ValueError):
+    """Bytes that cannot be decoded as FastCGI. Internal: the connection turns it
+    into :class:`~trio_fastcgi.RemoteProtocolError`."""
+
+
+def padding_for(content_length: int) -> int:
+    """The padding that brings a record's content to a multiple of 8 bytes."""
+    return -content_length & 7
+
+
+def encode_record(record_type: int, request_id: int, content: bytes = b"") -> bytes:
+    """One record, padded to a multiple of 8 bytes. *content* must fit in one."""
+    length = len(content)
+    if length > MAX_CONTENT_LEN:
+        raise ValueError(f"record content of {length} bytes exceeds {MAX_CONTENT_LEN}")
+    padding = -length & 7
+    header = HEADER.pack(FCGI_VERSION_1, record_type, request_id, length, padding)
+    return b"".join((header, content, _PADDING[:padding]))
+
+
+def encode_stream(record_type: int, request_id: int, data: bytes | memoryview) -> bytes:
+    """*data* as as many records as it takes, each aligned and at most 65,528 bytes.
+
+    Empty *data* gives one empty record, which ends the stream.
+    """
+    length = len(data)
+    if length <= MAX_ALIGNED_CONTENT_LEN:
+        padding = -length & 7
+        header = HEADER.pack(FCGI_VERSION_1, record_type, request_id, length, padding)
+        return b"".join((header, data, _PADDING[:padding]))
+    view = memoryview(data)
+    parts: list[bytes | memoryview] = []
+    full_header = HEADER.pack(FCGI_VERSION_1, record_type, request_id, MAX_ALIGNED_CONTENT_LEN, 0)
+    start = 0
+    while length - start > MAX_ALIGNED_CONTENT_LEN:
+        parts.append(full_header)
+        parts.append(view[start : start + MAX_ALIGNED_CONTENT_LEN])
+        start += MAX_ALIGNED_CONTENT_LEN
+    rest = length - start
+    padding = -rest & 7
+    parts.append(HEADER.pack(FCGI_VERSION_1, record_type, request_id, rest, padding))
+    parts.append(view[start:])
+    parts.append(_PADDING[:padding])
+    return b"".join(parts)
+
+
+def encode_begin_request_body(role: int, flags: int) -> bytes:
+    return BEGIN_REQUEST_BODY.pack(role, flags)
+
+
+def encode_end_request(request_id: int, app_status: int, protocol_status: ProtocolStatus) -> bytes:
+    return encode_record(
+        RecordType.END_REQUEST,
+        request_id,
+        END_REQUEST_BODY.pack(app_status, protocol_status),
+    )
+
+
+def encode_length(length: int) -> bytes:
+    """A name-value length: one byte up to 127, else four with the high bit set."""
+    if length < 0x80:
+        return bytes((length,))
+    if length > 0x7FFFFFFF:
+        raise ValueError(f"name-value length {length} exceeds 2**31 - 1")
+    return _LONG_LENGTH.pack(length | 0x80000000)
+
+
+def encode_pairs(pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """Encode ``(name, value)`` byte strings as a name-value pair stream."""
+    parts: list[bytes] = []
+    for name, value in pairs:
+        parts.append(encode_length(len(name)))
+        parts.append(encode_length(len(value)))
+        parts.append(name)
+        parts.append(value)
+    return b"".join(parts)
+
+
+def decode_pairs(buffer: bytes) -> list[tuple[bytes, bytes]]:
+    """Decode a whole name-value pair stream.
+
+    Both length forms are accepted for any length. A declared length that runs
+    past the end of *buffer* raises :class:`WireError` before anything is
+    allocated for it.
+    """
+    pairs: list[tuple[bytes, bytes]] = []
+    end = len(buffer)
+    pos = 0
+    while pos < end:
+        lengths = [0, 0]
+        for i in (0, 1):
+            if pos >= end:
+                raise WireError("name-value pair truncated inside a length")
+            first = buffer[pos]
+            if first < 0x80:
+                lengths[i] = first
+                pos += 1
+            else:
+                if pos + 4 > end:
+                    raise WireError("name-value pair truncated inside a length")
+                lengths[i] = _LONG_LENGTH.unpack_from(buffer, pos)[0] & 0x7FFFFFFF
+                pos += 4
+        name_len, value_len = lengths
+        if name_len + value_len > end - pos:
+            raise WireError(
+                f"name-value pair declares {name_len} + {value_len} bytes "
+                f"but only {end - pos} remain"
+            )
+        name_end = pos + name_len
+        value_end = name_end + value_len
+        pairs.append((buffer[pos:name_end], buffer[name_end:value_end]))
+        pos = value_end
+    return pairs
