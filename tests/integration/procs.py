@@ -124,7 +124,7 @@ class ManagedProcess:
             os.kill(self.pid, signal.SIGKILL)
             self.process.wait(timeout)
 
-    def __enter__(self) -> ManagedProcess:
+    def __enter__(self) -> ManagedProcess:  # noqa: PYI034
         return self
 
     def __exit__(self, *exc: object) -> None:
