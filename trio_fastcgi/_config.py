@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import os
 from collections.abc import Collection
-from typing import TYPE_CHECKING, Final, TypedDict
+from typing import TYPE_CHECKING, Final, TypeAlias, TypedDict
 
 import attrs
 
@@ -40,6 +42,7 @@ class ServerOptions(TypedDict, total=False):
     read_timeout: float | None
     grace_period: float
     shutdown_event: trio.Event | None
+    web_server_addrs: Collection[str] | None
 
 
 def _positive(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -50,6 +53,23 @@ def _positive(instance: object, attribute: attrs.Attribute[int], value: int) -> 
 def _timeout(instance: object, attribute: attrs.Attribute[float], value: float | None) -> None:
     if value is not None and not (value > 0 and not math.isnan(value)):
         raise ValueError(f"{attribute.name} must be a positive number or None, not {value!r}")
+
+
+IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_address(text: str) -> IPAddress:
+    """An IP address, with IPv4-mapped IPv6 (``::ffff:a.b.c.d``) folded to IPv4."""
+    address = ipaddress.ip_address(text.strip().split("%", 1)[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _web_server_addrs(value: Collection[str] | None) -> frozenset[IPAddress]:
+    if value is None:
+        value = [a for a in os.environ.get("FCGI_WEB_SERVER_ADDRS", "").split(",") if a.strip()]
+    return frozenset(parse_address(address) for address in value)
 
 
 def _roles(value: Collection[Role | int]) -> frozenset[Role]:
@@ -89,6 +109,11 @@ class Config:
       shutdown_event: setting this :class:`trio.Event` starts a graceful
         shutdown: stop accepting, close idle connections, let requests finish
         within ``grace_period``, then cancel the rest and return.
+      web_server_addrs: IP addresses of the web servers allowed to connect over
+        TCP; others are closed at once with a log line. None (the default)
+        reads the comma-separated ``FCGI_WEB_SERVER_ADDRS`` environment
+        variable, as the FastCGI spec asks; unset or empty there, or an empty
+        collection here, allows every peer. Unix-socket peers are not checked.
     """
 
     roles: frozenset[Role] = attrs.field(default=frozenset({Role.RESPONDER}), converter=_roles)
@@ -101,6 +126,7 @@ class Config:
     read_timeout: float | None = attrs.field(default=DEFAULT_READ_TIMEOUT, validator=_timeout)
     grace_period: float = attrs.field(default=DEFAULT_GRACE_PERIOD)
     shutdown_event: trio.Event | None = None
+    web_server_addrs: frozenset[IPAddress] = attrs.field(default=None, converter=_web_server_addrs)
 
     @grace_period.validator
     def _check_grace_period(self, attribute: attrs.Attribute[float], value: float) -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import socket
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final, final
 
 import trio
 
-from ._config import Config
+from ._config import Config, parse_address
 from ._listeners import (
     FCGI_LISTENSOCK_FILENO,
     inherited_listener,
@@ -132,7 +133,24 @@ class _Server:
                     raise
                 nursery.start_soon(self._serve_one, stream)
 
+    def _peer_allowed(self, stream: trio.SocketStream) -> bool:
+        allowed = self._config.web_server_addrs
+        if not allowed or stream.socket.family not in (socket.AF_INET, socket.AF_INET6):
+            return True
+        try:
+            peer = parse_address(stream.socket.getpeername()[0])
+        except (OSError, ValueError):
+            return False
+        if peer in allowed:
+            return True
+        LOGGER.warning("refused connection from %s: not in FCGI_WEB_SERVER_ADDRS", peer)
+        return False
+
     async def _serve_one(self, stream: trio.SocketStream) -> None:
+        if not self._peer_allowed(stream):
+            self._slots.release()
+            await trio.aclose_forcefully(stream)
+            return
         connection = ServedConnection(self._handler, stream, self._config)
         self._connections.add(connection)
         if self._shutting_down:
