@@ -1,0 +1,124 @@
+"""The record and name-value codecs, against byte vectors and an independent encoder."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests import helpers
+from trio_fastcgi import ProtocolStatus, RecordType
+from trio_fastcgi._wire import (
+    WireError,
+    decode_pairs,
+    encode_end_request,
+    encode_length,
+    encode_pairs,
+    encode_record,
+    encode_stream,
+)
+
+
+@pytest.mark.parametrize(
+    ("length", "encoded"),
+    [
+        (0, "00"),
+        (127, "7f"),
+        (128, "80000080"),
+        (1000, "800003e8"),
+        (33554431, "81ffffff"),
+        (0x7FFFFFFF, "ffffffff"),
+    ],
+)
+def test_encode_length_vectors(length: int, encoded: str) -> None:
+    assert encode_length(length).hex() == encoded
+
+
+def test_encode_length_rejects_more_than_31_bits() -> None:
+    with pytest.raises(ValueError, match="exceeds"):
+        encode_length(0x80000000)
+
+
+def test_encode_record_empty_stdout_vector() -> None:
+    assert encode_record(RecordType.STDOUT, 1).hex() == "0106000100000000"
+
+
+def test_encode_end_request_vector() -> None:
+    record = encode_end_request(1, 0xDEADBEEF, ProtocolStatus.REQUEST_COMPLETE)
+    assert record.hex() == "0103000100080000" + "deadbeef00000000"
+
+
+def test_encode_get_values_result_vector() -> None:
+    body = encode_pairs([(b"FCGI_MPXS_CONNS", b"1")])
+    record = encode_record(RecordType.GET_VALUES_RESULT, 0, body)
+    assert record[:8].hex() == "010a000000120600"
+    assert record[8:] == b"\x0f\x01FCGI_MPXS_CONNS1" + bytes(6)
+
+
+def test_encode_record_rejects_oversized_content() -> None:
+    with pytest.raises(ValueError, match="exceeds"):
+        encode_record(RecordType.STDOUT, 1, bytes(65536))
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 8, 65527, 65528, 65529, 65535, 65536, 200_001])
+def test_encode_stream_splits_into_aligned_records(size: int) -> None:
+    data = bytes(i % 251 for i in range(size))
+    records, rest = helpers.parse_records(encode_stream(RecordType.STDOUT, 300, data))
+    assert rest == b""
+    assert b"".join(r.content for r in records) == data
+    for r in records:
+        assert r.type == helpers.STDOUT
+        assert r.request_id == 300
+        assert len(r.content) <= 65535
+        assert (len(r.content) + r.padding) % 8 == 0
+    # Empty data is the end-of-stream record; non-empty data never includes one.
+    assert [len(r.content) == 0 for r in records] == (
+        [True] if size == 0 else [False] * len(records)
+    )
+
+
+pairs_strategy = st.lists(st.tuples(st.binary(max_size=300), st.binary(max_size=300)), max_size=8)
+
+
+@given(pairs=pairs_strategy)
+def test_pairs_round_trip(pairs: list[tuple[bytes, bytes]]) -> None:
+    assert decode_pairs(encode_pairs(pairs)) == pairs
+
+
+@given(pairs=pairs_strategy, long_form=st.booleans())
+def test_decode_pairs_accepts_independent_encoder(
+    pairs: list[tuple[bytes, bytes]], long_form: bool
+) -> None:
+    # h2o uses the 4-byte form from 127 up; any length may use it.
+    assert decode_pairs(helpers.nv_pairs(pairs, long_form=long_form)) == pairs
+
+
+@pytest.mark.parametrize("size", [126, 127, 128, 129, 65535, 65536])
+def test_pairs_round_trip_at_length_boundaries(size: int) -> None:
+    pairs = [(b"N" * size, b"v" * size), (b"", b"")]
+    assert decode_pairs(encode_pairs(pairs)) == pairs
+
+
+@pytest.mark.parametrize(
+    "buffer",
+    [
+        b"\x05",  # no value length
+        b"\x80\x00",  # truncated 4-byte length
+        b"\x05\x05abc",  # runs past the end
+        b"\xff\xff\xff\xff\x00",  # 2**31-1 declared, nothing there
+        b"\x01\xff\xff\xff\xffA",  # value of 2**31-1 declared
+        helpers.nv_pairs([(b"a", b"b")]) + b"\x03",  # good pair, then garbage
+    ],
+)
+def test_decode_pairs_rejects_truncated_input(buffer: bytes) -> None:
+    with pytest.raises(WireError, match=r"truncated|declares"):
+        decode_pairs(buffer)
+
+
+@given(st.binary(max_size=64))
+def test_decode_pairs_only_raises_wire_error(buffer: bytes) -> None:
+    try:
+        pairs = decode_pairs(buffer)
+    except WireError:
+        return
+    assert sum(len(n) + len(v) for n, v in pairs) <= len(buffer)
