@@ -1,0 +1,1 @@
+"""FastCGI applications the end-to-end tests put behind real web servers."""
