@@ -69,7 +69,7 @@ class Request:
         role: Role,
         keep_conn: bool,
         raw_params: tuple[tuple[bytes, bytes], ...],
-        outbox: trio.MemorySendChannel[OutputEvent],
+        outbox: trio.MemorySendChannel[OutputEvent | None],
         input_buffer_size: int,
     ) -> None:
         self.request_id = request_id

@@ -44,6 +44,7 @@ from ._events import (
 )
 from ._exceptions import EndRequestWith, LocalProtocolError, RemoteProtocolError
 from ._request import Request, format_cgi_head
+from ._streams import queue_output
 from ._wire import ProtocolStatus
 
 if TYPE_CHECKING:
@@ -175,7 +176,7 @@ class ServedConnection:
                 continue
             if data is None:
                 if self._mid_input_since is not None:
-                    LOGGER.info(
+                    LOGGER.warning(
                         "%s: closing connection: a record or params took longer than "
                         "read_timeout (%s s)",
                         self.name,
@@ -231,14 +232,14 @@ class ServedConnection:
                     role,
                     protocol_status.name,
                 )
-                await self._outbox.send(EndRequest(request_id, 0, protocol_status))
+                await queue_output(self._outbox, EndRequest(request_id, 0, protocol_status))
             case GetValues(names):
-                await self._outbox.send(self._conn.get_values_result(names))
+                await queue_output(self._outbox, self._conn.get_values_result(names))
             case UnknownRecord(record_type, request_id):
                 LOGGER.debug(
                     "%s: unknown record type %d (request %d)", self.name, record_type, request_id
                 )
-                await self._outbox.send(UnknownType(record_type))
+                await queue_output(self._outbox, UnknownType(record_type))
             case ConnectionClosed():
                 if self._requests or self._pending:
                     LOGGER.debug(
@@ -271,7 +272,7 @@ class ServedConnection:
             request.cancel_scope.cancel()
         elif self._pending.pop(request_id, None) is not None:
             # Aborted before its params were complete: the handler never ran.
-            await self._outbox.send(EndRequest(request_id))
+            await queue_output(self._outbox, EndRequest(request_id))
             self._request_ended()
 
     # -- requests ----------------------------------------------------------------
@@ -298,7 +299,9 @@ class ServedConnection:
             request.stdin._discard()
             request.data._discard()
             request.stdout._closed = request.stderr._closed = True
-        await self._outbox.send(EndRequest(request.request_id, app_status, protocol_status))
+        await queue_output(
+            self._outbox, EndRequest(request.request_id, app_status, protocol_status)
+        )
         self._request_ended()
 
     def _app_status(self, result: object) -> int:

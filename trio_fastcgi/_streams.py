@@ -22,6 +22,22 @@ if TYPE_CHECKING:
 DEFAULT_MAX_BODY_SIZE: Final = 16 * 1024 * 1024
 
 
+async def queue_output(
+    outbox: trio.MemorySendChannel[OutputEvent | None], event: OutputEvent
+) -> None:
+    """Put *event* on a connection's outbox.
+
+    A cancellation point, but a schedule point only when the outbox is full: a
+    handler that writes its response and returns queues every record before the
+    writer runs, so the writer sends them all in one ``send_all``.
+    """
+    await trio.lowlevel.checkpoint_if_cancelled()
+    try:
+        outbox.send_nowait(event)
+    except trio.WouldBlock:
+        await outbox.send(event)
+
+
 @final
 class InputStream(trio.abc.ReceiveStream):
     """A request's ``FCGI_STDIN`` or ``FCGI_DATA`` stream.
@@ -179,13 +195,16 @@ class OutputStream(trio.abc.SendStream):
     which splits it into records of at most 65,528 bytes; output of concurrent
     requests can never interleave inside a record. :meth:`aclose` ends the
     stream; the request's end closes it too if the handler did not.
+
+    :meth:`send_all` returns once the data is queued, not written; it waits (and
+    yields to other tasks) only while the connection's outbox is full.
     """
 
     def __init__(
         self,
         request_id: int,
         event_type: type[Stdout | Stderr],
-        outbox: trio.MemorySendChannel[OutputEvent],
+        outbox: trio.MemorySendChannel[OutputEvent | None],
     ) -> None:
         self._request_id = request_id
         self._event_type = event_type
@@ -217,7 +236,7 @@ class OutputStream(trio.abc.SendStream):
         try:
             chunk = data if type(data) is bytes else bytes(data)
             self._sent_data = True
-            await self._outbox.send(self._event_type(self._request_id, chunk))
+            await queue_output(self._outbox, self._event_type(self._request_id, chunk))
         finally:
             self._busy = False
 
@@ -235,4 +254,4 @@ class OutputStream(trio.abc.SendStream):
         self._closed = True
         # If the connection is gone there is nothing left to end.
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await self._outbox.send(self._event_type(self._request_id, b""))
+            await queue_output(self._outbox, self._event_type(self._request_id, b""))
