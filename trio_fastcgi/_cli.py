@@ -1,0 +1,517 @@
+"""The ``trio-fastcgi`` command (also ``python -m trio_fastcgi``).
+
+``trio-fastcgi MODULE:APP [options]`` serves a native handler, a WSGI or an
+ASGI 3 application over FastCGI; ``trio-fastcgi dev MODULE:APP`` serves it over
+plain HTTP for development (see :mod:`trio_fastcgi._dev`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import logging
+import os
+import socket
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Final, Literal
+
+import trio  # noqa: TID251
+
+from ._bind import Bind, BindError, BoundSocket, default_binds, open_binds, parse_bind
+from ._config import Config, ServerOptions, parse_address
+from ._version import __version__
+from ._wire import Role
+from ._workers import LoadedApp, Supervisor, run_worker
+
+LOGGER: Final = logging.getLogger("trio_fastcgi.cli")
+
+Interface = Literal["native", "wsgi", "asgi"]
+INTERFACES: Final = ("auto", "native", "wsgi", "asgi")
+LOG_LEVELS: Final = ("critical", "error", "warning", "info", "debug")
+_ROLE_NAMES: Final = {
+    "responder": Role.RESPONDER,
+    "authorizer": Role.AUTHORIZER,
+    "filter": Role.FILTER,
+}
+
+
+class CLIError(Exception):
+    """A mistake in the command line or the application reference."""
+
+
+# -- the application -----------------------------------------------------------
+
+
+def load_app(spec: str, app_dir: str = ".") -> object:
+    """Import ``MODULE:ATTR`` (ATTR may be dotted) from *app_dir* first."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise CLIError(f"{spec!r}: expected MODULE:APP, like myapp:app or package.module:handler")
+    directory = os.path.abspath(app_dir)
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module_name.startswith(exc.name):
+            raise CLIError(f"cannot import {module_name!r}: {exc}") from exc
+        raise
+    obj: object = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise CLIError(f"module {module_name!r} has no attribute {attr!r}") from None
+    return obj
+
+
+def _positional_count(obj: object) -> int | None:
+    try:
+        signature = inspect.signature(obj)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    params = list(signature.parameters.values())
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return None
+    return sum(1 for p in params if p.kind in kinds)
+
+
+def detect_interface(app: object) -> Interface:
+    """What *app* is, from its signature.
+
+    - ``async def handler(request)``: native;
+    - ``async def app(scope, receive, send)`` (a function or an object with
+      such a ``__call__``): ASGI 3;
+    - ``def app(environ, start_response)``: WSGI.
+
+    Raises:
+      CLIError: none of these; ``--interface`` must say.
+    """
+    if not callable(app):
+        raise CLIError(f"{app!r} is not callable")
+    if inspect.isclass(app):
+        raise CLIError(f"{app!r} is a class; pass an instance (or use --interface)")
+    call = app if inspect.isroutine(app) else getattr(app, "__call__", None)  # noqa: B004
+    is_async = inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(call)
+    count = _positional_count(app)
+    if is_async and count == 1:
+        return "native"
+    if is_async and count == 3:
+        return "asgi"
+    if not is_async and count == 2:
+        return "wsgi"
+    raise CLIError(
+        f"cannot tell what kind of application {app!r} is "
+        f"({'async' if is_async else 'sync'}, {count} positional parameters); "
+        "use --interface native|wsgi|asgi"
+    )
+
+
+def make_handler(app: object, interface: Interface, args: argparse.Namespace) -> LoadedApp:
+    """The native handler serving *app*, and its lifespan for ASGI."""
+    if interface == "wsgi":
+        from .wsgi import WSGIHandler
+
+        return (
+            WSGIHandler(
+                app,  # type: ignore[arg-type]
+                limiter=trio.CapacityLimiter(args.threads),
+                script_name=args.script_name,
+                multiprocess=args.workers > 1,
+            ),
+            None,
+        )
+    if interface == "asgi":
+        from .asgi import ASGIHandler
+
+        handler = ASGIHandler(
+            app,  # type: ignore[arg-type]
+            script_name=args.script_name,
+            lifespan=args.lifespan,
+        )
+        return handler, handler.lifespan()
+    return app, None  # type: ignore[return-value]
+
+
+def loader(args: argparse.Namespace) -> Callable[[], LoadedApp]:
+    """Loads the application (in each worker, after the fork)."""
+
+    def load() -> LoadedApp:
+        app = load_app(args.app, args.app_dir)
+        interface: Interface = detect_interface(app) if args.interface == "auto" else args.interface
+        LOGGER.info("serving %s (%s) in process %d", args.app, interface, os.getpid())
+        return make_handler(app, interface, args)
+
+    return load
+
+
+# -- options -------------------------------------------------------------------
+
+
+def _roles(text: str) -> frozenset[Role]:
+    roles = set()
+    for name in text.split(","):
+        name = name.strip().lower()
+        if name not in _ROLE_NAMES:
+            raise argparse.ArgumentTypeError(
+                f"unknown role {name!r}; choose from responder, authorizer, filter"
+            )
+        roles.add(_ROLE_NAMES[name])
+    return frozenset(roles)
+
+
+def _timeout(text: str) -> float | None:
+    if text.lower() in ("none", "0", "off"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be positive (or 0/none for no limit)")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 0 or more")
+    return value
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        if not text.isdigit() or int(text) < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= {minimum}")
+        return int(text)
+
+    return parse
+
+
+def _bind(text: str) -> Bind:
+    try:
+        return parse_bind(text)
+    except BindError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _mode(text: str) -> int:
+    try:
+        value = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an octal mode like 660") from None
+    if not 0 <= value <= 0o7777:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file mode")
+    return value
+
+
+def web_server_addrs(environ: Mapping[str, str]) -> list[str] | None:
+    """The addresses in ``FCGI_WEB_SERVER_ADDRS`` (validated), or None if unset
+    or empty.
+
+    Raises:
+      CLIError: one of them is not an IP address.
+    """
+    addresses = [a.strip() for a in environ.get("FCGI_WEB_SERVER_ADDRS", "").split(",")]
+    addresses = [a for a in addresses if a]
+    for address in addresses:
+        try:
+            parse_address(address)
+        except ValueError:
+            raise CLIError(f"FCGI_WEB_SERVER_ADDRS: {address!r} is not an IP address") from None
+    return addresses or None
+
+
+def server_options(args: argparse.Namespace, environ: Mapping[str, str]) -> ServerOptions:
+    """The ``serve_*`` options the command line asks for."""
+    options: ServerOptions = {
+        "roles": args.roles,
+        "mpxs_conns": args.mpxs_conns,
+        "idle_timeout": args.idle_timeout,
+        "read_timeout": args.read_timeout,
+        "grace_period": args.graceful_timeout,
+    }
+    if args.max_conns is not None:
+        options["max_conns"] = args.max_conns
+    if args.max_reqs is not None:
+        options["max_reqs"] = args.max_reqs
+    if args.max_params_size is not None:
+        options["max_params_size"] = args.max_params_size
+    if args.input_buffer_size is not None:
+        options["input_buffer_size"] = args.input_buffer_size
+    addresses = web_server_addrs(environ)
+    # Always explicit: an empty list means "every peer", so the core does not
+    # read the variable again behind the command's back.
+    options["web_server_addrs"] = addresses or []
+    try:
+        Config.from_options(options)
+    except (TypeError, ValueError) as exc:
+        raise CLIError(str(exc)) from exc
+    return options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trio-fastcgi",
+        description=(
+            "Serve a Python web application over FastCGI, behind nginx, Apache, "
+            "lighttpd, Caddy or HAProxy. APP is a native trio-fastcgi handler "
+            "(async def handler(request)), a WSGI application (Flask, Django) or an "
+            "ASGI 3 application (Starlette, FastAPI), found as MODULE:ATTRIBUTE. "
+            "For development without a web server: trio-fastcgi dev MODULE:APP "
+            "(see trio-fastcgi dev --help)."
+        ),
+        epilog=(
+            "Signals: SIGTERM or SIGINT stop gracefully (stop accepting, finish the "
+            "requests in flight within --graceful-timeout, then cancel them); a second "
+            "one stops at once. SIGHUP (with --workers >= 1) starts new workers, which "
+            "load the application afresh, then gracefully stops the old ones. "
+            "FCGI_WEB_SERVER_ADDRS (comma-separated IP addresses), if set, is the list "
+            "of web servers allowed to connect over TCP."
+        ),
+    )
+    parser.add_argument("app", metavar="MODULE:APP", help="the application, e.g. myapp:app")
+    parser.add_argument("--version", action="version", version=f"trio-fastcgi {__version__}")
+
+    group = parser.add_argument_group("application")
+    group.add_argument(
+        "--interface",
+        choices=INTERFACES,
+        default="auto",
+        help="what APP is; auto (the default) tells from its signature",
+    )
+    group.add_argument(
+        "--app-dir",
+        default=".",
+        metavar="DIR",
+        help="directory searched first for MODULE (default: the current directory)",
+    )
+    group.add_argument(
+        "--script-name",
+        metavar="PATH",
+        default=None,
+        help=(
+            "WSGI/ASGI: the path the application is mounted at (SCRIPT_NAME / root_path), "
+            "e.g. /app.fcgi under Apache mod_fcgid; default: as the web server sends it"
+        ),
+    )
+    group.add_argument(
+        "--threads",
+        type=_count(1),
+        default=40,
+        metavar="N",
+        help="WSGI: worker threads running the application at once, per process (default 40)",
+    )
+    group.add_argument(
+        "--lifespan",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="ASGI: run lifespan startup/shutdown; auto skips it if the app does not support it",
+    )
+
+    group = parser.add_argument_group("listening")
+    group.add_argument(
+        "-b",
+        "--bind",
+        action="append",
+        type=_bind,
+        metavar="ADDRESS",
+        help=(
+            "HOST:PORT, [IPV6]:PORT, unix:/path or fd://N; repeat to listen on several. "
+            "Default: the sockets of systemd socket activation (LISTEN_FDS), else fd 0 "
+            "if it is a listening socket (spawned by a web server), else 127.0.0.1:9000"
+        ),
+    )
+    group.add_argument(
+        "--socket-mode",
+        type=_mode,
+        default=0o660,
+        metavar="MODE",
+        help="permissions of unix sockets, in octal (default 660)",
+    )
+    group.add_argument(
+        "--backlog",
+        type=_count(1),
+        default=1024,
+        metavar="N",
+        help="listen backlog of the sockets opened here (default 1024)",
+    )
+
+    group = parser.add_argument_group("processes")
+    group.add_argument(
+        "-w",
+        "--workers",
+        type=_count(0),
+        default=1,
+        metavar="N",
+        help=(
+            "worker processes, under a supervisor that replaces any that die and "
+            "reloads them on SIGHUP (default 1); 0 serves in this single process"
+        ),
+    )
+    group.add_argument(
+        "--max-requests",
+        type=_count(0),
+        default=0,
+        metavar="N",
+        help="a worker stops gracefully (and is replaced) after N requests; 0 = never (default)",
+    )
+    group.add_argument(
+        "--graceful-timeout",
+        type=_non_negative_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on a stop or reload, how long requests in flight may take (default 30)",
+    )
+    group.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default="info",
+        help="logging to stderr (default info)",
+    )
+
+    group = parser.add_argument_group("FastCGI limits")
+    group.add_argument(
+        "--max-conns",
+        type=_count(1),
+        metavar="N",
+        help="connections served at once per process (FCGI_MAX_CONNS; default 1024)",
+    )
+    group.add_argument(
+        "--max-reqs",
+        type=_count(1),
+        metavar="N",
+        help="concurrent requests per connection (FCGI_MAX_REQS; default 100)",
+    )
+    group.add_argument(
+        "--mpxs-conns",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="allow several requests at once on one connection (FCGI_MPXS_CONNS; default on)",
+    )
+    group.add_argument(
+        "--no-multiplex",
+        dest="mpxs_conns",
+        action="store_false",
+        help="same as --no-mpxs-conns",
+    )
+    group.add_argument(
+        "--max-params-size",
+        type=_count(1),
+        metavar="BYTES",
+        help="largest FCGI_PARAMS of one request (default 131072)",
+    )
+    group.add_argument(
+        "--input-buffer-size",
+        type=_count(1),
+        metavar="BYTES",
+        help="request body buffered per request before reading pauses (default 262144)",
+    )
+    group.add_argument(
+        "--idle-timeout",
+        type=_timeout,
+        default=300.0,
+        metavar="SECONDS",
+        help="close a connection idle this long; 0 = never (default 300)",
+    )
+    group.add_argument(
+        "--read-timeout",
+        type=_timeout,
+        default=60.0,
+        metavar="SECONDS",
+        help="longest a started record or a request's params may take; 0 = no limit (default 60)",
+    )
+    group.add_argument(
+        "--roles",
+        type=_roles,
+        default=frozenset({Role.RESPONDER}),
+        metavar="ROLES",
+        help=(
+            "comma-separated FastCGI roles to serve: responder, authorizer, filter "
+            "(default responder)"
+        ),
+    )
+    return parser
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _open(args: argparse.Namespace, environ: Mapping[str, str]) -> list[BoundSocket]:
+    binds: list[Bind] = args.bind or default_binds(environ)
+    try:
+        return open_binds(binds, socket_mode=args.socket_mode, backlog=args.backlog)
+    except (OSError, BindError) as exc:
+        raise CLIError(f"cannot listen: {exc}") from exc
+
+
+def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """Run the server the parsed command line describes; the exit status."""
+    options = server_options(args, environ)
+    load = loader(args)
+    if args.workers == 0:
+        loaded = load()  # import errors show before anything listens
+        bound = _open(args, environ)
+        LOGGER.info("listening on %s", ", ".join(b.describe() for b in bound))
+        try:
+            run_worker(
+                lambda: loaded,
+                [b.sock for b in bound],
+                options,
+                max_requests=args.max_requests,
+            )
+        finally:
+            for b in bound:
+                b.close()
+                b.remove_file()
+        return 0
+    bound = _open(args, environ)
+    LOGGER.info(
+        "trio-fastcgi %s: %s on %s with %d worker(s)",
+        __version__,
+        args.app,
+        ", ".join(b.describe() for b in bound),
+        args.workers,
+    )
+
+    def worker_main(sockets: Sequence[socket.socket], ready: Callable[[], None]) -> int:
+        try:
+            run_worker(load, sockets, options, max_requests=args.max_requests, on_ready=ready)
+        except CLIError as exc:
+            LOGGER.error("%s", exc)
+            return 2
+        return 0
+
+    supervisor = Supervisor(
+        bound, worker_main, workers=args.workers, graceful_timeout=args.graceful_timeout
+    )
+    return supervisor.run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``trio-fastcgi`` command."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["dev"]:
+        from ._dev import main as dev_main
+
+        return dev_main(arguments[1:])
+    parser = build_parser()
+    args = parser.parse_args(arguments)
+    configure_logging(args.log_level)
+    try:
+        return serve(args, os.environ)
+    except CLIError as exc:
+        parser.exit(2, f"trio-fastcgi: error: {exc}\n")
+    except KeyboardInterrupt:
+        return 130
