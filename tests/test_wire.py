@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -122,3 +124,9 @@ def test_decode_pairs_only_raises_wire_error(buffer: bytes) -> None:
     except WireError:
         return
     assert sum(len(n) + len(v) for n, v in pairs) <= len(buffer)
+
+
+def test_helpers_encoder_is_independent() -> None:
+    # tests/helpers.py must not import the library's codec: a shared bug would hide.
+    source = pathlib.Path(helpers.__file__).read_text()
+    assert "trio_fastcgi" not in source.split('"""', 2)[2]

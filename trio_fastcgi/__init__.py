@@ -61,3 +61,10 @@ def _fixup_module_metadata() -> None:
 
 _fixup_module_metadata()
 del _fixup_module_metadata
+
+# Web servers spawn FastCGI applications with fds 1 and 2 closed. Put /dev/null
+# there now, before trio.run() opens its epoll and wakeup fds, which would
+# otherwise take fds 1 and 2 and be hit by any stray write to stdout/stderr.
+from ._listeners import protect_std_fds as _protect_std_fds  # noqa: E402
+
+_protect_std_fds()

@@ -7,7 +7,7 @@ import logging
 import os
 import socket
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final, final
+from typing import TYPE_CHECKING, Final, TypeAlias, TypeVar, final
 
 import trio
 
@@ -35,6 +35,10 @@ _ACCEPT_CAPACITY_ERRNOS: Final = frozenset(
 )
 _ACCEPT_RETRY_DELAY: Final = 0.1
 
+#: Any listener of byte streams: TCP and unix socket listeners, SSL, or your own.
+AnyListener: TypeAlias = trio.abc.Listener[trio.abc.Stream]
+ListenerT = TypeVar("ListenerT", bound=AnyListener)
+
 
 async def serve_connection(
     handler: Handler, stream: trio.abc.Stream, **options: Unpack[ServerOptions]
@@ -60,9 +64,9 @@ class _Server:
 
     async def serve(
         self,
-        listeners: Sequence[trio.SocketListener],
+        listeners: Sequence[ListenerT],
         handler_nursery: trio.Nursery | None,
-        task_status: trio.TaskStatus[list[trio.SocketListener]],
+        task_status: trio.TaskStatus[list[ListenerT]],
     ) -> None:
         async with trio.open_nursery() as own_nursery:
             connection_nursery = handler_nursery or own_nursery
@@ -106,7 +110,7 @@ class _Server:
         if self._connections:
             await self._all_closed.wait()
 
-    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+    async def _accept_loop(self, listener: AnyListener, nursery: trio.Nursery) -> None:
         async with listener:
             while True:
                 if self._slots.value == 0:
@@ -133,9 +137,13 @@ class _Server:
                     raise
                 nursery.start_soon(self._serve_one, stream)
 
-    def _peer_allowed(self, stream: trio.SocketStream) -> bool:
+    def _peer_allowed(self, stream: trio.abc.Stream) -> bool:
         allowed = self._config.web_server_addrs
-        if not allowed or stream.socket.family not in (socket.AF_INET, socket.AF_INET6):
+        if (
+            not allowed
+            or not isinstance(stream, trio.SocketStream)
+            or stream.socket.family not in (socket.AF_INET, socket.AF_INET6)
+        ):
             return True
         try:
             peer = parse_address(stream.socket.getpeername()[0])
@@ -146,7 +154,7 @@ class _Server:
         LOGGER.warning("refused connection from %s: not in FCGI_WEB_SERVER_ADDRS", peer)
         return False
 
-    async def _serve_one(self, stream: trio.SocketStream) -> None:
+    async def _serve_one(self, stream: trio.abc.Stream) -> None:
         if not self._peer_allowed(stream):
             self._slots.release()
             await trio.aclose_forcefully(stream)
@@ -169,10 +177,10 @@ class _Server:
 
 async def serve_listeners(
     handler: Handler,
-    listeners: Sequence[trio.SocketListener],
+    listeners: Sequence[ListenerT],
     *,
     handler_nursery: trio.Nursery | None = None,
-    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[list[ListenerT]] = trio.TASK_STATUS_IGNORED,
     **options: Unpack[ServerOptions],
 ) -> None:
     """Serve FastCGI on already-open *listeners* until cancelled or shut down.

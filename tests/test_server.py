@@ -1,0 +1,320 @@
+"""serve_tcp / serve_unix / serve_inherited / serve_listeners over real sockets."""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import stat
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from tests.helpers import FakeWebServer
+from trio_fastcgi import Request, serve_inherited, serve_listeners, serve_tcp, serve_unix
+
+
+async def hello(request: Request) -> None:
+    await request.respond(f"hello {request.params.get('NAME', 'world')}")
+
+
+_OPEN: list[trio.abc.Stream] = []
+
+
+@pytest.fixture(autouse=True)
+async def _close_client_streams() -> AsyncIterator[None]:
+    yield
+    while _OPEN:
+        await _OPEN.pop().aclose()
+
+
+async def connect(listeners: list[trio.SocketListener]) -> FakeWebServer:
+    sockname = listeners[0].socket.getsockname()
+    stream: trio.abc.Stream
+    if listeners[0].socket.family == socket.AF_UNIX:
+        stream = await trio.open_unix_socket(sockname)
+    else:
+        stream = await trio.open_tcp_stream(sockname[0], sockname[1])
+    _OPEN.append(stream)
+    return FakeWebServer(stream)
+
+
+async def test_serve_tcp_over_a_real_socket(nursery: trio.Nursery) -> None:
+    listeners = await nursery.start(functools.partial(serve_tcp, hello, 0, host="127.0.0.1"))
+    web = await connect(listeners)
+    sock = web.stream.socket  # type: ignore[attr-defined]
+    for rid in (1, 2):
+        await web.request(rid, params={"NAME": f"tcp{rid}"})
+        assert (await web.read_response(rid)).body == f"hello tcp{rid}".encode()
+    await web.request(1, keep_conn=False)
+    await web.read_response(1)
+    await web.read_eof()
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+async def test_serve_tcp_ipv6_loopback(nursery: trio.Nursery) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        listeners = await nursery.start(functools.partial(serve_tcp, hello, 0, host="::1"))
+    except OSError as exc:
+        pytest.skip(f"::1 unavailable: {exc}")
+    web = await connect(listeners)
+    await web.request(1)
+    assert (await web.read_response(1)).body == b"hello world"
+
+
+async def test_serve_tcp_rejects_unknown_option() -> None:
+    with pytest.raises(TypeError, match="unknown server option"):
+        await serve_tcp(hello, 0, max_connections=3)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="max_reqs"):
+        await serve_tcp(hello, 0, max_reqs=0)
+
+
+async def test_serve_unix(nursery: trio.Nursery, tmp_path: Path) -> None:
+    path = tmp_path / "app.sock"
+    async with trio.open_nursery() as inner:
+        listeners = await inner.start(functools.partial(serve_unix, hello, path, mode=0o600))
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        web = await connect(listeners)
+        await web.request(1)
+        assert (await web.read_response(1)).body == b"hello world"
+        inner.cancel_scope.cancel()
+    assert not path.exists()  # removed on exit
+
+
+async def test_serve_unix_replaces_stale_socket_only(nursery: trio.Nursery, tmp_path: Path) -> None:
+    stale = tmp_path / "stale.sock"
+    dead = socket.socket(socket.AF_UNIX)
+    dead.bind(str(stale))
+    dead.close()  # the file stays, nobody listens
+    listeners = await nursery.start(serve_unix, hello, stale)
+    web = await connect(listeners)
+    await web.request(1)
+    assert (await web.read_response(1)).body == b"hello world"
+    # A live socket is not stolen, and a regular file is not deleted.
+    with pytest.raises(OSError, match="another process is listening"):
+        await serve_unix(hello, stale)
+    regular = tmp_path / "file"
+    regular.write_text("keep me")
+    with pytest.raises(FileExistsError):
+        await serve_unix(hello, regular)
+    assert regular.read_text() == "keep me"
+
+
+async def test_serve_inherited_listening_socket(nursery: trio.Nursery) -> None:
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    port = listening.getsockname()[1]
+    fd = os.dup(listening.fileno())
+    listening.close()
+    await nursery.start(serve_inherited, hello, fd)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    _OPEN.append(stream)
+    web = FakeWebServer(stream)
+    await web.request(1)
+    assert (await web.read_response(1)).body == b"hello world"
+
+
+async def test_serve_inherited_rejects_non_listening_socket() -> None:
+    sock = socket.socket()
+    try:
+        with pytest.raises(ValueError, match="not a listening stream socket"):
+            await serve_inherited(hello, sock.fileno())
+    finally:
+        sock.close()
+
+
+def _close_stdout_and_stderr() -> None:
+    os.close(1)
+    os.close(2)
+
+
+async def test_serve_inherited_from_spawned_process_with_closed_stdout(tmp_path: Path) -> None:
+    # Like lighttpd's bin-path: the listening socket is fd 0, stdout/stderr are
+    # closed. A print() in the handler must not corrupt the FastCGI stream.
+    script = tmp_path / "app.py"
+    script.write_text(
+        "import trio, trio_fastcgi\n"
+        "async def handler(request):\n"
+        "    import os; os.write(1, b'stray output from a C library or child')\n"
+        "    await request.respond('spawned ok')\n"
+        "trio.run(trio_fastcgi.serve_inherited, handler)\n"
+    )
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    port = listening.getsockname()[1]
+    process = await trio.lowlevel.open_process(
+        [sys.executable, str(script)],
+        stdin=listening.fileno(),
+        stdout=None,
+        stderr=None,
+        close_fds=True,
+        preexec_fn=_close_stdout_and_stderr,
+    )
+    listening.close()
+    try:
+        with trio.fail_after(20):
+            async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+                web = FakeWebServer(stream)
+                await web.request(1)
+                stdout = (await web.read_response(1)).stdout
+        assert stdout.endswith(b"\r\n\r\nspawned ok")
+    finally:
+        process.terminate()
+        with trio.fail_after(10):
+            await process.wait()
+
+
+async def test_protect_std_fds_keeps_sockets_off_fds_1_and_2(tmp_path: Path) -> None:
+    result = tmp_path / "result"
+    code = (
+        "import os, socket, sys\n"
+        "from trio_fastcgi._listeners import protect_std_fds\n"
+        "protect_std_fds()\n"
+        "sock = socket.socket()\n"
+        "null = os.stat(os.devnull).st_rdev\n"
+        "ok = sock.fileno() > 2 and all(os.fstat(fd).st_rdev == null for fd in (1, 2))\n"
+        "open(sys.argv[1], 'w').write(str(ok))\n"
+    )
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-c", code, str(result)], preexec_fn=_close_stdout_and_stderr
+    )
+    with trio.fail_after(20):
+        assert await process.wait() == 0
+    assert result.read_text() == "True"
+
+
+async def test_max_conns_stops_accepting(nursery: trio.Nursery) -> None:
+    listeners = await nursery.start(
+        functools.partial(serve_tcp, hello, 0, host="127.0.0.1", max_conns=1)
+    )
+    first = await connect(listeners)
+    await first.request(1)
+    await first.read_response(1)
+    second = await connect(listeners)  # accepted by the kernel backlog only
+    await second.request(1)
+    with trio.move_on_after(0.5) as waited:
+        await second.read_response(1)
+    assert waited.cancelled_caught
+    await first.stream.aclose()
+    with trio.fail_after(10):
+        assert (await second.read_response(1)).body == b"hello world"
+
+
+async def test_graceful_shutdown_finishes_in_flight_requests(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    shutdown = trio.Event()
+    started = trio.Event()
+
+    async def slow(request: Request) -> None:
+        started.set()
+        await trio.sleep(5)
+        await request.respond("finished")
+
+    client, server = trio.testing.memory_stream_pair()
+    listener = _OneStreamListener(server)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            functools.partial(
+                serve_listeners, slow, [listener], shutdown_event=shutdown, grace_period=60
+            )
+        )
+        web = FakeWebServer(client)
+        await web.request(1)
+        await started.wait()
+        shutdown.set()
+        assert (await web.read_response(1)).body == b"finished"
+        await web.read_eof()  # idle after its request: closed
+    assert listener.closed
+
+
+async def test_graceful_shutdown_cancels_after_grace_period(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    shutdown = trio.Event()
+    cancelled = []
+
+    async def stuck(request: Request) -> None:
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            cancelled.append(trio.current_time())
+            raise
+
+    client, server = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            functools.partial(
+                serve_listeners,
+                stuck,
+                [_OneStreamListener(server)],
+                shutdown_event=shutdown,
+                grace_period=10,
+            )
+        )
+        web = FakeWebServer(client)
+        await web.request(1)
+        await trio.testing.wait_all_tasks_blocked()
+        start = trio.current_time()
+        shutdown.set()
+    # serve_listeners returned by itself after the grace period.
+    assert len(cancelled) == 1
+    assert cancelled[0] - start == pytest.approx(10)
+
+
+async def test_web_server_addrs_refuses_other_peers(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    listeners = await nursery.start(
+        functools.partial(serve_tcp, hello, 0, host="127.0.0.1", web_server_addrs=["127.0.0.2"])
+    )
+    web = await connect(listeners)
+    await web.request(1)
+    await web.read_eof()
+    assert "refused connection from 127.0.0.1" in caplog.text
+    allowed = await nursery.start(
+        functools.partial(
+            serve_tcp, hello, 0, host="127.0.0.1", web_server_addrs=["::ffff:127.0.0.1"]
+        )
+    )
+    web = await connect(allowed)
+    await web.request(1)
+    assert (await web.read_response(1)).body == b"hello world"
+
+
+async def test_web_server_addrs_from_environment(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FCGI_WEB_SERVER_ADDRS", "10.0.0.1, 10.0.0.2")
+    listeners = await nursery.start(functools.partial(serve_tcp, hello, 0, host="127.0.0.1"))
+    web = await connect(listeners)
+    await web.request(1)
+    await web.read_eof()
+
+
+class _OneStreamListener(trio.abc.Listener[trio.abc.Stream]):
+    """Hands out one in-memory stream, then waits; records whether it was closed."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self._stream: trio.abc.Stream | None = stream
+        self.closed = False
+
+    async def accept(self) -> trio.abc.Stream:
+        if self._stream is None:
+            await trio.sleep_forever()
+        stream, self._stream = self._stream, None
+        assert stream is not None
+        await trio.lowlevel.checkpoint()
+        return stream
+
+    async def aclose(self) -> None:
+        self.closed = True
+        await trio.lowlevel.checkpoint()
