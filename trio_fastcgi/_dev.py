@@ -1,0 +1,392 @@
+"""``trio-fastcgi dev MODULE:APP``: see an application work with no web server.
+
+FOR DEVELOPMENT ONLY. One Trio run holds both halves:
+
+- the application, served over FastCGI by :func:`trio_fastcgi.serve_tcp` on an
+  ephemeral loopback port, exactly as in production;
+- a small HTTP/1.1 front end on h11 that plays the web server: for each HTTP
+  request it builds the CGI params nginx would send, streams the body to the
+  application as FCGI_STDIN through :mod:`trio_fastcgi.client`, and streams the
+  CGI response back with proper HTTP framing (Content-Length if the
+  application gave one, else chunked), keeping connections alive. If the
+  application cannot be reached or breaks the protocol, the client gets a
+  502 Bad Gateway.
+
+It is deliberately simple (no TLS, no static files, no buffering limits tuned
+for the Internet): in production put nginx, Apache or another web server in
+front of ``trio-fastcgi MODULE:APP``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http
+import logging
+import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack
+from functools import partial
+from typing import Final, final
+from urllib.parse import unquote_to_bytes
+
+import h11
+import trio  # noqa: TID251
+
+from ._server import serve_tcp
+from ._version import __version__
+from ._workers import LoadedApp, _no_lifespan
+from .client import (
+    CGIResponse,
+    CGIResponseError,
+    Client,
+    ServerProtocolError,
+    open_tcp_client,
+    parse_cgi_response,
+)
+
+LOGGER: Final = logging.getLogger("trio_fastcgi.dev")
+
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 8000
+#: An idle keep-alive HTTP connection is closed after this many seconds.
+KEEP_ALIVE_TIMEOUT: Final = 75.0
+#: Largest CGI response head accepted from the application.
+MAX_HEAD_SIZE: Final = 64 * 1024
+_RECEIVE_SIZE: Final = 64 * 1024
+#: Not passed on to the client: they describe the hop, not the response.
+_HOP_BY_HOP: Final = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+BANNER: Final = (
+    "\n"
+    "  trio-fastcgi dev: a DEVELOPMENT server. Do not use it in production.\n"
+    "  In production run `trio-fastcgi MODULE:APP` behind nginx, Apache, lighttpd,\n"
+    "  Caddy or HAProxy.\n"
+)
+
+
+class _ClientGone(Exception):
+    """The HTTP client closed the connection or sent something unusable."""
+
+
+def cgi_params(
+    request: h11.Request,
+    *,
+    server: tuple[str, int],
+    client: tuple[str, int] | None,
+) -> list[tuple[bytes, bytes]]:
+    """The CGI params for *request*, as nginx's stock ``fastcgi_params`` would
+    send them (PATH_INFO holds the whole path, SCRIPT_NAME is empty)."""
+    target = bytes(request.target)
+    path, _, query = target.partition(b"?")
+    headers: dict[bytes, list[bytes]] = {}
+    for name, value in request.headers:
+        if b"_" in name or name == b"proxy":
+            # X_Foo would collide with X-Foo, and Proxy is the httpoxy hole;
+            # nginx drops both by default too.
+            continue
+        headers.setdefault(bytes(name), []).append(bytes(value))
+    host = b", ".join(headers.get(b"host", []))
+    # Host without the port; an IPv6 literal keeps its brackets.
+    server_name = host[: host.find(b"]") + 1] if host.startswith(b"[") else host.partition(b":")[0]
+    params: list[tuple[bytes, bytes]] = [
+        (b"GATEWAY_INTERFACE", b"CGI/1.1"),
+        (b"SERVER_SOFTWARE", f"trio-fastcgi-dev/{__version__}".encode()),
+        (b"SERVER_PROTOCOL", b"HTTP/" + bytes(request.http_version)),
+        (b"REQUEST_SCHEME", b"http"),
+        (b"REQUEST_METHOD", bytes(request.method)),
+        (b"REQUEST_URI", target),
+        (b"DOCUMENT_URI", path),
+        (b"SCRIPT_NAME", b""),
+        (b"PATH_INFO", unquote_to_bytes(path)),
+        (b"QUERY_STRING", query),
+        (b"SERVER_ADDR", server[0].encode()),
+        (b"SERVER_PORT", str(server[1]).encode()),
+        (b"SERVER_NAME", server_name or server[0].encode()),
+    ]
+    if client is not None:
+        params += [(b"REMOTE_ADDR", client[0].encode()), (b"REMOTE_PORT", str(client[1]).encode())]
+    for name, values in headers.items():
+        joined = b", ".join(values)
+        if name == b"content-length":
+            params.append((b"CONTENT_LENGTH", joined))
+        elif name == b"content-type":
+            params.append((b"CONTENT_TYPE", joined))
+        else:
+            params.append((b"HTTP_" + name.upper().replace(b"-", b"_"), joined))
+    return params
+
+
+def _split_head(buffer: bytes) -> tuple[bytes, bytes] | None:
+    """(head including the blank line, rest) once *buffer* holds a whole head."""
+    ends = [i for i in (buffer.find(b"\r\n\r\n"), buffer.find(b"\n\n")) if i >= 0]
+    if not ends:
+        return None
+    end = min(ends)
+    size = 4 if buffer.startswith(b"\r\n\r\n", end) else 2
+    return buffer[: end + size], buffer[end + size :]
+
+
+@final
+class _HTTPConnection:
+    """One HTTP client connection, and the FastCGI connection behind it."""
+
+    def __init__(self, stream: trio.SocketStream, app_port: int) -> None:
+        self.stream = stream
+        self.app_port = app_port
+        self.conn = h11.Connection(h11.SERVER)
+        self.fastcgi: Client | None = None
+        #: Set when the connection cannot carry another request.
+        self.closing = False
+        sockname = stream.socket.getsockname()
+        self.server = (str(sockname[0]), int(sockname[1]))
+        try:
+            peer = stream.socket.getpeername()
+            self.client: tuple[str, int] | None = (str(peer[0]), int(peer[1]))
+        except OSError:
+            self.client = None
+
+    async def send(self, event: h11.Event) -> None:
+        data = self.conn.send(event)
+        if data:
+            await self.stream.send_all(data)
+
+    async def next_event(self) -> h11.Event | type[h11.PAUSED]:
+        while True:
+            event = self.conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event  # type: ignore[return-value]
+            with trio.move_on_after(KEEP_ALIVE_TIMEOUT) as scope:
+                data = await self.stream.receive_some(_RECEIVE_SIZE)
+            if scope.cancelled_caught:
+                raise _ClientGone("timed out waiting for the client")
+            self.conn.receive_data(data)
+
+    async def run(self, exits: AsyncExitStack) -> None:
+        while True:
+            try:
+                event = await self.next_event()
+            except h11.RemoteProtocolError as exc:
+                await self.error_response(exc.error_status_hint, f"Bad request: {exc}\n")
+                return
+            if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                return
+            if not isinstance(event, h11.Request):
+                return
+            await self.handle(event, exits)
+            if (
+                self.closing
+                or self.conn.our_state is not h11.DONE
+                or self.conn.their_state is not h11.DONE
+            ):
+                return
+            self.conn.start_next_cycle()
+
+    async def error_response(self, status: int, text: str) -> None:
+        if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        body = text.encode()
+        headers = [
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+            ("Connection", "close"),
+        ]
+        try:
+            reason = http.HTTPStatus(status).phrase
+            await self.send(h11.Response(status_code=status, headers=headers, reason=reason))
+            await self.send(h11.Data(data=body))
+            await self.send(h11.EndOfMessage())
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
+            pass
+
+    async def body(self) -> AsyncIterator[bytes]:
+        if self.conn.they_are_waiting_for_100_continue:
+            await self.send(h11.InformationalResponse(status_code=100, headers=[]))
+        while True:
+            try:
+                event = await self.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise _ClientGone(f"bad request body: {exc}") from exc
+            if isinstance(event, h11.Data):
+                yield bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                return
+            else:
+                raise _ClientGone("the client went away during the request body")
+
+    async def _fastcgi_client(self, exits: AsyncExitStack) -> Client:
+        if self.fastcgi is None or not self.fastcgi.is_usable:
+            self.fastcgi = await exits.enter_async_context(
+                open_tcp_client("127.0.0.1", self.app_port)
+            )
+        return self.fastcgi
+
+    async def handle(self, request: h11.Request, exits: AsyncExitStack) -> None:
+        method = bytes(request.method)
+        label = f"{method.decode('latin-1')} {bytes(request.target).decode('latin-1')}"
+        params = cgi_params(request, server=self.server, client=self.client)
+        status = 502
+        head_sent = False
+        try:
+            client = await self._fastcgi_client(exits)
+            async with client.open_request(params, stdin=self.body()) as active:
+                buffer = b""
+                split = None
+                async for chunk in active.stdout:
+                    buffer += chunk
+                    split = _split_head(buffer)
+                    if split is not None:
+                        break
+                    if len(buffer) > MAX_HEAD_SIZE:
+                        raise CGIResponseError("the CGI response head is too large")
+                if split is None:
+                    raise CGIResponseError("the application sent no CGI response head")
+                head, rest = split
+                response = parse_cgi_response(head)
+                status = response.status
+                await self.send(self._response_head(response))
+                head_sent = True
+                send_body = method != b"HEAD"
+                if rest and send_body:
+                    await self.send(h11.Data(data=rest))
+                async for chunk in active.stdout:
+                    if send_body:
+                        await self.send(h11.Data(data=bytes(chunk)))
+                await active.wait_ended()
+            await self.send(h11.EndOfMessage())
+        except (_ClientGone, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            if head_sent or isinstance(exc, _ClientGone):
+                LOGGER.info("%s: connection lost: %s", label, exc)
+                self.closing = True
+                return
+            await self._bad_gateway(label, exc)
+            return
+        except (OSError, ServerProtocolError, CGIResponseError, h11.LocalProtocolError) as exc:
+            if head_sent:
+                LOGGER.warning("%s: response cut short: %s", label, exc)
+                self.closing = True
+                return
+            await self._bad_gateway(label, exc)
+            return
+        LOGGER.info('"%s HTTP/%s" %d', label, bytes(request.http_version).decode(), status)
+
+    async def _bad_gateway(self, label: str, exc: BaseException) -> None:
+        LOGGER.error("%s: 502 Bad Gateway: %s", label, exc)
+        self.fastcgi = None
+        await self.error_response(502, f"Bad Gateway: the application failed ({exc})\n")
+
+    def _response_head(self, response: CGIResponse) -> h11.Response:
+        if not 200 <= response.status <= 999:
+            raise CGIResponseError(f"status {response.status} is not a final response")
+        headers = [
+            (name, value) for name, value in response.headers if name.lower() not in _HOP_BY_HOP
+        ]
+        if not any(name.lower() == "server" for name, _ in headers):
+            headers.append(("Server", f"trio-fastcgi-dev/{__version__}"))
+        try:
+            reason = http.HTTPStatus(response.status).phrase
+        except ValueError:
+            reason = ""
+        return h11.Response(status_code=response.status, headers=headers, reason=reason)
+
+
+async def _serve_http_connection(app_port: int, stream: trio.SocketStream) -> None:
+    connection = _HTTPConnection(stream, app_port)
+    try:
+        async with AsyncExitStack() as exits:
+            await connection.run(exits)
+    except (_ClientGone, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        LOGGER.debug("HTTP connection closed: %s", exc)
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def serve_dev(
+    loaded: LoadedApp,
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the loaded application over HTTP on *host*:*port* until cancelled.
+
+    ``await nursery.start(serve_dev, loaded, port=0)`` returns the HTTP
+    listeners once both halves are up.
+    """
+    handler, lifespan = loaded
+    async with (
+        lifespan if lifespan is not None else _no_lifespan(),
+        trio.open_nursery() as nursery,
+    ):
+        fastcgi_listeners = await nursery.start(
+            partial(serve_tcp, handler, 0, host="127.0.0.1", web_server_addrs=["127.0.0.1"])
+        )
+        app_port = int(fastcgi_listeners[0].socket.getsockname()[1])
+        http_listeners = await trio.open_tcp_listeners(port, host=host)
+        http_port = http_listeners[0].socket.getsockname()[1]
+        shown = f"[{host}]" if ":" in host else host
+        LOGGER.info("application served over FastCGI on 127.0.0.1:%d", app_port)
+        LOGGER.warning("development server: open http://%s:%d/ (Ctrl+C stops)", shown, http_port)
+        await nursery.start(
+            trio.serve_listeners, partial(_serve_http_connection, app_port), http_listeners
+        )
+        task_status.started(http_listeners)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ._cli import INTERFACES, LOG_LEVELS
+
+    parser = argparse.ArgumentParser(
+        prog="trio-fastcgi dev",
+        description=(
+            "DEVELOPMENT ONLY: serve MODULE:APP over plain HTTP, through a built-in "
+            "HTTP-to-FastCGI front end, so you can open it in a browser with no web "
+            "server installed. The application is served over FastCGI on a loopback "
+            "port just as in production. For production use `trio-fastcgi MODULE:APP` "
+            "behind a real web server."
+        ),
+    )
+    parser.add_argument("app", metavar="MODULE:APP", help="the application, e.g. myapp:app")
+    parser.add_argument("--host", default=DEFAULT_HOST, help="HTTP address (default 127.0.0.1)")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help="HTTP port (default 8000; 0 picks one)"
+    )
+    parser.add_argument("--interface", choices=INTERFACES, default="auto", help="what APP is")
+    parser.add_argument("--app-dir", default=".", metavar="DIR", help="searched first for MODULE")
+    parser.add_argument("--script-name", default=None, metavar="PATH", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=40, metavar="N", help="WSGI threads")
+    parser.add_argument(
+        "--lifespan", choices=("auto", "on", "off"), default="auto", help="ASGI lifespan"
+    )
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="logging level")
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    """``trio-fastcgi dev``: the exit status."""
+    from ._cli import CLIError, configure_logging, loader
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.workers = 0
+    configure_logging(args.log_level)
+    sys.stderr.write(BANNER + "\n")
+    try:
+        loaded = loader(args)()
+    except CLIError as exc:
+        parser.exit(2, f"trio-fastcgi dev: error: {exc}\n")
+    try:
+        trio.run(partial(serve_dev, loaded, host=args.host, port=args.port))
+    except KeyboardInterrupt:
+        LOGGER.info("stopped")
+    except OSError as exc:
+        parser.exit(1, f"trio-fastcgi dev: error: {exc}\n")
+    return 0
