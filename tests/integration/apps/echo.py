@@ -4,7 +4,7 @@ Routes go by the last segment of the request path, so the same handler works
 behind any URL prefix a web server config adds:
 
 - ``hello``: a fixed greeting.
-- ``echo``: the request body back, streamed chunk by chunk as it arrives.
+- ``echo``: the request body back, once it has all arrived.
 - ``blob?size=N&seed=S``: N pseudo-random bytes from seed S (see :func:`blob`).
 - ``params``: the request's params as JSON.
 - ``sleep``: waits until cancelled, and records how the cancellation came.
@@ -105,12 +105,11 @@ class EchoApp:
         return 0
 
     async def echo(self, request: trio_fastcgi.Request) -> None:
-        await request.stdout.send_all(
-            b"Status: 200 OK\r\nContent-Type: application/octet-stream\r\n\r\n"
-        )
-        async for chunk in request.stdin:
-            await request.stdout.send_all(chunk)
-        await request.stdout.aclose()
+        # The whole body first, then the response: nginx stops sending the
+        # request body once it has passed the response head on to the client,
+        # so an echo that answers while still reading can deadlock behind it.
+        body = await request.stdin.receive_all()
+        await request.respond(body, content_type="application/octet-stream")
 
     async def send_blob(self, request: trio_fastcgi.Request, size: int, seed: int) -> None:
         await request.stdout.send_all(
