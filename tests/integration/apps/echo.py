@@ -61,6 +61,7 @@ class AppStats:
     sleeping: trio.Event = field(default_factory=trio.Event)
     cancellations: list[Cancellation] = field(default_factory=list)
     cancelled: trio.Event = field(default_factory=trio.Event)
+    authorizer_params: list[dict[str, str]] = field(default_factory=list)
 
 
 class EchoApp:
@@ -134,6 +135,7 @@ class EchoApp:
 
     async def authorize(self, request: trio_fastcgi.Request) -> int:
         params = request.params
+        self.stats.authorizer_params.append(dict(params))
         user, password = params.get("REMOTE_USER"), params.get("REMOTE_PASSWD")
         if password is None:
             user, password = _basic_credentials(params.get("HTTP_AUTHORIZATION", ""))
