@@ -1,0 +1,543 @@
+"""The WSGI adapter: PEP 3333 environ, streaming both ways, errors, abort."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from functools import partial
+
+import pytest
+import trio
+import trio.testing
+
+import trio_fastcgi
+from examples.flask_app import app as flask_app
+from tests.helpers import (
+    ABORT,
+    AUTHORIZER,
+    STDIN,
+    STDOUT,
+    FakeWebServer,
+    begin_record,
+    params_records,
+    record,
+)
+from trio_fastcgi import Request, Role
+from trio_fastcgi.wsgi import ClientDisconnected, WSGIHandler, build_environ
+
+Environ = dict[str, object]
+StartResponse = Callable[..., Callable[[bytes], object]]
+
+GET = {"REQUEST_METHOD": "GET", "SERVER_PROTOCOL": "HTTP/1.1", "SERVER_NAME": "example.org"}
+
+
+def make_request(raw_params: Iterable[tuple[bytes, bytes]]) -> Request:
+    outbox, _ = trio.open_memory_channel[object](1)
+    return Request(
+        request_id=1,
+        role=Role.RESPONDER,
+        keep_conn=True,
+        raw_params=tuple(raw_params),
+        outbox=outbox,  # type: ignore[arg-type]
+        input_buffer_size=1024,
+    )
+
+
+async def serve(nursery: trio.Nursery, handler: WSGIHandler, **options: object) -> FakeWebServer:
+    client, server = trio.testing.memory_stream_pair()
+    nursery.start_soon(partial(trio_fastcgi.serve_connection, handler, server, **options))  # type: ignore[arg-type]
+    return FakeWebServer(client)
+
+
+def capture_environ(seen: list[Environ]) -> Callable[[Environ, StartResponse], Iterable[bytes]]:
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        seen.append(environ)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    return app
+
+
+# -- environ --------------------------------------------------------------------
+
+
+async def test_build_environ_native_strings_are_latin1_of_raw_bytes() -> None:
+    path = "/caf\u00e9".encode()  # UTF-8 bytes, as nginx passes a decoded URI
+    request = make_request(
+        [
+            (b"REQUEST_METHOD", b"POST"),
+            (b"SCRIPT_NAME", b""),
+            (b"PATH_INFO", path + b"\xff"),
+            (b"HTTP_X_RAW", b"\xe9t\xe9"),
+            (b"CONTENT_LENGTH", b""),
+            (b"CONTENT_TYPE", b""),
+        ]
+    )
+    environ = build_environ(request)
+    assert environ["PATH_INFO"] == (path + b"\xff").decode("latin-1")
+    assert environ["HTTP_X_RAW"] == "\xe9t\xe9"
+    assert all(type(key) is str and type(value) is str for key, value in environ.items())
+    # Empty CONTENT_LENGTH/CONTENT_TYPE (nginx on a GET) are dropped.
+    assert "CONTENT_LENGTH" not in environ
+    assert "CONTENT_TYPE" not in environ
+    for required in ("QUERY_STRING", "SERVER_NAME", "SERVER_PORT", "SERVER_PROTOCOL"):
+        assert required in environ
+
+
+@pytest.mark.parametrize(
+    ("script_name", "path_info", "override", "expected"),
+    [
+        # nginx stock fastcgi_params: whole path in SCRIPT_NAME, no PATH_INFO
+        ("/users/7", None, None, ("", "/users/7")),
+        # the web server split it (fastcgi_split_path_info, Apache)
+        ("/app.fcgi", "/users/7", None, ("/app.fcgi", "/users/7")),
+        ("/app.fcgi", "", None, ("/app.fcgi", "")),
+        # mod_fcgid setups: the mount point given on the command line
+        ("/app.fcgi/users/7", None, "/app.fcgi", ("/app.fcgi", "/users/7")),
+        ("/app.fcgi", "/users/7", "/app.fcgi/", ("/app.fcgi", "/users/7")),
+        ("/app.fcgi", None, "/app.fcgi", ("/app.fcgi", "")),
+        ("/elsewhere", None, "/app.fcgi", ("/app.fcgi", "/elsewhere")),
+    ],
+)
+async def test_build_environ_splits_script_name_and_path_info(
+    script_name: str,
+    path_info: str | None,
+    override: str | None,
+    expected: tuple[str, str],
+) -> None:
+    params = [(b"SCRIPT_NAME", script_name.encode())]
+    if path_info is not None:
+        params.append((b"PATH_INFO", path_info.encode()))
+    environ = build_environ(make_request(params), script_name=override)
+    assert (environ["SCRIPT_NAME"], environ["PATH_INFO"]) == expected
+
+
+async def test_wsgi_environ_has_wsgi_keys_and_https_scheme(nursery: trio.Nursery) -> None:
+    seen: list[Environ] = []
+    web = await serve(nursery, WSGIHandler(capture_environ(seen), multiprocess=True))
+    await web.request(1, params={**GET, "HTTPS": "on"})
+    response = await web.read_response(1)
+    assert response.body == b"ok"
+    environ = seen[0]
+    assert environ["wsgi.version"] == (1, 0)
+    assert environ["wsgi.url_scheme"] == "https"
+    assert environ["wsgi.multithread"] is True
+    assert environ["wsgi.multiprocess"] is True
+    assert environ["wsgi.run_once"] is False
+    assert environ["wsgi.input_terminated"] is True
+    assert isinstance(environ["trio_fastcgi.request"], Request)
+
+
+@pytest.mark.parametrize(
+    ("params", "scheme"),
+    [({}, "http"), ({"HTTPS": "off"}, "http"), ({"REQUEST_SCHEME": "https"}, "https")],
+)
+async def test_wsgi_url_scheme(nursery: trio.Nursery, params: dict[str, str], scheme: str) -> None:
+    seen: list[Environ] = []
+    web = await serve(nursery, WSGIHandler(capture_environ(seen)))
+    await web.request(1, params={**GET, **params})
+    await web.read_response(1)
+    assert seen[0]["wsgi.url_scheme"] == scheme
+
+
+# -- Flask ------------------------------------------------------------------------
+
+
+async def test_wsgi_flask_post_body_echoed(nursery: trio.Nursery) -> None:
+    web = await serve(nursery, WSGIHandler(flask_app))
+    body = bytes(range(256)) * 1000  # 256 kB, several records
+    params = {
+        "REQUEST_METHOD": "POST",
+        "SCRIPT_NAME": "/echo",
+        "CONTENT_LENGTH": str(len(body)),
+        "CONTENT_TYPE": "application/octet-stream",
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "80",
+    }
+    await web.request(1, params=params, stdin=body)
+    response = await web.read_response(1)
+    assert response.app_status == 0
+    assert b"Status: 200 OK" in response.head
+    assert b"X-Length: 256000" in response.head
+    assert response.body == body
+
+
+async def test_wsgi_flask_sees_headers_path_and_query(nursery: trio.Nursery) -> None:
+    web = await serve(nursery, WSGIHandler(flask_app))
+    params = {
+        **GET,
+        "SCRIPT_NAME": "/headers",
+        "QUERY_STRING": "a=1&b=two",
+        "HTTP_USER_AGENT": "test-agent/1.0",
+    }
+    await web.request(1, params=params)
+    response = await web.read_response(1)
+    assert json.loads(response.body) == {
+        "path": "/headers",
+        "script_root": "",
+        "args": {"a": "1", "b": "two"},
+        "user_agent": "test-agent/1.0",
+        "scheme": "http",
+    }
+
+
+async def test_wsgi_flask_streamed_lines(nursery: trio.Nursery) -> None:
+    web = await serve(nursery, WSGIHandler(flask_app))
+    await web.request(1, params={**GET, "SCRIPT_NAME": "/stream", "QUERY_STRING": "n=4"})
+    response = await web.read_response(1)
+    assert response.body == b"line 0\nline 1\nline 2\nline 3\n"
+    # One STDOUT record per yielded line (plus the head and the end): streamed.
+    data_records = [r for r in response.records if r.type == STDOUT and r.content]
+    assert len(data_records) >= 4
+
+
+async def test_wsgi_flask_error_is_500_and_logged(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    flask_app.logger.disabled = True  # Flask's own logging is not what we test
+    try:
+        web = await serve(nursery, WSGIHandler(flask_app))
+        await web.request(1, params={**GET, "SCRIPT_NAME": "/fail"})
+        response = await web.read_response(1)
+    finally:
+        flask_app.logger.disabled = False
+    assert response.head.startswith(b"Status: 500")
+
+    # An application that raises before start_response: the core's 500, logged.
+    def broken(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        raise ValueError("broken application")
+
+    web = await serve(nursery, WSGIHandler(broken))
+    with caplog.at_level(logging.ERROR, logger="trio_fastcgi"):
+        await web.request(1, params=GET)
+        response = await web.read_response(1)
+    assert response.head.startswith(b"Status: 500")
+    assert response.app_status == 1
+    assert any("broken application" in str(r.exc_info and r.exc_info[1]) for r in caplog.records)
+
+
+# -- streaming and the PEP 3333 rules --------------------------------------------
+
+
+async def test_wsgi_each_chunk_is_sent_before_the_next_is_asked_for(
+    nursery: trio.Nursery,
+) -> None:
+    first_seen = threading.Event()
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterator[bytes]:
+        start_response("200 OK", [])
+        yield b"first"
+        # Blocks until the web server has the first chunk: a buffering
+        # adapter would never get there.
+        assert first_seen.wait(10)
+        yield b"second"
+
+    web = await serve(nursery, WSGIHandler(app))
+    await web.request(1, params=GET)
+    with trio.fail_after(10):
+        while 1 not in web.responses or b"first" not in web.responses[1].stdout:
+            await web._read_more()
+    first_seen.set()
+    response = await web.read_response(1)
+    assert response.body == b"firstsecond"
+
+
+async def test_wsgi_write_callable_and_iterable_closed(nursery: trio.Nursery) -> None:
+    closed: list[bool] = []
+
+    class Body:
+        def __iter__(self) -> Iterator[bytes]:
+            yield b" iterated"
+
+        def close(self) -> None:
+            closed.append(True)
+
+    def app(environ: Environ, start_response: StartResponse) -> Body:
+        write = start_response("201 Created", [("X-A", "1")])
+        write(b"written")
+        return Body()
+
+    web = await serve(nursery, WSGIHandler(app))
+    await web.request(1, params=GET)
+    response = await web.read_response(1)
+    assert response.head.split(b"\r\n")[0] == b"Status: 201 Created"
+    assert response.body == b"written iterated"
+    assert closed == [True]
+
+
+async def test_wsgi_iterable_closed_when_iteration_fails(nursery: trio.Nursery) -> None:
+    closed: list[bool] = []
+
+    class Body:
+        def __iter__(self) -> Iterator[bytes]:
+            yield b"part"
+            raise RuntimeError("mid-body failure")
+
+        def close(self) -> None:
+            closed.append(True)
+
+    def app(environ: Environ, start_response: StartResponse) -> Body:
+        start_response("200 OK", [])
+        return Body()
+
+    web = await serve(nursery, WSGIHandler(app))
+    await web.request(1, params=GET)
+    response = await web.read_response(1)
+    assert response.body == b"part"
+    assert response.app_status == 1
+    assert closed == [True]
+
+
+async def test_wsgi_start_response_exc_info_replaces_unsent_headers(
+    nursery: trio.Nursery,
+) -> None:
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        start_response("200 OK", [("X-Before", "1")])
+        try:
+            raise KeyError("late failure")
+        except KeyError:
+            import sys
+
+            start_response("503 Service Unavailable", [("X-After", "1")], sys.exc_info())
+        return [b"sorry"]
+
+    web = await serve(nursery, WSGIHandler(app))
+    await web.request(1, params=GET)
+    response = await web.read_response(1)
+    assert response.head == b"Status: 503 Service Unavailable\r\nX-After: 1"
+    assert response.body == b"sorry"
+
+
+async def test_wsgi_start_response_exc_info_after_head_reraises(nursery: trio.Nursery) -> None:
+    reraised: list[BaseException] = []
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterator[bytes]:
+        start_response("200 OK", [])
+        yield b"sent"
+        try:
+            raise KeyError("too late")
+        except KeyError:
+            import sys
+
+            try:
+                start_response("500 Oops", [], sys.exc_info())
+            except KeyError as exc:
+                reraised.append(exc)
+                raise
+
+    web = await serve(nursery, WSGIHandler(app))
+    await web.request(1, params=GET)
+    response = await web.read_response(1)
+    assert response.body == b"sent"
+    assert response.app_status == 1
+    assert len(reraised) == 1
+
+
+async def test_wsgi_start_response_twice_without_exc_info_fails(nursery: trio.Nursery) -> None:
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        start_response("200 OK", [])
+        start_response("200 OK", [])
+        return []
+
+    web = await serve(nursery, WSGIHandler(app))
+    await web.request(1, params=GET)
+    response = await web.read_response(1)
+    assert response.head.startswith(b"Status: 500")
+    assert response.app_status == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "headers"),
+    [
+        ("OK 200", []),
+        ("200 OK\r\nX: y", []),
+        ("200 OK", [("Bad\nName", "v")]),
+        ("200 OK", [("X", "line\r\nbreak")]),
+        ("200 OK", [("X", "\u20ac")]),  # not latin-1
+        ("200 OK", (("X", "tuple, not list"),)),
+    ],
+)
+async def test_wsgi_bad_status_or_headers_is_500(
+    nursery: trio.Nursery, status: str, headers: object
+) -> None:
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        start_response(status, headers)
+        return [b"body"]
+
+    web = await serve(nursery, WSGIHandler(app))
+    await web.request(1, params=GET)
+    response = await web.read_response(1)
+    assert response.head.startswith(b"Status: 500")
+
+
+async def test_wsgi_no_start_response_is_500(nursery: trio.Nursery) -> None:
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        return []
+
+    web = await serve(nursery, WSGIHandler(app))
+    await web.request(1, params=GET)
+    response = await web.read_response(1)
+    assert response.head.startswith(b"Status: 500")
+
+
+async def test_wsgi_empty_body_sends_head(nursery: trio.Nursery) -> None:
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        start_response("204 No Content", [])
+        return [b"", b""]
+
+    web = await serve(nursery, WSGIHandler(app))
+    await web.request(1, params=GET)
+    response = await web.read_response(1)
+    assert response.head == b"Status: 204 No Content"
+    assert response.body == b""
+    assert response.stdout_closed
+
+
+# -- input and errors -------------------------------------------------------------
+
+
+async def test_wsgi_input_read_readline_iteration_without_content_length(
+    nursery: trio.Nursery,
+) -> None:
+    results: dict[str, object] = {}
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        stream = environ["wsgi.input"]
+        results["first"] = stream.readline()  # type: ignore[attr-defined]
+        results["limited"] = stream.readline(3)  # type: ignore[attr-defined]
+        results["four"] = stream.read(4)  # type: ignore[attr-defined]
+        results["rest"] = list(stream)  # type: ignore[call-overload]
+        results["after"] = stream.read()  # type: ignore[attr-defined]
+        start_response("200 OK", [])
+        return []
+
+    web = await serve(nursery, WSGIHandler(app))
+    # No CONTENT_LENGTH (a chunked upload through nginx): read to the end.
+    body = b"line one\nabcdefgh\nthird\nlast without newline"
+    await web.send(begin_record(1) + params_records(1, GET))
+    for i in range(0, len(body), 5):  # many small records
+        await web.send(record(STDIN, 1, body[i : i + 5]))
+    await web.send(record(STDIN, 1))
+    await web.read_response(1)
+    assert results == {
+        "first": b"line one\n",
+        "limited": b"abc",
+        "four": b"defg",
+        "rest": [b"h\n", b"third\n", b"last without newline"],
+        "after": b"",
+    }
+
+
+async def test_wsgi_input_short_body_is_an_oserror(nursery: trio.Nursery) -> None:
+    errors: list[BaseException] = []
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        try:
+            environ["wsgi.input"].read()  # type: ignore[attr-defined]
+        except OSError as exc:
+            errors.append(exc)
+        start_response("400 Bad Request", [])
+        return []
+
+    web = await serve(nursery, WSGIHandler(app))
+    await web.request(1, params={**GET, "CONTENT_LENGTH": "100"}, stdin=b"only ten b")
+    response = await web.read_response(1)
+    assert response.head == b"Status: 400 Bad Request"
+    assert len(errors) == 1
+
+
+async def test_wsgi_errors_go_to_fastcgi_stderr(nursery: trio.Nursery) -> None:
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        errors = environ["wsgi.errors"]
+        errors.write("something odd\n")  # type: ignore[attr-defined]
+        errors.writelines(["a", "b\n"])  # type: ignore[attr-defined]
+        errors.flush()  # type: ignore[attr-defined]
+        start_response("200 OK", [])
+        return [b"fine"]
+
+    web = await serve(nursery, WSGIHandler(app))
+    await web.request(1, params=GET)
+    response = await web.read_response(1)
+    assert response.stderr == b"something odd\nab\n"
+    assert response.body == b"fine"
+
+
+async def test_wsgi_abort_raises_client_disconnected_in_app(nursery: trio.Nursery) -> None:
+    raised: list[BaseException] = []
+    reading = threading.Event()
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        reading.set()
+        try:
+            environ["wsgi.input"].read()  # type: ignore[attr-defined]
+        except ClientDisconnected as exc:
+            raised.append(exc)
+            raise
+        start_response("200 OK", [])
+        return [b"unreachable"]
+
+    web = await serve(nursery, WSGIHandler(app))
+    await web.send(begin_record(1) + params_records(1, GET) + record(STDIN, 1, b"partial"))
+    await trio.to_thread.run_sync(reading.wait)
+    await web.send(record(ABORT, 1))
+    with trio.fail_after(10):
+        response = await web.read_response(1)
+    assert len(raised) == 1
+    assert response.stdout == b""
+    # The next request on the connection is served normally.
+    await web.request(2, params=GET)
+    second = await web.read_response(2)
+    assert (second.app_status, second.body) == (0, b"unreachable")
+    assert len(raised) == 1
+
+
+async def test_wsgi_limiter_bounds_threads(nursery: trio.Nursery) -> None:
+    lock = threading.Lock()
+    running = 0
+    peak = 0
+    release = threading.Event()
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        release.wait(10)
+        with lock:
+            running -= 1
+        start_response("200 OK", [])
+        return [b"x"]
+
+    limiter = trio.CapacityLimiter(2)
+    web = await serve(nursery, WSGIHandler(app, limiter=limiter))
+    for rid in range(1, 6):
+        await web.request(rid, params=GET)
+    await trio.testing.wait_all_tasks_blocked()
+    assert limiter.borrowed_tokens == 2
+    # Three requests wait for a thread while two run; the loop is not blocked.
+    assert limiter.statistics().tasks_waiting == 3
+    release.set()
+    for rid in range(1, 6):
+        assert (await web.read_response(rid)).body == b"x"
+    assert peak == 2
+
+
+async def test_wsgi_authorizer_variables_pass_through(nursery: trio.Nursery) -> None:
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        if environ.get("HTTP_AUTHORIZATION") == "Bearer good":
+            start_response("200 OK", [("Variable-REMOTE_USER", "alice")])
+            return []
+        start_response("403 Forbidden", [("Content-Type", "text/plain")])
+        return [b"denied\n"]
+
+    web = await serve(nursery, WSGIHandler(app), roles={Role.AUTHORIZER})
+    params = {**GET, "FCGI_ROLE": "AUTHORIZER", "HTTP_AUTHORIZATION": "Bearer good"}
+    await web.request(1, params=params, role=AUTHORIZER)
+    allowed = await web.read_response(1)
+    assert allowed.head == b"Status: 200 OK\r\nVariable-REMOTE_USER: alice"
+    await web.request(2, params={**params, "HTTP_AUTHORIZATION": "Bearer bad"}, role=AUTHORIZER)
+    denied = await web.read_response(2)
+    assert denied.head.startswith(b"Status: 403 Forbidden")
+    assert denied.body == b"denied\n"
