@@ -22,10 +22,10 @@ def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
-def _length_param(value: str | None) -> int | None:
+def _length_param(value: str | bytes | None) -> int | None:
     """A decimal length parameter, or None if absent or empty (nginx sends
     ``CONTENT_LENGTH=""`` for requests without a body)."""
-    if value is None or not value.isdigit():
+    if value is None or not value.isdigit() or not value.isascii():
         return None
     return int(value)
 
@@ -78,22 +78,23 @@ class Request:
         self.raw_params = raw_params
         self._params: dict[str, str] | None = None
         self._aborted = False
-        params = self.params
         self.stdin = InputStream(
             "stdin",
             buffer_size=input_buffer_size,
-            expected_length=_length_param(params.get("CONTENT_LENGTH")),
+            expected_length=(
+                None if role is Role.AUTHORIZER else _length_param(self._raw(b"CONTENT_LENGTH"))
+            ),
         )
         self.data = InputStream(
             "data",
             buffer_size=input_buffer_size,
-            expected_length=_length_param(params.get("FCGI_DATA_LENGTH")),
+            expected_length=(
+                _length_param(self._raw(b"FCGI_DATA_LENGTH")) if role is Role.FILTER else None
+            ),
         )
         if role is Role.AUTHORIZER:
-            self.stdin.expected_length = None
             self.stdin._feed_eof()
         if role is not Role.FILTER:
-            self.data.expected_length = None
             self.data._feed_eof()
         self.stdout = OutputStream(request_id, Stdout, outbox)
         self.stderr = OutputStream(request_id, Stderr, outbox)
@@ -101,6 +102,13 @@ class Request:
 
     def __repr__(self) -> str:
         return f"<Request {self.request_id} {self.role.name}>"
+
+    def _raw(self, name: bytes) -> bytes | None:
+        """The last raw value of param *name*, without decoding every param."""
+        for key, value in reversed(self.raw_params):
+            if key == name:
+                return value
+        return None
 
     @property
     def params(self) -> Mapping[str, str]:
@@ -125,12 +133,12 @@ class Request:
     @property
     def data_length(self) -> int | None:
         """Filter role: ``FCGI_DATA_LENGTH``, the size of the data stream."""
-        return _length_param(self.params.get("FCGI_DATA_LENGTH"))
+        return _length_param(self._raw(b"FCGI_DATA_LENGTH"))
 
     @property
     def data_last_mod(self) -> int | None:
         """Filter role: ``FCGI_DATA_LAST_MOD``, the file's mtime (Unix time)."""
-        return _length_param(self.params.get("FCGI_DATA_LAST_MOD"))
+        return _length_param(self._raw(b"FCGI_DATA_LAST_MOD"))
 
     async def respond(
         self,
