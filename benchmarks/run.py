@@ -1,0 +1,1311 @@
+"""Benchmark trio-fastcgi side by side with other FastCGI backends behind nginx.
+
+Usage (from the repository root)::
+
+    python benchmarks/run.py --rounds 3 --duration 10
+
+Each backend gets its own nginx (one worker, upstream keepalive on one port, a
+new FastCGI connection per request on another) in a temporary directory on
+127.0.0.1. Its answers are checked byte for byte, then wrk (-t1 -c32) loads
+each scenario. Rounds are interleaved (round 1 runs every backend, then round
+2, ...) and medians are reported, because the machine is shared and noisy.
+Then come the direct measurements (multiplexing, idle connections, a huge
+upload) and a py-spy profile of the native backend. Missing peers are skipped
+with a line saying why. See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import importlib.util
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+BACKENDS_DIR = HERE / "backends"
+sys.path[:0] = [str(BACKENDS_DIR), str(REPO)]
+
+from common import HELLO, ONE_MIB, POST_SIZE, raise_nofile  # noqa: E402
+
+SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def which(*names: str) -> str | None:
+    for name in names:
+        found = shutil.which(name, path=SBIN_PATH)
+        if found:
+            return found
+    return None
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+# -- processes ------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_tcp(port: int, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"exited with status {process.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+class Proc:
+    """A child started in its own session, stopped by its PID (then its group)."""
+
+    def __init__(
+        self, argv: list[str], *, log_path: Path, env: dict[str, str] | None = None
+    ) -> None:
+        self.argv = argv
+        self.log_path = log_path
+        with open(log_path, "ab") as log_file:
+            self.popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=str(log_path.parent),
+                start_new_session=True,
+            )
+        self.pid = self.popen.pid
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGKILL)
+                self.popen.wait(timeout)
+        # Children (php-fpm, workers) left behind share our new session's group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+
+
+# -- /proc accounting ---------------------------------------------------------------
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()
+
+
+def process_tree(root: int) -> list[int]:
+    """*root* and all its live descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat_fields(int(entry))
+            if fields is not None:
+                children.setdefault(int(fields[1]), []).append(int(entry))
+    tree = [root]
+    i = 0
+    while i < len(tree):
+        tree.extend(children.get(tree[i], ()))
+        i += 1
+    return tree
+
+
+def cpu_seconds(root: int) -> float:
+    """utime+stime of the tree, plus what reaped children of the root used."""
+    ticks = 0
+    for pid in process_tree(root):
+        fields = _stat_fields(pid)
+        if fields is None:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+        if pid == root:
+            ticks += int(fields[13]) + int(fields[14])
+    return ticks / CLK_TCK
+
+
+def status_kib(pid: int, key: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def reset_peak_rss(root: int) -> bool:
+    """Reset VmHWM of the tree (``clear_refs`` 5); False where not allowed."""
+    ok = True
+    for pid in process_tree(root):
+        try:
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+        except OSError:
+            ok = False
+    return ok
+
+
+def peak_rss_mib(root: int) -> float:
+    """Sum of VmHWM over the tree, in MiB."""
+    return sum(status_kib(pid, "VmHWM") for pid in process_tree(root)) / 1024
+
+
+def rss_mib(root: int) -> float:
+    return sum(status_kib(pid, "VmRSS") for pid in process_tree(root)) / 1024
+
+
+# -- backends -------------------------------------------------------------------
+
+
+@dataclass
+class Started:
+    backend: Proc | None  # None: nginx serves by itself
+    nginx: Proc
+    keepalive_port: int
+    new_conn_port: int
+    backend_port: int
+
+    @property
+    def measured_pid(self) -> int:
+        return (self.backend or self.nginx).pid
+
+    def stop(self) -> None:
+        self.nginx.stop()
+        if self.backend is not None:
+            self.backend.stop()
+
+
+@dataclass
+class Backend:
+    key: str
+    label: str
+    #: Returns None if runnable, else why not.
+    check: Callable[[], str | None]
+    #: Starts the FastCGI backend on a port in a work dir; returns its process.
+    start: Callable[[Path, int], Proc] | None
+    #: The nginx is the backend (no FastCGI).
+    alone: bool = False
+    version: Callable[[], str] = lambda: ""
+    skip_reason: str | None = field(default=None, init=False)
+
+
+def python_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(BACKENDS_DIR), str(REPO), *filter(None, [env.get("PYTHONPATH")])]
+    )
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def python_backend(script: str, *extra: str) -> Callable[[Path, int], Proc]:
+    def start(work: Path, port: int) -> Proc:
+        argv = [sys.executable, str(BACKENDS_DIR / script), "--port", str(port), *extra]
+        return Proc(argv, log_path=work / "backend.log", env=python_env())
+
+    return start
+
+
+def module_missing(*modules: str) -> str | None:
+    for module in modules:
+        try:
+            if importlib.util.find_spec(module) is None:
+                return f"Python module {module} is not installed"
+        except ModuleNotFoundError:
+            return f"Python module {module} is not installed"
+    return None
+
+
+def trio_module_missing(module: str, script: str) -> Callable[[], str | None]:
+    def check() -> str | None:
+        if importlib.util.find_spec(module) is None:
+            return f"not available yet ({module} does not exist)"
+        if not (BACKENDS_DIR / script).exists():
+            return f"not available yet (benchmarks/backends/{script} does not exist)"
+        return None
+
+    return check
+
+
+def pip_version(dist: str) -> Callable[[], str]:
+    def version() -> str:
+        from importlib import metadata
+
+        try:
+            return f"{dist} {metadata.version(dist)}"
+        except metadata.PackageNotFoundError:
+            return f"{dist} (not installed)"
+
+    return version
+
+
+def command_version(argv: list[str], pattern: str = r".*") -> Callable[[], str]:
+    def version() -> str:
+        binary = which(argv[0])
+        if binary is None:
+            return f"{argv[0]} (not installed)"
+        out = subprocess.run(
+            [binary, *argv[1:]], capture_output=True, text=True, check=False, timeout=30
+        )
+        text = (out.stdout + out.stderr).strip()
+        match = re.search(pattern, text)
+        return match.group(0) if match else text.splitlines()[0]
+
+    return version
+
+
+def cli_check() -> str | None:
+    if importlib.util.find_spec("trio_fastcgi._cli") is None:
+        return "not available yet (trio_fastcgi._cli does not exist)"
+    return None
+
+
+def start_cli_workers(work: Path, port: int) -> Proc:
+    argv = [
+        sys.executable,
+        "-m",
+        "trio_fastcgi",
+        "--workers",
+        "2",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "asgi_or_native:app",
+    ]
+    return Proc(argv, log_path=work / "backend.log", env=python_env())
+
+
+def go_check() -> str | None:
+    if which("go") is None:
+        return "Go is not installed (Debian package golang-go)"
+    return None
+
+
+_GO_BINARY: dict[str, Path] = {}
+
+
+def start_go(work: Path, port: int) -> Proc:
+    binary = _GO_BINARY.get("path")
+    if binary is None or not binary.exists():
+        raise RuntimeError("the Go backend was not built")
+    return Proc(
+        [str(binary), "-host", "127.0.0.1", "-port", str(port)], log_path=work / "backend.log"
+    )
+
+
+def build_go(build_dir: Path) -> str | None:
+    """Build backends/gofcgi offline (standard library only); None or an error."""
+    go = which("go")
+    if go is None:
+        return "Go is not installed"
+    target = build_dir / "gofcgi"
+    env = dict(os.environ)
+    env.update(
+        GOPROXY="off",
+        GOFLAGS="-mod=mod",
+        GOCACHE=str(build_dir / "gocache"),
+        GOPATH=str(build_dir / "gopath"),
+        GO111MODULE="off",
+    )
+    out = subprocess.run(
+        [go, "build", "-o", str(target), "main.go"],
+        cwd=BACKENDS_DIR / "gofcgi",
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    if out.returncode != 0:
+        return f"go build failed: {out.stderr.strip()}"
+    _GO_BINARY["path"] = target
+    return None
+
+
+def php_check() -> str | None:
+    if which("php-fpm", "php-fpm8.2") is None and not _php_fpm_candidates():
+        return "php-fpm is not installed (Debian package php-fpm)"
+    return None
+
+
+def _php_fpm_candidates() -> list[str]:
+    return sorted(str(p) for p in Path("/usr/sbin").glob("php-fpm*"))
+
+
+def php_binary() -> str:
+    found = which("php-fpm") or which("php-fpm8.2")
+    if found:
+        return found
+    return _php_fpm_candidates()[-1]
+
+
+PHP_FPM_CONF = """\
+[global]
+pid = {work}/php-fpm.pid
+error_log = {work}/php-fpm-error.log
+daemonize = no
+
+[bench]
+listen = 127.0.0.1:{port}
+listen.backlog = 4096
+pm = static
+pm.max_children = 4
+{user}
+"""
+
+
+def start_php(work: Path, port: int) -> Proc:
+    # Running as root, php-fpm needs -R and a pool user; otherwise it runs as us.
+    as_root = os.geteuid() == 0
+    user = "user = root\ngroup = root" if as_root else ""
+    conf = work / "php-fpm.conf"
+    conf.write_text(PHP_FPM_CONF.format(work=work, port=port, user=user))
+    argv = [php_binary(), "--nodaemonize", "--fpm-config", str(conf)]
+    if as_root:
+        argv.append("--allow-to-run-as-root")
+    return Proc(argv, log_path=work / "backend.log")
+
+
+def nginx_alone_check() -> str | None:
+    return None
+
+
+def make_backends() -> list[Backend]:
+    nginx_version = command_version(["nginx", "-v"], r"nginx/\S+")
+    return [
+        Backend(
+            "trio-native",
+            "trio-fastcgi, native handler",
+            lambda: None,
+            python_backend("trio_native.py"),
+            version=pip_version("trio-fastcgi"),
+        ),
+        Backend(
+            "trio-wsgi",
+            "trio-fastcgi WSGI adapter",
+            trio_module_missing("trio_fastcgi.wsgi", "trio_wsgi.py"),
+            python_backend("trio_wsgi.py"),
+            version=pip_version("trio-fastcgi"),
+        ),
+        Backend(
+            "trio-asgi",
+            "trio-fastcgi ASGI adapter",
+            trio_module_missing("trio_fastcgi.asgi", "trio_asgi.py"),
+            python_backend("trio_asgi.py"),
+            version=pip_version("trio-fastcgi"),
+        ),
+        Backend(
+            "trio-workers2",
+            "trio-fastcgi --workers 2",
+            cli_check,
+            start_cli_workers,
+            version=pip_version("trio-fastcgi"),
+        ),
+        Backend(
+            "fcgisgi-asgi",
+            "fcgisgi (asyncio, ASGI)",
+            lambda: module_missing("fcgisgi"),
+            python_backend("fcgisgi_asgi.py"),
+            version=pip_version("fcgisgi"),
+        ),
+        Backend(
+            "fcgisgi-wsgi",
+            "fcgisgi WSGI adapter",
+            lambda: module_missing("fcgisgi"),
+            python_backend("fcgisgi_wsgi.py"),
+            version=pip_version("fcgisgi"),
+        ),
+        Backend(
+            "flup",
+            "flup, TCP_NODELAY set",
+            lambda: module_missing("flup"),
+            python_backend("flup_wsgi.py"),
+            version=pip_version("flup"),
+        ),
+        Backend(
+            "gevent-fastcgi",
+            "gevent-fastcgi",
+            lambda: module_missing("gevent_fastcgi", "gevent"),
+            python_backend("gevent_fastcgi_wsgi.py"),
+            version=lambda: f"{pip_version('gevent-fastcgi')()}, {pip_version('gevent')()}",
+        ),
+        Backend(
+            "go",
+            "Go net/http/fcgi",
+            go_check,
+            start_go,
+            version=command_version(["go", "version"], r"go\d+\.\d+(\.\d+)?"),
+        ),
+        Backend(
+            "php-fpm",
+            "php-fpm, 4 children",
+            php_check,
+            start_php,
+            version=lambda: command_version([php_binary(), "-v"], r"PHP \S+")(),
+        ),
+        Backend(
+            "nginx",
+            "nginx answering by itself (ceiling)",
+            nginx_alone_check,
+            None,
+            alone=True,
+            version=nginx_version,
+        ),
+    ]
+
+
+def start_backend(backend: Backend, work: Path) -> Started:
+    nginx = which("nginx")
+    assert nginx is not None
+    keepalive_port, new_conn_port = free_port(), free_port()
+    backend_proc: Proc | None = None
+    backend_port = 0
+    if backend.alone:
+        (work / "1m.bin").write_bytes(ONE_MIB)
+        template = (HERE / "nginx-alone.conf.template").read_text()
+    else:
+        assert backend.start is not None
+        backend_port = free_port()
+        backend_proc = backend.start(work, backend_port)
+        try:
+            wait_for_tcp(backend_port, backend_proc.popen)
+        except (RuntimeError, TimeoutError) as exc:
+            backend_proc.stop()
+            raise RuntimeError(f"{exc}\n{backend_proc.log_tail()}") from None
+        template = (HERE / "nginx.conf.template").read_text()
+    replacements = {
+        "@DIR@": str(work),
+        "@BACKEND_PORT@": str(backend_port),
+        "@KEEPALIVE_PORT@": str(keepalive_port),
+        "@NEW_CONN_PORT@": str(new_conn_port),
+        "@SCRIPT_FILENAME@": str(BACKENDS_DIR / "php" / "bench.php"),
+    }
+    for name, value in replacements.items():
+        template = template.replace(name, value)
+    conf = work / "nginx.conf"
+    conf.write_text(template)
+    nginx_proc = Proc([nginx, "-p", str(work), "-c", str(conf)], log_path=work / "nginx.log")
+    try:
+        wait_for_tcp(keepalive_port, nginx_proc.popen)
+        wait_for_tcp(new_conn_port, nginx_proc.popen)
+    except (RuntimeError, TimeoutError) as exc:
+        nginx_proc.stop()
+        if backend_proc is not None:
+            backend_proc.stop()
+        raise RuntimeError(f"nginx: {exc}\n{nginx_proc.log_tail()}") from None
+    return Started(backend_proc, nginx_proc, keepalive_port, new_conn_port, backend_port)
+
+
+# -- checking answers ---------------------------------------------------------------
+
+POST_BODY = bytes(range(256)) * (POST_SIZE // 256)
+EXPECTED = {
+    "/hello": HELLO,
+    "/1m": ONE_MIB,
+    "/post": str(POST_SIZE).encode(),
+}
+
+
+def check_answers(port: int) -> dict[str, list[str]]:
+    """Every route's answer through nginx, byte for byte: problems per route."""
+    problems: dict[str, list[str]] = {}
+    for path, expected in EXPECTED.items():
+        found = check_route(port, path, expected)
+        if found:
+            problems[path] = found
+    return problems
+
+
+def check_route(port: int, path: str, expected: bytes) -> list[str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+    try:
+        if path == "/post":
+            headers = {"Content-Type": "application/octet-stream"}
+            conn.request("POST", path, body=POST_BODY, headers=headers)
+        else:
+            conn.request("GET", path)
+        response = conn.getresponse()
+        body = response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        return [f"{exc!r}"]
+    finally:
+        conn.close()
+    problems = []
+    media_type = (response.getheader("Content-Type") or "").split(";")[0].strip()
+    length = response.getheader("Content-Length")
+    if response.status != 200:
+        problems.append(f"status {response.status}")
+    if body != expected:
+        problems.append(
+            f"body differs ({len(body)} bytes, expected {len(expected)}; "
+            f"{body[:40]!r}...{body[-80:]!r})"
+        )
+    if media_type != "text/plain":
+        problems.append(f"Content-Type {response.getheader('Content-Type')!r}")
+    if length != str(len(expected)):
+        problems.append(f"Content-Length {length!r}")
+    return problems
+
+
+# -- wrk ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    label: str
+    path: str
+    keepalive: bool
+    post: bool = False
+    #: Report MiB/s (body bytes) instead of req/s.
+    bandwidth: bool = False
+
+
+SCENARIOS = [
+    Scenario("hello-ka", "hello, keepalive", "/hello", keepalive=True),
+    Scenario("hello-new", "hello, new connection per request", "/hello", keepalive=False),
+    Scenario("1m-ka", "1 MiB response (MiB/s)", "/1m", keepalive=True, bandwidth=True),
+    Scenario("post-ka", "256 KiB POST", "/post", keepalive=True, post=True),
+]
+
+WRK_POST_LUA = f"""\
+wrk.method = "POST"
+wrk.body = string.rep("x", {POST_SIZE})
+wrk.headers["Content-Type"] = "application/octet-stream"
+"""
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def parse_wrk(text: str) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    match = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    result["req_per_s"] = float(match.group(1)) if match else 0.0
+    match = re.search(r"(\d+) requests in ([\d.]+)(\w+)", text)
+    result["requests"] = int(match.group(1)) if match else 0
+    for pct in ("50", "99"):
+        match = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s|m)\s*$", text, re.MULTILINE)
+        result[f"p{pct}_ms"] = float(match.group(1)) * _UNITS[match.group(2)] if match else None
+    errors = 0
+    match = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    if match:
+        errors += sum(int(g) for g in match.groups())
+    match = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    if match:
+        errors += int(match.group(1))
+    result["errors"] = errors
+    return result
+
+
+def run_wrk(
+    wrk: str, port: int, scenario: Scenario, duration: float, work: Path
+) -> tuple[dict[str, Any], str]:
+    argv = [
+        wrk,
+        "-t1",
+        "-c32",
+        f"-d{duration:g}s",
+        "--latency",
+        "--timeout",
+        "10s",
+    ]
+    if scenario.post:
+        script = work / "post.lua"
+        script.write_text(WRK_POST_LUA)
+        argv += ["-s", str(script)]
+    argv.append(f"http://127.0.0.1:{port}{scenario.path}")
+    out = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=duration + 60)
+    return parse_wrk(out.stdout), out.stdout + out.stderr
+
+
+def measure(started: Started, scenario: Scenario, wrk: str, duration: float, work: Path) -> dict:
+    port = started.keepalive_port if scenario.keepalive else started.new_conn_port
+    pid = started.measured_pid
+    peak_reset = reset_peak_rss(pid)
+    cpu_before = cpu_seconds(pid)
+    result, raw = run_wrk(wrk, port, scenario, duration, work)
+    cpu = cpu_seconds(pid) - cpu_before
+    result["cpu_s"] = cpu
+    result["cpu_us_per_req"] = cpu * 1e6 / result["requests"] if result["requests"] else None
+    result["peak_rss_mib"] = peak_rss_mib(pid)
+    result["peak_rss_reset"] = peak_reset
+    if scenario.bandwidth:
+        result["mib_per_s"] = result["req_per_s"] * len(ONE_MIB) / 2**20
+    if not result["requests"]:
+        result["raw"] = raw[-2000:]
+    return result
+
+
+# -- statistics and output ------------------------------------------------------------
+
+
+def median(values: list[float]) -> float | None:
+    clean = [v for v in values if v is not None]
+    return statistics.median(clean) if clean else None
+
+
+def summarize(runs: list[dict]) -> dict[str, Any]:
+    return {
+        "rounds": len(runs),
+        "req_per_s": median([r["req_per_s"] for r in runs]),
+        "mib_per_s": median([r.get("mib_per_s") for r in runs]),
+        "p99_ms": median([r["p99_ms"] for r in runs]),
+        "p50_ms": median([r["p50_ms"] for r in runs]),
+        "cpu_us_per_req": median([r["cpu_us_per_req"] for r in runs]),
+        "peak_rss_mib": max((r["peak_rss_mib"] for r in runs), default=None),
+        "errors": sum(r["errors"] for r in runs),
+        "all_req_per_s": [round(r["req_per_s"], 1) for r in runs],
+    }
+
+
+def fmt_rate(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.0f}"
+
+
+def fmt_num(value: float | None, digits: int = 0, suffix: str = "") -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.{digits}f}{suffix}"
+
+
+def throughput_cell(summary: dict[str, Any] | None, scenario: Scenario) -> str:
+    if not summary:
+        return "n/a"
+    rate = summary["mib_per_s"] if scenario.bandwidth else summary["req_per_s"]
+    cell = fmt_rate(rate)
+    if summary["cpu_us_per_req"] is not None:
+        cell += f" ({summary['cpu_us_per_req']:,.0f} µs)"
+    if summary["errors"]:
+        cell += f" [{summary['errors']} errors]"
+    return cell
+
+
+#: (label, backend, baseline, scenarios, target) — the issue's targets.
+RATIOS = [
+    ("native vs fcgisgi ASGI", "trio-native", "fcgisgi-asgi", None, 1.0),
+    ("WSGI adapter vs fcgisgi WSGI", "trio-wsgi", "fcgisgi-wsgi", None, 1.5),
+    ("WSGI adapter vs flup", "trio-wsgi", "flup", None, 2.0),
+    ("ASGI adapter vs fcgisgi ASGI", "trio-asgi", "fcgisgi-asgi", None, 0.8),
+    ("--workers 2 vs Go", "trio-workers2", "go", ["hello-ka", "hello-new"], 1.0),
+    ("native vs Go", "trio-native", "go", None, None),
+    ("native vs php-fpm (4 children)", "trio-native", "php-fpm", None, None),
+]
+
+
+def ratio(
+    rounds: dict[str, dict[str, list[dict]]], backend: str, baseline: str, scenario: str
+) -> float | None:
+    """Median over rounds of backend/baseline (paired by round)."""
+    mine = rounds.get(backend, {}).get(scenario, [])
+    theirs = rounds.get(baseline, {}).get(scenario, [])
+    pairs = [
+        a["req_per_s"] / b["req_per_s"]
+        for a, b in zip(mine, theirs, strict=False)
+        if a["req_per_s"] and b["req_per_s"]
+    ]
+    return statistics.median(pairs) if pairs else None
+
+
+def report(
+    backends: list[Backend],
+    rounds: dict[str, dict[str, list[dict]]],
+    scenarios: list[Scenario],
+    broken: dict[str, dict[str, str]],
+) -> str:
+    lines = []
+    head = "| backend | " + " | ".join(s.label for s in scenarios) + " |"
+    lines += [
+        "Median req/s (MiB/s for the 1 MiB response) and, in brackets, backend CPU "
+        "time per request:",
+        "",
+        head,
+        "|---|" + "---|" * len(scenarios),
+    ]
+    for backend in backends:
+        if backend.skip_reason:
+            lines.append(
+                f"| {backend.label} | {backend.skip_reason} |" + " |" * (len(scenarios) - 1)
+            )
+            continue
+        cells = []
+        for scenario in scenarios:
+            runs = rounds.get(backend.key, {}).get(scenario.key, [])
+            if scenario.path in broken.get(backend.key, {}):
+                cells.append("wrong answer (see below)")
+            else:
+                cells.append(throughput_cell(summarize(runs) if runs else None, scenario))
+        lines.append(f"| {backend.label} | " + " | ".join(cells) + " |")
+    notes = [
+        f"- {backend.label}: {reason}"
+        for backend in backends
+        for reason in broken.get(backend.key, {}).values()
+    ]
+    if notes:
+        lines += ["", "Wrong answers (those scenarios were not measured):", "", *notes]
+    lines += [
+        "",
+        "Median p99 latency (ms) seen by wrk, and peak RSS of the backend (MiB, its "
+        "processes' VmHWM summed, the highest of any round):",
+        "",
+        "| backend | " + " | ".join(f"p99 {s.key}" for s in scenarios) + " | peak RSS |",
+        "|---|" + "---|" * (len(scenarios) + 1),
+    ]
+    for backend in backends:
+        if backend.skip_reason:
+            continue
+        summaries = [
+            summarize(rounds[backend.key][s.key])
+            if rounds.get(backend.key, {}).get(s.key)
+            else None
+            for s in scenarios
+        ]
+        p99 = [fmt_num(s["p99_ms"], 2) if s else "n/a" for s in summaries]
+        peaks = [s["peak_rss_mib"] for s in summaries if s and s["peak_rss_mib"]]
+        lines.append(
+            f"| {backend.label} | "
+            + " | ".join(p99)
+            + f" | {fmt_num(max(peaks) if peaks else None, 1)} |"
+        )
+    lines += [
+        "",
+        "Ratios (median over rounds of the per-round ratio of req/s; target in brackets):",
+        "",
+        "| comparison | " + " | ".join(s.key for s in scenarios) + " |",
+        "|---|" + "---|" * len(scenarios),
+    ]
+    for label, backend_key, baseline, only, target in RATIOS:
+        cells = []
+        for scenario in scenarios:
+            if only is not None and scenario.key not in only:
+                cells.append("")
+                continue
+            value = ratio(rounds, backend_key, baseline, scenario.key)
+            if value is None:
+                cells.append("n/a")
+                continue
+            cell = f"{value:.2f}x"
+            if target is not None:
+                cell += " ✓" if value >= target else f" ✗ (≥{target:g})"
+            cells.append(cell)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(
+    path: Path,
+    backends: list[Backend],
+    rounds: dict[str, dict[str, list[dict]]],
+    scenarios: list[Scenario],
+    title: str,
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [b for b in backends if not b.skip_reason and not b.alone and b.key in rounds]
+    ceiling = next((b for b in backends if b.alone and b.key in rounds), None)
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
+    for ax, scenario in zip(axes.flat, scenarios, strict=False):
+        labels, values, errs_lo, errs_hi, colors = [], [], [], [], []
+        for backend in shown:
+            runs = rounds[backend.key].get(scenario.key, [])
+            if not runs:
+                continue
+            unit = len(ONE_MIB) / 2**20 if scenario.bandwidth else 1.0
+            rates = [r["req_per_s"] * unit for r in runs]
+            mid = statistics.median(rates)
+            labels.append(backend.label)
+            values.append(mid)
+            errs_lo.append(mid - min(rates))
+            errs_hi.append(max(rates) - mid)
+            colors.append("tab:blue" if backend.key.startswith("trio") else "tab:gray")
+        y = list(range(len(labels)))[::-1]
+        ax.barh(y, values, xerr=[errs_lo, errs_hi], color=colors, capsize=3)
+        ax.set_yticks(y, labels, fontsize=8)
+        for yi, value in zip(y, values, strict=True):
+            ax.text(value, yi, f" {value:,.0f}", va="center", fontsize=7)
+        unit_label = "MiB/s" if scenario.bandwidth else "req/s"
+        subtitle = f"{scenario.label}"
+        if ceiling is not None and rounds[ceiling.key].get(scenario.key):
+            cap = statistics.median(
+                r["req_per_s"] * (len(ONE_MIB) / 2**20 if scenario.bandwidth else 1.0)
+                for r in rounds[ceiling.key][scenario.key]
+            )
+            subtitle += f"\n(nginx alone: {cap:,.0f} {unit_label})"
+        ax.set_title(subtitle, fontsize=10)
+        ax.set_xlabel(f"{unit_label}, median of rounds (bars: min-max)", fontsize=8)
+        ax.margins(x=0.18)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# -- extra measurements (direct FastCGI, no nginx) -------------------------------
+
+
+@contextlib.contextmanager
+def direct_backend(
+    backend: Backend, work: Path, env_extra: dict[str, str] | None = None, *extra: str
+) -> Iterator[tuple[Proc, int]]:
+    port = free_port()
+    if backend.key in {"trio-native", "fcgisgi-asgi"}:
+        script = "trio_native.py" if backend.key == "trio-native" else "fcgisgi_asgi.py"
+        env = python_env()
+        env.update(env_extra or {})
+        argv = [sys.executable, str(BACKENDS_DIR / script), "--port", str(port), *extra]
+        proc = Proc(argv, log_path=work / f"{backend.key}-direct.log", env=env)
+    else:
+        assert backend.start is not None
+        proc = backend.start(work, port)
+    try:
+        wait_for_tcp(port, proc.popen)
+        yield proc, port
+    finally:
+        proc.stop()
+
+
+def extra_multiplexed(backends: dict[str, Backend], work: Path, duration: float) -> dict:
+    import fcgi_load
+    import trio
+
+    results = {}
+    for key in ("trio-native", "fcgisgi-asgi"):
+        backend = backends.get(key)
+        if backend is None or backend.skip_reason:
+            continue
+        with direct_backend(backend, work) as (proc, port):
+            pid = proc.pid
+            before = cpu_seconds(pid)
+            try:
+                result = trio.run(
+                    lambda p=port: fcgi_load.multiplexed_throughput(
+                        p, concurrency=100, duration=duration, path="/hello", expect=HELLO
+                    )
+                )
+            except (OSError, ConnectionError) as exc:
+                result = {"error": repr(exc)}
+            else:
+                cpu = cpu_seconds(pid) - before
+                result["cpu_us_per_req"] = cpu * 1e6 / max(result["requests"], 1)
+            result["peak_rss_mib"] = peak_rss_mib(pid)
+        results[key] = result
+        log(f"  multiplexed, 100 in flight on one connection, {backend.label}: {result}")
+    return results
+
+
+def extra_idle(backends: dict[str, Backend], work: Path, count: int) -> dict:
+    import fcgi_load
+    import trio
+
+    have = raise_nofile(count + 1000)
+    if have < count + 100:
+        log(f"  idle connections: skipped, fd limit {have} is below {count + 100}")
+        return {}
+    results = {}
+    for key in ("trio-native", "fcgisgi-asgi"):
+        backend = backends.get(key)
+        if backend is None or backend.skip_reason:
+            continue
+        extra = ["--nofile", str(count + 1000), "--max-conns", str(count + 100)]
+        with direct_backend(backend, work, None, *extra) as (proc, port):
+            pid = proc.pid
+            baseline = rss_mib(pid)
+
+            def sample(pid: int = pid, baseline: float = baseline) -> dict[str, Any]:
+                return {
+                    "rss_baseline_mib": baseline,
+                    "rss_mib": rss_mib(pid),
+                    "open_fds": len(os.listdir(f"/proc/{pid}/fd")),
+                }
+
+            result = trio.run(
+                lambda p=port, s=sample: fcgi_load.hold_idle_connections(
+                    p, count=count, expect=HELLO, measure=s, time_limit=120
+                )
+            )
+            if "rss_mib" in result:
+                result["kib_per_conn"] = (
+                    (result["rss_mib"] - baseline) * 1024 / max(result["open"], 1)
+                )
+        results[key] = result
+        log(f"  {count} idle keep-alive connections, {backend.label}: {result}")
+    return results
+
+
+def extra_upload(backends: dict[str, Backend], work: Path, size: int) -> dict:
+    import fcgi_load
+    import trio
+
+    backend = backends["trio-native"]
+    upload_dir = work / "uploads"
+    upload_dir.mkdir(exist_ok=True)
+    env = {"BENCH_UPLOAD_DIR": str(upload_dir)}
+    with direct_backend(backend, work, env) as (proc, port):
+        pid = proc.pid
+        result = trio.run(
+            lambda: fcgi_load.streamed_upload(
+                port,
+                size=size,
+                sample=lambda: int(rss_mib(pid) * 1024),
+                interval=0.1,
+                time_limit=300,
+            )
+        )
+    files = list(upload_dir.iterdir())
+    result["file_bytes"] = sum(f.stat().st_size for f in files)
+    for f in files:
+        f.unlink()
+    samples = result.pop("samples")
+    result["n_samples"] = len(samples)
+    for name in ("rss_min", "rss_max", "rss_first", "rss_last"):
+        result[name + "_mib"] = round(result.pop(name) / 1024, 1)
+    log(f"  streamed upload of {size / 2**30:g} GiB to disk, trio-fastcgi native: {result}")
+    return result
+
+
+def extra_profile(backends: dict[str, Backend], work: Path, duration: float, wrk: str) -> dict:
+    py_spy = which("py-spy")
+    if py_spy is None:
+        log("  profile: skipped, py-spy is not installed (pip install py-spy)")
+        return {}
+    backend = backends["trio-native"]
+    started = start_backend(backend, work)
+    raw_path = work / "profile.txt"
+    try:
+        wrk_proc = subprocess.Popen(
+            [
+                wrk,
+                "-t1",
+                "-c32",
+                f"-d{duration + 4:g}s",
+                f"http://127.0.0.1:{started.keepalive_port}/hello",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(1.0)
+        assert started.backend is not None
+        out = subprocess.run(
+            [
+                py_spy,
+                "record",
+                "--pid",
+                str(started.backend.pid),
+                "--duration",
+                f"{duration:g}",
+                "--rate",
+                "250",
+                "--format",
+                "raw",
+                "--nonblocking",
+                "--idle",
+                "-o",
+                str(raw_path),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=duration + 60,
+        )
+        wrk_proc.wait(timeout=duration + 30)
+    finally:
+        started.stop()
+    if out.returncode != 0 or not raw_path.exists():
+        log(f"  profile: py-spy failed: {out.stderr.strip()[-500:]}")
+        return {"error": out.stderr.strip()[-500:]}
+    return analyse_profile(raw_path.read_text())
+
+
+def _frame_name(frame: str) -> str:
+    # "func (path/to/file.py:123)" -> "func (file.py)"
+    match = re.match(r"(.*) \((.*?):\d+\)$", frame)
+    if not match:
+        return frame
+    func, path = match.groups()
+    parts = Path(path).parts
+    short = "/".join(parts[-2:]) if len(parts) > 1 else path
+    return f"{func} ({short})"
+
+
+def analyse_profile(raw: str, top: int = 25) -> dict:
+    """Self and inclusive sample shares per function from py-spy's raw output."""
+    self_counts: Counter[str] = Counter()
+    incl_counts: Counter[str] = Counter()
+    total = 0
+    idle = 0
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [_frame_name(f) for f in stack.split(";")]
+        # py-spy puts "process ..." / "thread ..." pseudo-frames first.
+        frames = [f for f in frames if not f.startswith(("process ", "thread "))]
+        if not frames:
+            continue
+        total += count
+        leaf = frames[-1]
+        if leaf.startswith(("get_events (", "poll (", "select (", "epoll")) or "epoll" in leaf:
+            idle += count
+        self_counts[leaf] += count
+        for name in set(frames):
+            incl_counts[name] += count
+    if not total:
+        return {"error": "no samples"}
+    busy = total - idle
+    return {
+        "samples": total,
+        "idle_pct": round(100 * idle / total, 1),
+        "self": [(name, round(100 * c / total, 1)) for name, c in self_counts.most_common(top)],
+        "inclusive": [
+            (name, round(100 * c / total, 1)) for name, c in incl_counts.most_common(top + 15)
+        ],
+        "busy_samples": busy,
+    }
+
+
+# -- machine --------------------------------------------------------------------------
+
+
+def machine_info(backends: list[Backend]) -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for backend in backends:
+        if not backend.skip_reason:
+            with contextlib.suppress(Exception):
+                versions[backend.key] = backend.version()
+    versions["wrk"] = command_version(["wrk", "-v"], r"wrk \S+")()
+    versions["nginx"] = command_version(["nginx", "-v"], r"nginx/\S+")()
+    versions["python"] = platform.python_version()
+    versions["trio"] = pip_version("trio")()
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "versions": versions,
+    }
+
+
+# -- main -----------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
+    parser.add_argument(
+        "--only", default=None, help="comma-separated backend keys (default: all available)"
+    )
+    parser.add_argument(
+        "--scenarios", default=None, help="comma-separated scenario keys (default: all)"
+    )
+    parser.add_argument("--no-extras", action="store_true", help="skip the direct measurements")
+    parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
+    parser.add_argument("--idle-connections", type=int, default=10_000)
+    parser.add_argument("--upload-mib", type=int, default=1024, help="size of the upload test")
+    parser.add_argument("--plot", type=Path, default=REPO / "docs" / "performance.png")
+    parser.add_argument("--json", type=Path, default=None, help="write all results here")
+    args = parser.parse_args()
+
+    started_at = time.monotonic()
+    wrk = which("wrk")
+    if which("nginx") is None or wrk is None:
+        log("nginx and wrk are required (Debian packages nginx, wrk)")
+        return 2
+    backends = make_backends()
+    keys = {b.key for b in backends}
+    if args.only:
+        wanted = set(args.only.split(","))
+        unknown = wanted - keys
+        if unknown:
+            known = ", ".join(sorted(keys))
+            log(f"unknown backend(s): {', '.join(sorted(unknown))}; known: {known}")
+            return 2
+        backends = [b for b in backends if b.key in wanted]
+    scenarios = SCENARIOS
+    if args.scenarios:
+        wanted = set(args.scenarios.split(","))
+        scenarios = [s for s in SCENARIOS if s.key in wanted]
+    raise_nofile(20_000)
+
+    with tempfile.TemporaryDirectory(prefix="trio-fastcgi-bench-") as tmp:
+        root = Path(tmp)
+        # nginx workers (and php-fpm children) may run as another user.
+        root.chmod(0o755)
+        for backend in backends:
+            backend.skip_reason = backend.check()
+            if backend.key == "go" and backend.skip_reason is None:
+                error = build_go(root)
+                if error:
+                    backend.skip_reason = error
+            if backend.skip_reason:
+                log(f"skip {backend.label}: {backend.skip_reason}")
+        runnable = [b for b in backends if not b.skip_reason]
+        rounds: dict[str, dict[str, list[dict]]] = {}
+        failed: set[str] = set()
+        #: backend -> route -> why its answer was wrong (its scenarios are skipped).
+        broken: dict[str, dict[str, str]] = {}
+        for round_no in range(1, args.rounds + 1):
+            log(f"== round {round_no}/{args.rounds}")
+            for backend in runnable:
+                if backend.key in failed:
+                    continue
+                work = root / f"{backend.key}-r{round_no}"
+                work.mkdir()
+                try:
+                    started = start_backend(backend, work)
+                except RuntimeError as exc:
+                    log(f"skip {backend.label}: failed to start: {exc}")
+                    backend.skip_reason = "failed to start"
+                    failed.add(backend.key)
+                    continue
+                try:
+                    problems = check_answers(started.keepalive_port)
+                    for path, found in check_answers(started.new_conn_port).items():
+                        problems.setdefault(path, []).extend(f"(new conn) {p}" for p in found)
+                    for path, found in problems.items():
+                        reason = f"wrong answer on {path}: {'; '.join(found)}"
+                        if broken.setdefault(backend.key, {}).get(path) is None:
+                            log(f"  {backend.label}: {reason}; its {path} scenarios are skipped")
+                        broken[backend.key][path] = reason
+                    for scenario in scenarios:
+                        if scenario.path in broken.get(backend.key, {}):
+                            continue
+                        result = measure(started, scenario, wrk, args.duration, work)
+                        rounds.setdefault(backend.key, {}).setdefault(scenario.key, []).append(
+                            result
+                        )
+                        rate = (
+                            f"{result['mib_per_s']:,.0f} MiB/s"
+                            if scenario.bandwidth
+                            else f"{result['req_per_s']:,.0f} req/s"
+                        )
+                        log(
+                            f"  {backend.label:38} {scenario.key:9} {rate:>14}  "
+                            f"p99 {fmt_num(result['p99_ms'], 2)} ms  "
+                            f"cpu {fmt_num(result['cpu_us_per_req'], 0)} µs/req  "
+                            f"rss {result['peak_rss_mib']:.1f} MiB"
+                            + (f"  errors {result['errors']}" if result["errors"] else "")
+                        )
+                        if not result["requests"]:
+                            log(f"    wrk: {result.get('raw', '')}")
+                finally:
+                    started.stop()
+        table = report(backends, rounds, scenarios, broken)
+        log("")
+        log(table)
+
+        extras: dict[str, Any] = {}
+        by_key = {b.key: b for b in backends}
+        if not args.no_extras and "trio-native" in by_key:
+            extra_dir = root / "extras"
+            extra_dir.mkdir()
+            log("")
+            log("== direct measurements (no nginx)")
+            extras["multiplexed"] = extra_multiplexed(by_key, extra_dir, min(args.duration, 10))
+            extras["idle"] = extra_idle(by_key, extra_dir, args.idle_connections)
+            extras["upload"] = extra_upload(by_key, extra_dir, args.upload_mib * 2**20)
+        if not args.no_profile and "trio-native" in by_key:
+            profile_dir = root / "profile"
+            profile_dir.mkdir()
+            log("")
+            log("== py-spy profile of the native backend, hello with keepalive")
+            extras["profile"] = extra_profile(by_key, profile_dir, min(args.duration, 10), wrk)
+            profile = extras["profile"]
+            if "self" in profile:
+                log(f"  {profile['samples']} samples, {profile['idle_pct']}% idle (waiting)")
+                log("  self time:")
+                for name, pct in profile["self"][:20]:
+                    log(f"    {pct:5.1f}%  {name}")
+                log("  inclusive time:")
+                for name, pct in profile["inclusive"][:30]:
+                    log(f"    {pct:5.1f}%  {name}")
+
+        info = machine_info(backends)
+        elapsed = time.monotonic() - started_at
+        command = " ".join(["python", "benchmarks/run.py", *sys.argv[1:]])
+        title = (
+            f"FastCGI backends behind nginx {info['versions'].get('nginx', '')}, wrk -t1 -c32, "
+            f"{args.rounds} rounds x {args.duration:g} s; {info['nproc']} cores ({info['cpu']})"
+        )
+        if rounds:
+            plot(args.plot, backends, rounds, scenarios, title)
+            log(f"\nplot written to {args.plot}")
+        log(f"machine: {info}")
+        log(f"command: {command}; took {elapsed / 60:.1f} min")
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(
+                json.dumps(
+                    {
+                        "command": command,
+                        "machine": info,
+                        "rounds": rounds,
+                        "skipped": {b.key: b.skip_reason for b in backends if b.skip_reason},
+                        "extras": extras,
+                        "table": table,
+                        "seconds": elapsed,
+                    },
+                    indent=1,
+                    default=str,
+                )
+            )
+            log(f"results written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
