@@ -34,11 +34,15 @@ from __future__ import annotations
 
 import http
 import logging
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any, Final, Literal, TypeAlias, final
 
 import trio  # noqa: TID251
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
 
 from ._exceptions import InputError
 from ._request import Request
@@ -325,21 +329,30 @@ class ASGIHandler:
                 except Exception as exc:
                     failure.append(exc)
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(run)
-            await to_app.send({"type": "lifespan.startup"})
-            reply = await self._lifespan_reply(from_app, failure, "startup")
-            if reply is None:
-                # The application does not do lifespan ("auto"): serve anyway.
-                yield
-                return
-            try:
-                yield
-            finally:
-                with trio.CancelScope(shield=True):
-                    await to_app.send({"type": "lifespan.shutdown"})
-                    await self._lifespan_reply(from_app, failure, "shutdown")
-                    nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run)
+                await to_app.send({"type": "lifespan.startup"})
+                reply = await self._lifespan_reply(from_app, failure, "startup")
+                if reply is None:
+                    # The application does not do lifespan ("auto"): serve anyway.
+                    yield
+                    return
+                try:
+                    yield
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await to_app.send({"type": "lifespan.shutdown"})
+                        await self._lifespan_reply(from_app, failure, "shutdown")
+                        nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # Raise what went wrong, not the nursery's group around it.
+            exc: BaseException = group
+            while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+                exc = exc.exceptions[0]
+            if exc is group:
+                raise
+            raise exc from None
 
     async def _lifespan_reply(
         self,
