@@ -1,0 +1,132 @@
+"""Sphinx configuration of the trio-fastcgi documentation.
+
+Built by ``nox -s docs``: ``sphinx-build -W -n --keep-going -b html docs
+docs/_build/html``. Nitpicky mode is on, so every cross-reference to this
+project's API must resolve; references into Trio and the standard library
+cannot (no intersphinx: the build runs without network) and are listed in
+``nitpick_ignore_regex`` below.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+DOCS = Path(__file__).resolve().parent
+sys.path.insert(0, str(DOCS / "_ext"))
+sys.path.insert(0, str(DOCS.parent))
+
+import trio_fastcgi  # noqa: E402
+
+project = "trio-fastcgi"
+author = "the trio-fastcgi contributors"
+copyright = "2026, the trio-fastcgi contributors"  # noqa: A001
+version = release = trio_fastcgi.__version__
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "sphinxcontrib_trio",
+    "cli_options",
+]
+
+root_doc = "index"
+exclude_patterns = ["_build", "deploy/README*"]
+templates_path: list[str] = []
+html_static_path: list[str] = []
+html_theme = "alabaster"
+html_theme_options = {
+    "description": "FastCGI for Trio",
+    "fixed_sidebar": True,
+}
+html_title = f"trio-fastcgi {release}"
+pygments_style = "sphinx"
+
+nitpicky = True
+default_role = "py:obj"
+
+autodoc_member_order = "bysource"
+autodoc_typehints = "signature"
+autodoc_typehints_format = "short"
+autodoc_preserve_defaults = True
+autodoc_default_options = {"members": True}
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+# Attributes listed in an "Attributes:" section become ``.. attribute::``
+# entries, which ``:attr:`` references can point to.
+napoleon_use_ivar = False
+
+# Targets outside this project. Without intersphinx they cannot resolve; they
+# are ignored by pattern so that a broken reference to trio_fastcgi's own API
+# still fails the build.
+_EXTERNAL = [
+    r"(trio|h11|typing|typing_extensions|collections\.abc|enum|os|socket|ipaddress|"
+    r"logging|attrs?|types|argparse|contextlib|signal|http)(\..*)?",
+    r"(builtins\.)?(int|str|bytes|bytearray|memoryview|bool|float|object|None|type|tuple|"
+    r"list|dict|set|frozenset|Exception|BaseException|BaseExceptionGroup|OSError|"
+    r"ValueError|TypeError|RuntimeError|FileExistsError|FileNotFoundError|KeyboardInterrupt|NotImplemented|Ellipsis)",
+    r"(Any|Final|Literal|TypeAlias|Unpack|NoReturn|Self|Protocol)",
+    r"(Mapping|Sequence|Iterable|Iterator|AsyncIterable|AsyncIterator|Collection|"
+    r"Callable|Awaitable|MutableMapping)",
+    r"(TracebackType|PathLike)",
+]
+nitpick_ignore_regex = [(r"py:.*", pattern) for pattern in _EXTERNAL]
+nitpick_ignore = [
+    # Type variables and private aliases that appear in signatures.
+    ("py:class", "ListenerT"),
+    ("py:class", "IPAddress"),
+]
+
+# Classes whose instances the library creates for you: their constructor is
+# not public API, so the docs show no constructor signature for them.
+INTERNAL_CONSTRUCTORS = frozenset(
+    {
+        "trio_fastcgi.Request",
+        "trio_fastcgi.InputStream",
+        "trio_fastcgi.OutputStream",
+        "trio_fastcgi.client.ActiveRequest",
+        "trio_fastcgi.client.ResponseStream",
+    }
+)
+
+
+def _hide_internal_constructors(
+    app: object,
+    what: str,
+    name: str,
+    obj: object,
+    options: object,
+    signature: str | None,
+    return_annotation: str | None,
+) -> tuple[str, str | None] | None:
+    if what in ("class", "exception") and name in INTERNAL_CONSTRUCTORS:
+        return "", None
+    return None
+
+
+def _undo_inline_types(
+    app: object, what: str, name: str, obj: object, options: object, lines: list[str]
+) -> None:
+    # Napoleon reads the first line of a property's or attribute's docstring
+    # as "type: description" when it contains a colon, so "Filter role: the
+    # file's mtime" became the type "Filter role" (and a broken reference).
+    # Runs after napoleon: put such a "type" back in front of the text. Real
+    # types come from annotations (autodoc's :type: option), not docstrings.
+    if what not in ("property", "attribute", "data"):
+        return
+    for index, line in enumerate(lines):
+        if line.startswith(":type: ") and " " in line[len(":type: ") :].strip():
+            prefix = line[len(":type: ") :].strip()
+            del lines[index]
+            first = next(i for i, text in enumerate(lines) if text.strip())
+            lines[first] = f"{prefix}: {lines[first].lstrip()}"
+            while lines and not lines[-1].strip():
+                lines.pop()
+            return
+
+
+def setup(app: Any) -> None:
+    app.connect("autodoc-process-signature", _hide_internal_constructors)
+    # After napoleon's own handler (priority 500).
+    app.connect("autodoc-process-docstring", _undo_inline_types, priority=600)
