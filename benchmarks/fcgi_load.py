@@ -161,6 +161,56 @@ async def multiplexed_throughput(
     }
 
 
+async def multiplexed_with_project_client(
+    port: int, *, concurrency: int, duration: float, path: str, expect: bytes
+) -> dict[str, Any]:
+    """Like :func:`multiplexed_throughput`, with ``trio_fastcgi.client``: one
+    connection, *concurrency* tasks each sending requests back to back."""
+    from trio_fastcgi import client as fastcgi_client
+
+    params = {
+        "REQUEST_METHOD": "GET",
+        "SCRIPT_NAME": "",
+        "PATH_INFO": path,
+        "DOCUMENT_URI": path,
+        "REQUEST_URI": path,
+        "QUERY_STRING": "",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "GATEWAY_INTERFACE": "CGI/1.1",
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "80",
+        "REMOTE_ADDR": "127.0.0.1",
+        "HTTP_HOST": "localhost",
+    }
+    done = 0
+    bad = 0
+    async with fastcgi_client.open_tcp_client(
+        "127.0.0.1", port, max_concurrent=concurrency
+    ) as client:
+        start = time.perf_counter()
+        deadline = start + duration
+
+        async def worker() -> None:
+            nonlocal done, bad
+            while time.perf_counter() < deadline:
+                response = await client.request(params)
+                done += 1
+                if body_of(response.stdout) != expect:
+                    bad += 1
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(concurrency):
+                nursery.start_soon(worker)
+        elapsed = time.perf_counter() - start
+    return {
+        "concurrency": concurrency,
+        "requests": done,
+        "seconds": elapsed,
+        "req_per_s": done / elapsed,
+        "mismatches": bad,
+    }
+
+
 # -- idle connections ---------------------------------------------------------------
 
 

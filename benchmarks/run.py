@@ -303,17 +303,21 @@ def cli_check() -> str | None:
 
 
 def start_cli_workers(work: Path, port: int) -> Proc:
+    """The ``trio-fastcgi`` command: a supervisor and 2 worker processes sharing
+    the listening socket, serving the native handler of trio_native.py."""
     argv = [
         sys.executable,
         "-m",
         "trio_fastcgi",
         "--workers",
         "2",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "asgi_or_native:app",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--app-dir",
+        str(BACKENDS_DIR),
+        "--log-level",
+        "warning",
+        "trio_native:handler",
     ]
     return Proc(argv, log_path=work / "backend.log", env=python_env())
 
@@ -881,6 +885,8 @@ def plot(
         ax.set_title(subtitle, fontsize=10)
         ax.set_xlabel(f"{unit_label}, median of rounds (bars: min-max)", fontsize=8)
         ax.margins(x=0.18)
+    for ax in list(axes.flat)[len(scenarios) :]:
+        ax.set_visible(False)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -913,32 +919,51 @@ def direct_backend(
 
 
 def extra_multiplexed(backends: dict[str, Backend], work: Path, duration: float) -> dict:
+    """100 requests in flight on one connection, straight to the backend: with
+    the project's client (trio_fastcgi.client) and with the minimal raw client
+    of fcgi_load (cheaper on the shared CPU, so closer to the server's limit)."""
     import fcgi_load
     import trio
 
-    results = {}
+    clients: list[tuple[str, Callable[..., Any]]] = [
+        ("raw client", fcgi_load.multiplexed_throughput)
+    ]
+    if importlib.util.find_spec("trio_fastcgi.client") is not None:
+        clients.insert(0, ("trio_fastcgi.client", fcgi_load.multiplexed_with_project_client))
+    else:
+        log("  multiplexed: trio_fastcgi.client does not exist; raw client only")
+    results: dict[str, Any] = {}
     for key in ("trio-native", "fcgisgi-asgi"):
         backend = backends.get(key)
         if backend is None or backend.skip_reason:
             continue
-        with direct_backend(backend, work) as (proc, port):
-            pid = proc.pid
-            before = cpu_seconds(pid)
-            try:
-                result = trio.run(
-                    lambda p=port: fcgi_load.multiplexed_throughput(
-                        p, concurrency=100, duration=duration, path="/hello", expect=HELLO
+        for client_name, function in clients:
+            with direct_backend(backend, work) as (proc, port):
+                pid = proc.pid
+                reset_peak_rss(pid)
+                before = cpu_seconds(pid)
+                try:
+                    result = trio.run(
+                        lambda f=function, p=port: f(
+                            p, concurrency=100, duration=duration, path="/hello", expect=HELLO
+                        )
                     )
-                )
-            except (OSError, ConnectionError) as exc:
-                result = {"error": repr(exc)}
-            else:
-                cpu = cpu_seconds(pid) - before
-                result["cpu_us_per_req"] = cpu * 1e6 / max(result["requests"], 1)
-            result["peak_rss_mib"] = peak_rss_mib(pid)
-        results[key] = result
-        log(f"  multiplexed, 100 in flight on one connection, {backend.label}: {result}")
+                except Exception as exc:  # report whatever broke, keep going
+                    result = {"error": repr(exc)}
+                else:
+                    cpu = cpu_seconds(pid) - before
+                    result["cpu_us_per_req"] = cpu * 1e6 / max(result["requests"], 1)
+                result["peak_rss_mib"] = peak_rss_mib(pid)
+            results[f"{key} / {client_name}"] = result
+            log(f"  multiplexed, 100 in flight on one connection, {backend.label}, {client_name}:")
+            log(f"    {fmt_result(result)}")
     return results
+
+
+def fmt_result(result: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{k}={v:,.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()
+    )
 
 
 def extra_idle(backends: dict[str, Backend], work: Path, count: int) -> dict:
@@ -976,7 +1001,8 @@ def extra_idle(backends: dict[str, Backend], work: Path, count: int) -> dict:
                     (result["rss_mib"] - baseline) * 1024 / max(result["open"], 1)
                 )
         results[key] = result
-        log(f"  {count} idle keep-alive connections, {backend.label}: {result}")
+        log(f"  {count} idle keep-alive connections, {backend.label}:")
+        log(f"    {fmt_result(result)}")
     return results
 
 
@@ -1007,7 +1033,8 @@ def extra_upload(backends: dict[str, Backend], work: Path, size: int) -> dict:
     result["n_samples"] = len(samples)
     for name in ("rss_min", "rss_max", "rss_first", "rss_last"):
         result[name + "_mib"] = round(result.pop(name) / 1024, 1)
-    log(f"  streamed upload of {size / 2**30:g} GiB to disk, trio-fastcgi native: {result}")
+    log(f"  streamed upload of {size / 2**30:g} GiB to disk, trio-fastcgi native:")
+    log(f"    {fmt_result(result)}")
     return result
 
 
@@ -1131,7 +1158,18 @@ def machine_info(backends: list[Backend]) -> dict[str, Any]:
     versions["nginx"] = command_version(["nginx", "-v"], r"nginx/\S+")()
     versions["python"] = platform.python_version()
     versions["trio"] = pip_version("trio")()
+    git = ["git", "-C", str(REPO)]
+    commit = subprocess.run(
+        [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "--", "trio_fastcgi"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
     return {
+        "commit": f"{commit}{' + uncommitted changes in trio_fastcgi/' if dirty else ''}",
         "nproc": os.cpu_count(),
         "cpu": cpu,
         "kernel": platform.release(),
@@ -1278,7 +1316,7 @@ def main() -> int:
         elapsed = time.monotonic() - started_at
         command = " ".join(["python", "benchmarks/run.py", *sys.argv[1:]])
         title = (
-            f"FastCGI backends behind nginx {info['versions'].get('nginx', '')}, wrk -t1 -c32, "
+            f"FastCGI backends behind {info['versions'].get('nginx', 'nginx')}, wrk -t1 -c32, "
             f"{args.rounds} rounds x {args.duration:g} s; {info['nproc']} cores ({info['cpu']})"
         )
         if rounds:
