@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from tests import helpers
 from trio_fastcgi import ProtocolStatus, RecordType
 from trio_fastcgi._wire import (
+    RecordReader,
     WireError,
     decode_pairs,
     encode_end_request,
@@ -130,3 +131,35 @@ def test_helpers_encoder_is_independent() -> None:
     # tests/helpers.py must not import the library's codec: a shared bug would hide.
     source = pathlib.Path(helpers.__file__).read_text()
     assert "trio_fastcgi" not in source.split('"""', 2)[2]
+
+
+def test_record_reader_splits_records_fed_in_pieces() -> None:
+    stream = helpers.record(helpers.STDIN, 3, b"abc", padding=5) + helpers.record(helpers.STDIN, 3)
+    reader = RecordReader()
+    seen = []
+    for i in range(len(stream)):
+        reader.feed(stream[i : i + 1])
+        while (rec := reader.next_record()) is not None:
+            seen.append(rec)
+    assert seen == [(helpers.STDIN, 3, b"abc"), (helpers.STDIN, 3, b"")]
+    assert not reader.has_partial_record
+    assert not reader.eof
+    reader.feed(b"")
+    assert reader.eof
+    assert reader.next_record() is None
+    with pytest.raises(ValueError, match="after end of file"):
+        reader.feed(b"x")
+
+
+def test_record_reader_errors() -> None:
+    reader = RecordReader()
+    reader.feed(b"\x02" + bytes(7))
+    with pytest.raises(WireError, match="unsupported FastCGI version 2"):
+        reader.next_record()
+    reader = RecordReader()
+    reader.feed(helpers.record(helpers.STDIN, 1, b"abcdef")[:10])
+    assert reader.next_record() is None
+    assert reader.has_partial_record
+    reader.feed(b"")
+    with pytest.raises(WireError, match=r"middle of a record \(10 bytes"):
+        reader.next_record()

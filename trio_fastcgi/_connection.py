@@ -35,13 +35,11 @@ from ._exceptions import LocalProtocolError, RemoteProtocolError
 from ._state import STREAM_STATES, Action, RequestState, state_after, stream_action
 from ._wire import (
     BEGIN_REQUEST_BODY,
-    FCGI_VERSION_1,
-    HEADER,
-    HEADER_LEN,
     KEEP_CONN_FLAG,
     NULL_REQUEST_ID,
     UNKNOWN_TYPE_BODY,
     ProtocolStatus,
+    RecordReader,
     RecordType,
     Role,
     WireError,
@@ -134,9 +132,7 @@ class FastCGIConnection:
             b"FCGI_MAX_REQS": str(max_reqs).encode(),
             b"FCGI_MPXS_CONNS": b"1" if mpxs_conns else b"0",
         }
-        self._buffer = bytearray()
-        self._pos = 0
-        self._eof = False
+        self._reader = RecordReader()
         self._error: RemoteProtocolError | None = None
         self._requests: dict[int, _Request] = {}
         # Ids refused at BEGIN_REQUEST whose END_REQUEST has not been sent yet.
@@ -174,7 +170,7 @@ class FastCGIConnection:
     @property
     def has_partial_record(self) -> bool:
         """True while part of a record has been received but not all of it."""
-        return len(self._buffer) > self._pos
+        return self._reader.has_partial_record
 
     # -- input ---------------------------------------------------------------
 
@@ -182,15 +178,10 @@ class FastCGIConnection:
         """Add bytes received from the web server; ``b""`` means end of file."""
         if self._error is not None:
             raise self._error
-        if not data:
-            self._eof = True
-        elif self._eof:
-            raise LocalProtocolError("receive_data() after end of file")
-        else:
-            if self._pos and self._pos >= len(self._buffer) // 2:
-                del self._buffer[: self._pos]
-                self._pos = 0
-            self._buffer += data
+        try:
+            self._reader.feed(data)
+        except ValueError:
+            raise LocalProtocolError("receive_data() after end of file") from None
 
     def next_event(self) -> InputEvent | NeedData:
         """The next event, or :data:`NEED_DATA` if more bytes are needed first.
@@ -208,35 +199,17 @@ class FastCGIConnection:
             raise
 
     def _next_event(self) -> InputEvent | NeedData:
-        buffer = self._buffer
+        reader = self._reader
         while True:
-            pos = self._pos
-            available = len(buffer) - pos
-            if available < HEADER_LEN:
-                return self._at_end_of_buffer(available)
-            version, record_type, request_id, length, padding = HEADER.unpack_from(buffer, pos)
-            if version != FCGI_VERSION_1:
-                raise RemoteProtocolError(
-                    f"unsupported FastCGI version {version} in record header "
-                    f"(expected {FCGI_VERSION_1})"
-                )
-            end = pos + HEADER_LEN + length
-            if available < HEADER_LEN + length + padding:
-                return self._at_end_of_buffer(available)
-            self._pos = end + padding
-            content = bytes(buffer[pos + HEADER_LEN : end])
-            event = self._handle_record(record_type, request_id, content)
+            try:
+                record = reader.next_record()
+            except WireError as exc:
+                raise RemoteProtocolError(str(exc)) from None
+            if record is None:
+                return ConnectionClosed() if reader.eof else NEED_DATA
+            event = self._handle_record(*record)
             if event is not None:
                 return event
-
-    def _at_end_of_buffer(self, available: int) -> ConnectionClosed | NeedData:
-        if not self._eof:
-            return NEED_DATA
-        if available:
-            raise RemoteProtocolError(
-                f"connection closed in the middle of a record ({available} bytes of it received)"
-            )
-        return ConnectionClosed()
 
     def _handle_record(
         self, record_type: int, request_id: int, content: bytes

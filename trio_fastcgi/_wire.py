@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import struct
 from collections.abc import Iterable
-from typing import Final
+from typing import Final, final
 
 FCGI_VERSION_1: Final = 1
 HEADER_LEN: Final = 8
@@ -178,3 +178,71 @@ def decode_pairs(buffer: bytes) -> list[tuple[bytes, bytes]]:
         pairs.append((buffer[pos:name_end], buffer[name_end:value_end]))
         pos = value_end
     return pairs
+
+
+@final
+class RecordReader:
+    """Splits the bytes of a connection into records; shared by both sides.
+
+    :meth:`feed` what the socket gave (``b""`` at end of file) and call
+    :meth:`next_record` until it returns None. The buffer never holds more than
+    what was fed and not yet returned: at most one incomplete record (65,535
+    bytes of content plus 255 of padding) beyond the last chunk fed.
+    """
+
+    __slots__ = ("_buffer", "_eof", "_pos")
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._pos = 0
+        self._eof = False
+
+    @property
+    def eof(self) -> bool:
+        """True once end of file was fed and every complete record returned."""
+        return self._eof and self._pos == len(self._buffer)
+
+    @property
+    def has_partial_record(self) -> bool:
+        """True while part of a record has been fed but not all of it."""
+        return len(self._buffer) > self._pos
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Add bytes; ``b""`` means end of file. Feeding after that is a ValueError."""
+        if self._eof:
+            raise ValueError("data fed after end of file")
+        if not data:
+            self._eof = True
+            return
+        if self._pos and self._pos >= len(self._buffer) // 2:
+            del self._buffer[: self._pos]
+            self._pos = 0
+        self._buffer += data
+
+    def next_record(self) -> tuple[int, int, bytes] | None:
+        """The next ``(record_type, request_id, content)``, or None if none is
+        complete yet (or, once :attr:`eof`, none is left).
+
+        Raises:
+          WireError: a header with a version other than 1, or end of file in
+            the middle of a record.
+        """
+        buffer = self._buffer
+        pos = self._pos
+        available = len(buffer) - pos
+        if available >= HEADER_LEN:
+            version, record_type, request_id, length, padding = HEADER.unpack_from(buffer, pos)
+            if version != FCGI_VERSION_1:
+                raise WireError(
+                    f"unsupported FastCGI version {version} in record header "
+                    f"(expected {FCGI_VERSION_1})"
+                )
+            end = pos + HEADER_LEN + length
+            if available >= HEADER_LEN + length + padding:
+                self._pos = end + padding
+                return record_type, request_id, bytes(buffer[pos + HEADER_LEN : end])
+        if self._eof and available:
+            raise WireError(
+                f"connection closed in the middle of a record ({available} bytes of it received)"
+            )
+        return None
