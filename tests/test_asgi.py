@@ -42,7 +42,7 @@ def make_request(raw_params: list[tuple[bytes, bytes]]) -> Request:
         role=Role.RESPONDER,
         keep_conn=True,
         raw_params=tuple(raw_params),
-        outbox=outbox,  # type: ignore[arg-type]
+        outbox=outbox,
         input_buffer_size=1024,
     )
 

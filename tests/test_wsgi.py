@@ -40,7 +40,7 @@ def make_request(raw_params: Iterable[tuple[bytes, bytes]]) -> Request:
         role=Role.RESPONDER,
         keep_conn=True,
         raw_params=tuple(raw_params),
-        outbox=outbox,  # type: ignore[arg-type]
+        outbox=outbox,
         input_buffer_size=1024,
     )
 

@@ -1,0 +1,418 @@
+"""The trio-fastcgi command: --bind parsing, app detection, options, listening
+on fd 0, systemd sockets and unix sockets, FCGI_WEB_SERVER_ADDRS."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.integration.procs import free_port, wait_for_tcp, wait_for_unix
+from trio_fastcgi import Role
+from trio_fastcgi._bind import (
+    Bind,
+    BindError,
+    default_binds,
+    is_listening_socket,
+    open_binds,
+    parse_bind,
+    systemd_fds,
+)
+from trio_fastcgi._cli import (
+    CLIError,
+    build_parser,
+    detect_interface,
+    load_app,
+    main,
+    server_options,
+)
+from trio_fastcgi.client import open_tcp_client, open_unix_client
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# -- --bind ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("127.0.0.1:9000", Bind("tcp", host="127.0.0.1", port=9000)),
+        ("localhost:0", Bind("tcp", host="localhost", port=0)),
+        (":9000", Bind("tcp", host="0.0.0.0", port=9000)),
+        ("[::1]:9001", Bind("tcp", host="::1", port=9001)),
+        ("[::]:80", Bind("tcp", host="::", port=80)),
+        ("unix:/run/app.sock", Bind("unix", path="/run/app.sock")),
+        ("unix:relative.sock", Bind("unix", path="relative.sock")),
+        ("fd://0", Bind("fd", fd=0)),
+        ("fd://3", Bind("fd", fd=3)),
+    ],
+)
+def test_parse_bind_accepts(spec: str, expected: Bind) -> None:
+    assert parse_bind(spec) == expected
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["", "9000", "host:", "host:port", "host:70000", "::1:9000", "[::1]", "[::1]9000",
+     "[]:80", "unix:", "fd://", "fd://x", "fd://-1"],
+)  # fmt: skip
+def test_parse_bind_rejects(spec: str) -> None:
+    with pytest.raises(BindError):
+        parse_bind(spec)
+
+
+def test_bind_str_round_trips() -> None:
+    for spec in ("127.0.0.1:9000", "[::1]:9001", "unix:/x.sock", "fd://0"):
+        assert str(parse_bind(spec)) == spec
+
+
+def test_open_binds_tcp_and_unix(tmp_path: Path) -> None:
+    path = tmp_path / "app.sock"
+    bound = open_binds([parse_bind("127.0.0.1:0"), parse_bind(f"unix:{path}")], socket_mode=0o600)
+    try:
+        assert bound[0].sock.getsockname()[0] == "127.0.0.1"
+        assert bound[0].describe().startswith("127.0.0.1:")
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert all(is_listening_socket(b.sock.fileno()) for b in bound)
+    finally:
+        for b in bound:
+            b.close()
+            b.remove_file()
+    assert not path.exists()
+
+
+def test_open_binds_refuses_a_file_that_is_not_a_socket(tmp_path: Path) -> None:
+    path = tmp_path / "precious.txt"
+    path.write_text("keep me")
+    with pytest.raises(FileExistsError):
+        open_binds([parse_bind(f"unix:{path}")])
+    assert path.read_text() == "keep me"
+
+
+def test_open_binds_replaces_a_stale_unix_socket(tmp_path: Path) -> None:
+    path = tmp_path / "stale.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))
+    stale.close()  # the file stays, nobody listens
+    bound = open_binds([parse_bind(f"unix:{path}")])
+    for b in bound:
+        b.close()
+        b.remove_file()
+
+
+def test_open_binds_closes_what_it_opened_on_failure(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        path = tmp_path / "first.sock"
+        with pytest.raises(OSError, match="in use"):
+            open_binds([parse_bind(f"unix:{path}"), parse_bind(f"127.0.0.1:{port}")])
+        assert not path.exists()
+
+
+def test_systemd_fds() -> None:
+    assert systemd_fds({"LISTEN_FDS": "2", "LISTEN_PID": "42"}, pid=42) == [3, 4]
+    assert systemd_fds({"LISTEN_FDS": "2", "LISTEN_PID": "43"}, pid=42) == []
+    assert systemd_fds({"LISTEN_FDS": "1"}, pid=42) == [3]
+    assert systemd_fds({}, pid=42) == []
+    assert systemd_fds({"LISTEN_FDS": "many"}, pid=42) == []
+
+
+def test_is_listening_socket() -> None:
+    with socket.socket() as sock:
+        assert not is_listening_socket(sock.fileno())
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        assert is_listening_socket(sock.fileno())
+    read_end, write_end = os.pipe()
+    try:
+        assert not is_listening_socket(read_end)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_default_binds_without_systemd_or_fd0() -> None:
+    # Under pytest fd 0 is not a listening socket.
+    assert default_binds({}) == [Bind("tcp", host="127.0.0.1", port=9000)]
+    assert default_binds({"LISTEN_FDS": "1", "LISTEN_PID": str(os.getpid())}) == [Bind("fd", fd=3)]
+
+
+# -- the application ----------------------------------------------------------------
+
+
+def test_detect_interface_of_examples() -> None:
+    assert detect_interface(load_app("examples.hello:handler", str(REPO))) == "native"
+    assert detect_interface(load_app("examples.flask_app:app", str(REPO))) == "wsgi"
+    assert detect_interface(load_app("examples.starlette_app:app", str(REPO))) == "asgi"
+
+
+def test_detect_interface_of_plain_callables() -> None:
+    async def native(request: object) -> None: ...
+
+    async def asgi(scope: object, receive: object, send: object) -> None: ...
+
+    def wsgi(environ: object, start_response: object) -> list[bytes]:
+        return []
+
+    class ASGIObject:
+        async def __call__(self, scope: object, receive: object, send: object) -> None: ...
+
+    assert detect_interface(native) == "native"
+    assert detect_interface(asgi) == "asgi"
+    assert detect_interface(wsgi) == "wsgi"
+    assert detect_interface(ASGIObject()) == "asgi"
+
+
+@pytest.mark.parametrize(
+    "app",
+    [lambda: None, lambda a, b, c: None, 42, dict, lambda *args: None],
+)
+def test_detect_interface_refuses_what_it_cannot_tell(app: object) -> None:
+    with pytest.raises(CLIError):
+        detect_interface(app)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("no_colon", "expected MODULE:APP"),
+        ("examples.hello:", "expected MODULE:APP"),
+        ("examples.no_such_module:app", "cannot import"),
+        ("examples.hello:missing", "no attribute"),
+    ],
+)
+def test_load_app_errors(spec: str, message: str) -> None:
+    with pytest.raises(CLIError, match=message):
+        load_app(spec, str(REPO))
+
+
+# -- options ------------------------------------------------------------------------
+
+
+def test_server_options_map_every_core_knob() -> None:
+    args = build_parser().parse_args(
+        [
+            "m:app",
+            "--max-conns=7",
+            "--max-reqs=3",
+            "--no-multiplex",
+            "--max-params-size=4096",
+            "--input-buffer-size=8192",
+            "--idle-timeout=0",
+            "--read-timeout=2.5",
+            "--roles=responder,authorizer",
+            "--graceful-timeout=4",
+        ]
+    )
+    options = server_options(args, {"FCGI_WEB_SERVER_ADDRS": "127.0.0.1, ::1"})
+    assert options == {
+        "roles": frozenset({Role.RESPONDER, Role.AUTHORIZER}),
+        "max_conns": 7,
+        "max_reqs": 3,
+        "mpxs_conns": False,
+        "max_params_size": 4096,
+        "input_buffer_size": 8192,
+        "idle_timeout": None,
+        "read_timeout": 2.5,
+        "grace_period": 4.0,
+        "web_server_addrs": ["127.0.0.1", "::1"],
+    }
+
+
+def test_server_options_defaults_allow_every_peer() -> None:
+    args = build_parser().parse_args(["m:app"])
+    options = server_options(args, {})
+    assert options["web_server_addrs"] == []
+    assert options["mpxs_conns"] is True
+    assert options["roles"] == frozenset({Role.RESPONDER})
+
+
+def test_server_options_reject_a_bad_web_server_address() -> None:
+    args = build_parser().parse_args(["m:app"])
+    with pytest.raises(CLIError, match="not-an-ip"):
+        server_options(args, {"FCGI_WEB_SERVER_ADDRS": "127.0.0.1,not-an-ip"})
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--roles=responder,porter"],
+        ["--workers=-1"],
+        ["--idle-timeout=-3"],
+        ["--socket-mode=999"],
+        ["--bind=nowhere"],
+        ["--interface=cgi"],
+        ["--graceful-timeout=soon"],
+    ],
+)
+def test_parser_rejects_bad_values(bad: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["m:app", *bad])
+    assert info.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_help_lists_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for option in [
+        "--interface", "--bind", "--socket-mode", "--workers", "--max-requests",
+        "--graceful-timeout", "--log-level", "--max-conns", "--max-reqs", "--no-multiplex",
+        "--mpxs-conns", "--max-params-size", "--input-buffer-size", "--idle-timeout",
+        "--read-timeout", "--roles", "--threads", "--script-name", "--lifespan", "--app-dir",
+        "SIGHUP", "FCGI_WEB_SERVER_ADDRS", "trio-fastcgi dev",
+    ]:  # fmt: skip
+        assert option in text, option
+    # Every option the parser knows is in the help.
+    for action in build_parser()._actions:
+        for flag in action.option_strings:
+            assert flag in text, flag
+
+
+def test_main_reports_a_bad_app_without_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["examples.hello:nothing_here", "--workers=0", "--app-dir", str(REPO)])
+    assert info.value.code == 2
+    assert "no attribute 'nothing_here'" in capsys.readouterr().err
+
+
+# -- listening, end to end (subprocesses) ---------------------------------------------
+
+
+def command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "trio_fastcgi", *args, "--app-dir", str(REPO)]
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+
+
+def start(
+    processes: list[subprocess.Popen[bytes]], argv: list[str], **kwargs: object
+) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(argv, cwd=REPO, stderr=subprocess.PIPE, **kwargs)  # type: ignore[call-overload]
+    processes.append(process)
+    return process  # type: ignore[no-any-return]
+
+
+async def hello_over_tcp(port: int, process: subprocess.Popen[bytes]) -> bytes:
+    with trio.fail_after(20):
+        while True:
+            if process.poll() is not None:
+                _, err = process.communicate()
+                raise AssertionError(f"the server exited: {err.decode(errors='replace')}")
+            try:
+                async with open_tcp_client("127.0.0.1", port) as client:
+                    response = await client.request({"REQUEST_URI": "/probe"})
+                    return response.parse_cgi().body
+            except OSError:
+                await trio.sleep(0.05)  # not listening yet: the process is starting
+
+
+def stop(process: subprocess.Popen[bytes]) -> str:
+    process.terminate()
+    _, err = process.communicate(timeout=20)
+    return err.decode(errors="replace")
+
+
+@pytest.mark.integration
+async def test_cli_serves_on_inherited_fd0(processes: list[subprocess.Popen[bytes]]) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    # No --bind: fd 0 is a listening socket, as when a web server spawns us.
+    process = start(processes, command("examples.hello:handler", "--workers=0"), stdin=listener)
+    listener.close()
+    assert await hello_over_tcp(port, process) == b"Hello from trio-fastcgi! You asked for /probe\n"
+    assert process.poll() is None
+    assert stop(process).count("Traceback") == 0
+    assert process.returncode == 0
+
+
+@pytest.mark.integration
+async def test_cli_serves_systemd_socket(processes: list[subprocess.Popen[bytes]]) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    fd = listener.fileno()
+    # What systemd does: the socket on fd 3, LISTEN_PID the server's own pid
+    # (the wrapper execs into the server, keeping its pid).
+    wrapper = (
+        "import os, sys; os.dup2(int(sys.argv[1]), 3); "
+        "os.environ.update(LISTEN_FDS='1', LISTEN_PID=str(os.getpid())); "
+        "os.execv(sys.argv[2], sys.argv[2:])"
+    )
+    argv = [sys.executable, "-c", wrapper, str(fd), *command("examples.hello:handler")]
+    process = start(processes, argv, pass_fds=[fd])
+    listener.close()
+    assert await hello_over_tcp(port, process) == b"Hello from trio-fastcgi! You asked for /probe\n"
+    err = stop(process)
+    assert "fd://3" in err
+    assert process.returncode == 0
+
+
+@pytest.mark.integration
+async def test_cli_unix_socket_with_mode(
+    processes: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    path = tmp_path / "app.sock"
+    process = start(
+        processes,
+        command("examples.hello:handler", f"--bind=unix:{path}", "--socket-mode=640"),
+    )
+    await trio.to_thread.run_sync(wait_for_unix, path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
+    async with open_unix_client(path) as client:
+        response = await client.request({"REQUEST_URI": "/unix"})
+    assert response.parse_cgi().body == b"Hello from trio-fastcgi! You asked for /unix\n"
+    stop(process)
+    assert process.returncode == 0
+    assert not path.exists()  # removed on exit
+
+
+@pytest.mark.integration
+async def test_cli_web_server_addrs_refuses_other_peers(
+    processes: list[subprocess.Popen[bytes]],
+) -> None:
+    port = free_port()
+    env = {**os.environ, "FCGI_WEB_SERVER_ADDRS": "192.0.2.10"}
+    process = start(
+        processes,
+        command("examples.hello:handler", f"--bind=127.0.0.1:{port}", "--workers=0"),
+        env=env,
+    )
+    await trio.to_thread.run_sync(partial(wait_for_tcp, port, process=process))
+    # The server closes the connection at once without a byte.
+    with trio.fail_after(20):
+        async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+            assert await stream.receive_some(100) == b""
+    err = stop(process)
+    assert "127.0.0.1" in err
+    allowed = {**os.environ, "FCGI_WEB_SERVER_ADDRS": "192.0.2.10,127.0.0.1"}
+    process = start(
+        processes,
+        command("examples.hello:handler", f"--bind=127.0.0.1:{port}", "--workers=0"),
+        env=allowed,
+    )
+    assert await hello_over_tcp(port, process) == b"Hello from trio-fastcgi! You asked for /probe\n"
+    stop(process)
