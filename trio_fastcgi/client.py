@@ -31,12 +31,13 @@ client was closed.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import heapq
 import os
 import sys
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Final, NoReturn, TypeAlias, final
 
@@ -73,6 +74,7 @@ __all__ = [
     "open_client",
     "open_tcp_client",
     "open_unix_client",
+    "parse_address",
     "parse_cgi_response",
 ]
 
@@ -288,7 +290,8 @@ class _RequestState:
 
     def finish(self, end: EndRequest) -> None:
         self.end = end
-        self.stdout_eof = True
+        if self.error is None:
+            self.stdout_eof = True
         self.input_scope.cancel()
         self.readable.unpark_all()
         self.writable.unpark_all()
@@ -302,11 +305,11 @@ class _RequestState:
         self.writable.unpark_all()
 
     async def feed_stdout(self, data: bytes) -> None:
+        if self.abandoned or self.error is not None:
+            return
         if not data:
             self.stdout_eof = True
             self.readable.unpark_all()
-            return
-        if self.abandoned or self.error is not None:
             return
         self.chunks.append(data)
         self.buffered += len(data)
@@ -415,9 +418,10 @@ class ActiveRequest:
         """
         state = self._state
         await state.ended.wait()
-        if state.end is not None:
-            return state.end
-        state.raise_error()
+        if state.error is not None:
+            state.raise_error()
+        assert state.end is not None
+        return state.end
 
     async def abort(self) -> None:
         """Send ``FCGI_ABORT_REQUEST``. The application still answers with
@@ -532,13 +536,13 @@ class Client:
     def _check_usable(self) -> None:
         if self._closed:
             raise trio.ClosedResourceError("the FastCGI client is closed")
-        if self._error is not None:
-            raise _copy_error(self._error)
         if self._last_request is not None:
             raise trio.ClosedResourceError(
                 f"request {self._last_request} was sent without keep_conn, so the "
                 "application closes the connection after it; open a new one"
             )
+        if self._error is not None:
+            raise _copy_error(self._error)
 
     async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The reader and writer tasks, until :meth:`aclose`."""
@@ -750,17 +754,18 @@ class Client:
             raise ValueError("only a Filter request has a data stream")
         pairs = _param_pairs(params)
         request_id = await self._allocate_id()
+        state = _RequestState(request_id, self._stdout_buffer_size, max_stderr_size)
+        self._requests[request_id] = state
         head = self._conn.begin_request(request_id, role, keep_conn=keep_conn)
         head += self._conn.params(request_id, pairs)
         try:
             await self._send(head)
         except BaseException:
             # None of it went out: the id is free again.
+            del self._requests[request_id]
             self._conn.forget_request(request_id)
             self._free_id(request_id)
             raise
-        state = _RequestState(request_id, self._stdout_buffer_size, max_stderr_size)
-        self._requests[request_id] = state
         if not keep_conn:
             self._last_request = request_id
         if role is not Role.AUTHORIZER:
@@ -775,7 +780,14 @@ class Client:
             if not state.finished:
                 state.discard_output()
                 self._abort_nowait(state)
-        if state.error is not None and not state.error_seen and state.end is None:
+        if (
+            state.error is not None
+            and not state.error_seen
+            and not isinstance(
+                state.error,
+                (trio.BrokenResourceError, trio.ClosedResourceError, ServerProtocolError),
+            )
+        ):
             # The stdin iterable failed or stderr overflowed, and nothing told
             # the caller yet.
             state.raise_error()
@@ -975,3 +987,300 @@ async def open_unix_client(
         stream, max_concurrent=max_concurrent, stdout_buffer_size=stdout_buffer_size
     ) as client:
         yield client
+
+
+# -- command line ----------------------------------------------------------------
+
+_PROG: Final = "python -m trio_fastcgi.client"
+_EPILOG: Final = """\
+ADDRESS is HOST:PORT, [IPV6]:PORT, or the path of a unix socket (anything
+with a "/" in it, or unix:PATH). PATH (default /) may carry a ?query; it
+gives SCRIPT_FILENAME, SCRIPT_NAME, DOCUMENT_URI, REQUEST_URI and
+QUERY_STRING. The usual CGI params are filled in (REQUEST_METHOD,
+SERVER_PROTOCOL, GATEWAY_INTERFACE, SERVER_NAME/PORT, REMOTE_ADDR,
+CONTENT_LENGTH of the body); --env values replace them, -p replaces both.
+
+The application's stdout is written to stdout as it arrives (CGI headers
+included, unless --body-only), its stderr to stderr.
+
+exit status: the application's appStatus (0 if it succeeded; values above 255
+give 255), or: 2 bad usage, 65 --body-only and stdout is no CGI response,
+69 cannot connect, 74 connection lost before the end of the request,
+75 request refused (FCGI_OVERLOADED, FCGI_CANT_MPX_CONN, FCGI_UNKNOWN_ROLE),
+76 FastCGI protocol violation by the application, 124 --timeout passed.
+"""
+EXIT_DATAERR: Final = 65
+EXIT_UNAVAILABLE: Final = 69
+EXIT_IOERR: Final = 74
+EXIT_REFUSED: Final = 75
+EXIT_PROTOCOL: Final = 76
+EXIT_TIMEOUT: Final = 124
+_BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
+
+
+def parse_address(text: str) -> tuple[str, int] | str:
+    """``HOST:PORT`` / ``[IPV6]:PORT`` -> (host, port); a socket path -> str.
+
+    Raises:
+      ValueError: neither form.
+    """
+    if text.startswith("unix:"):
+        return text[5:]
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep or not host:
+            raise ValueError(f"bad address {text!r}: expected [IPV6]:PORT")
+    elif "/" in text:
+        return text
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            raise ValueError(
+                f"bad address {text!r}: expected HOST:PORT, [IPV6]:PORT or a unix socket path"
+            )
+        host = host or "127.0.0.1"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"bad port in address {text!r}")
+    return host, int(port)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=_PROG,
+        description="Send one FastCGI request (like libfcgi's cgi-fcgi) and print the response.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("address", metavar="ADDRESS", help="where the application listens")
+    parser.add_argument("path", metavar="PATH", nargs="?", help="the script path, with ?query")
+    parser.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a FastCGI param (repeatable)",
+    )
+    parser.add_argument(
+        "-H",
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="an HTTP request header, sent as HTTP_NAME (Content-Type as CONTENT_TYPE)",
+    )
+    parser.add_argument("--env", action="store_true", help="send the environment as params")
+    parser.add_argument("-X", "--method", help="REQUEST_METHOD (default GET, or POST with a body)")
+    body = parser.add_mutually_exclusive_group()
+    body.add_argument(
+        "--stdin",
+        action="store_true",
+        help="send standard input as the body (the default for -X POST/PUT/PATCH)",
+    )
+    body.add_argument("-d", "--data", metavar="TEXT", help="send TEXT as the body")
+    parser.add_argument(
+        "--role",
+        choices=[role.name.lower() for role in Role],
+        default="responder",
+        help="the FastCGI role (default responder)",
+    )
+    parser.add_argument(
+        "--filter-data",
+        metavar="FILE",
+        help="Filter role: the file sent as FCGI_DATA (sets FCGI_DATA_LENGTH/LAST_MOD)",
+    )
+    parser.add_argument(
+        "--get-values",
+        nargs="*",
+        metavar="NAME",
+        help="ask FCGI_GET_VALUES (default: the three standard names) and print NAME=VALUE lines",
+    )
+    parser.add_argument(
+        "--body-only",
+        action="store_true",
+        help="parse the CGI response and print only its body",
+    )
+    parser.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="give up after SECONDS (exit 124)"
+    )
+    return parser
+
+
+def _cli_params(
+    args: argparse.Namespace, body: bytes | None, environ: Mapping[str, str]
+) -> list[tuple[str, str]]:
+    path = args.path or "/"
+    script, _, query = path.partition("?")
+    method = (args.method or ("POST" if body is not None else "GET")).upper()
+    params: dict[str, str] = {
+        "GATEWAY_INTERFACE": "CGI/1.1",
+        "SERVER_SOFTWARE": "trio-fastcgi-client",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "SERVER_NAME": "localhost",
+        "SERVER_ADDR": "127.0.0.1",
+        "SERVER_PORT": "80",
+        "REMOTE_ADDR": "127.0.0.1",
+        "REQUEST_SCHEME": "http",
+        "REQUEST_METHOD": method,
+        "REQUEST_URI": path,
+        "DOCUMENT_URI": script,
+        "SCRIPT_NAME": script,
+        "QUERY_STRING": query,
+    }
+    if args.path:
+        params["SCRIPT_FILENAME"] = script
+    if body is not None:
+        params["CONTENT_LENGTH"] = str(len(body))
+    role = Role[args.role.upper()]
+    if role is Role.AUTHORIZER:
+        for name in ("CONTENT_LENGTH", "SCRIPT_NAME"):
+            params.pop(name, None)
+    if args.env:
+        params.update(environ)
+    for header in args.header:
+        name, colon, value = header.partition(":")
+        if not colon or not name.strip():
+            raise ValueError(f"bad header {header!r}: expected 'NAME: VALUE'")
+        key = name.strip().upper().replace("-", "_")
+        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            key = "HTTP_" + key
+        params[key] = value.strip()
+    for item in args.param:
+        name, equals, value = item.partition("=")
+        if not equals or not name:
+            raise ValueError(f"bad param {item!r}: expected NAME=VALUE")
+        params[name] = value
+    return list(params.items())
+
+
+def _describe_os_error(exc: OSError) -> str:
+    # trio.open_tcp_stream raises "all attempts ... failed" from a group of the
+    # real errors; name the real reason when there is one.
+    cause = exc.__cause__
+    while isinstance(cause, BaseExceptionGroup) and len(cause.exceptions) == 1:
+        cause = cause.exceptions[0]
+    for error in (cause, exc):
+        if isinstance(error, OSError) and error.errno:
+            return os.strerror(error.errno)
+    return str(exc)
+
+
+def _error(message: str) -> None:
+    print(f"{_PROG}: {message}", file=sys.stderr)
+
+
+async def _open_stream(address: tuple[str, int] | str) -> trio.abc.Stream:
+    if isinstance(address, str):
+        return await trio.open_unix_socket(address)
+    return await trio.open_tcp_stream(*address)
+
+
+async def _cli(
+    args: argparse.Namespace,
+    address: tuple[str, int] | str,
+    params: list[tuple[str, str]],
+    body: bytes | None,
+    data: bytes | None,
+) -> int:
+    if isinstance(address, str):
+        label = address
+    else:
+        host, port = address
+        label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        stream = await _open_stream(address)
+    except OSError as exc:
+        _error(f"cannot connect to {label}: {_describe_os_error(exc)}")
+        return EXIT_UNAVAILABLE
+    out = sys.stdout.buffer
+    try:
+        async with open_client(stream) as client:
+            if args.get_values is not None:
+                names = args.get_values or ["FCGI_MAX_CONNS", "FCGI_MAX_REQS", "FCGI_MPXS_CONNS"]
+                for name, value in (await client.get_values(names)).items():
+                    out.write(f"{name}={value}\n".encode("utf-8", "surrogateescape"))
+                out.flush()
+                return 0
+            role = Role[args.role.upper()]
+            async with client.open_request(
+                params, body or b"", role=role, data=data, keep_conn=False
+            ) as request:
+                if args.body_only:
+                    response = await request.receive_response()
+                else:
+                    async for chunk in request.stdout:
+                        out.write(chunk)
+                        out.flush()
+                    response = await request.receive_response()
+                sys.stderr.buffer.write(response.stderr)
+                sys.stderr.buffer.flush()
+    except ServerProtocolError as exc:
+        _error(f"protocol error from {label}: {exc}")
+        return EXIT_PROTOCOL
+    except GetValuesUnsupported as exc:
+        _error(f"{label}: {exc}")
+        return EXIT_PROTOCOL
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        _error(f"connection to {label} lost: {exc}")
+        return EXIT_IOERR
+    if response.protocol_status is not ProtocolStatus.REQUEST_COMPLETE:
+        _error(f"{label} refused the request: FCGI_{response.protocol_status.name}")
+        return EXIT_REFUSED
+    if args.body_only:
+        try:
+            cgi = response.parse_cgi()
+        except CGIResponseError as exc:
+            _error(f"--body-only: {exc}")
+            return EXIT_DATAERR
+        out.write(cgi.body)
+        out.flush()
+    return min(response.app_status, 255)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``python -m trio_fastcgi.client`` command; returns the exit status."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        address = parse_address(args.address)
+    except ValueError as exc:
+        parser.error(str(exc))
+    role = Role[args.role.upper()]
+    if role is Role.AUTHORIZER and (args.stdin or args.data is not None):
+        parser.error("an Authorizer request has no body")
+    if role is not Role.FILTER and args.filter_data is not None:
+        parser.error("--filter-data needs --role filter")
+    body: bytes | None = None
+    if args.data is not None:
+        body = args.data.encode("utf-8", "surrogateescape")
+    elif args.stdin or (args.method or "").upper() in _BODY_METHODS:
+        body = sys.stdin.buffer.read()
+    data: bytes | None = None
+    environ = dict(os.environ)
+    if args.filter_data is not None:
+        try:
+            with open(args.filter_data, "rb") as file:
+                data = file.read()
+                mtime = os.fstat(file.fileno()).st_mtime
+        except OSError as exc:
+            parser.error(f"--filter-data: {exc}")
+        environ_extra = {"FCGI_DATA_LENGTH": str(len(data)), "FCGI_DATA_LAST_MOD": str(int(mtime))}
+        args.param[:0] = [f"{name}={value}" for name, value in environ_extra.items()]
+    try:
+        params = _cli_params(args, body, environ)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+    async def run() -> int:
+        if args.timeout is None:
+            return await _cli(args, address, params, body, data)
+        with trio.move_on_after(args.timeout):
+            return await _cli(args, address, params, body, data)
+        _error(f"no complete response within {args.timeout} s")
+        return EXIT_TIMEOUT
+
+    return trio.run(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

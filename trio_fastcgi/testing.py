@@ -1,0 +1,548 @@
+"""Test your handlers in memory: no socket, no web server.
+
+:func:`open_test_client` serves your handler with :func:`trio_fastcgi.serve_connection`
+on one end of a :func:`trio.testing.memory_stream_pair` and drives the other
+end with :mod:`trio_fastcgi.client`, so every request goes through the real
+FastCGI connection code. Requests carry the CGI params a web server would send
+(``REQUEST_METHOD``, ``SCRIPT_NAME``, ``PATH_INFO``, ``QUERY_STRING``,
+``REQUEST_URI``, ``CONTENT_LENGTH``, ``CONTENT_TYPE``, ``HTTP_*`` headers,
+``SERVER_NAME``/``SERVER_PORT``, ``REMOTE_ADDR``, ...), and responses come
+back parsed. An example test (pytest with ``trio_mode = true``)::
+
+    import urllib.parse
+
+    import trio_fastcgi
+    from trio_fastcgi.testing import open_test_client
+
+
+    async def hello(request: trio_fastcgi.Request) -> None:
+        query = urllib.parse.parse_qs(request.params["QUERY_STRING"])
+        await request.respond(f"hello {query.get('name', ['world'])[0]}")
+
+
+    async def test_hello() -> None:
+        async with open_test_client(hello) as client:
+            response = await client.get("/", query={"name": "trio"})
+        assert response.status == 200
+        assert response.text == "hello trio"
+        assert response.header("content-type") == "text/plain; charset=utf-8"
+
+By default an exception that escapes the handler is raised again in the test
+(after the server has answered it with a 500), so its traceback is not lost in
+a log; pass ``raise_server_exceptions=False`` to test the 500 itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json as json_module
+import sys
+import urllib.parse
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final, TypeAlias, final
+
+import attrs
+import trio  # noqa: TID251 (a Trio layer module)
+import trio.testing  # noqa: TID251
+
+from ._exceptions import EndRequestWith
+from ._request import Request
+from ._server import serve_connection
+from ._version import __version__
+from ._wire import ProtocolStatus, Role
+from .client import (
+    ActiveRequest,
+    CGIResponse,
+    Client,
+    ParamsArg,
+    Response,
+    _unwrap,
+    open_client,
+    parse_cgi_response,
+)
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ._config import ServerOptions
+    from ._serve_connection import Handler
+
+__all__ = ["TestClient", "TestResponse", "open_test_client"]
+
+#: Headers as a mapping or ``(name, value)`` pairs; repeated names are joined
+#: with ", " as web servers do.
+HeadersArg: TypeAlias = "Mapping[str, str] | Iterable[tuple[str, str]]"
+#: A query as a string (sent as is) or pairs/mapping (URL-encoded).
+QueryArg: TypeAlias = "str | Mapping[str, str] | Iterable[tuple[str, str]]"
+BodyArg: TypeAlias = "bytes | str | AsyncIterable[bytes]"
+
+_NO_RESPONSE_STATUS: Final = 502
+
+
+@attrs.frozen
+class TestResponse:
+    """A response, parsed, with the raw FastCGI result beside it.
+
+    Attributes:
+      status: the CGI ``Status`` (200 if none; 302 for a bare ``Location``).
+        When the application wrote no stdout at all (e.g. it refused the
+        request), 502, as a web server would answer.
+      headers: the CGI response headers, in order.
+      body: the body after the headers.
+      stdout, stderr, app_status, protocol_status, request_id: the FastCGI
+        result (:class:`trio_fastcgi.client.Response`).
+    """
+
+    __test__ = False  # not a pytest test class
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    stdout: bytes
+    stderr: bytes
+    app_status: int
+    protocol_status: ProtocolStatus
+    request_id: int
+
+    @classmethod
+    def from_response(cls, response: Response) -> TestResponse:
+        """Parse a client :class:`~trio_fastcgi.client.Response`.
+
+        Raises:
+          trio_fastcgi.client.CGIResponseError: stdout is not empty and not a
+            CGI response.
+        """
+        if response.stdout:
+            cgi = parse_cgi_response(response.stdout)
+        else:
+            cgi = CGIResponse(_NO_RESPONSE_STATUS, [], b"")
+        return cls(
+            status=cgi.status,
+            headers=cgi.headers,
+            body=cgi.body,
+            stdout=response.stdout,
+            stderr=response.stderr,
+            app_status=response.app_status,
+            protocol_status=response.protocol_status,
+            request_id=response.request_id,
+        )
+
+    @property
+    def text(self) -> str:
+        """The body decoded as UTF-8."""
+        return self.body.decode("utf-8")
+
+    def json(self) -> Any:
+        """The body parsed as JSON."""
+        return json_module.loads(self.body)
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        """The first header called *name* (case-insensitive), or *default*."""
+        return CGIResponse(self.status, self.headers, self.body).header(name, default)
+
+    @property
+    def variables(self) -> dict[str, str]:
+        """Authorizer role: the ``Variable-NAME`` headers as ``{NAME: value}``
+        (what Apache and lighttpd pass on to the request they serve)."""
+        prefix = "variable-"
+        return {
+            name[len(prefix) :]: value
+            for name, value in self.headers
+            if name.lower().startswith(prefix)
+        }
+
+
+def _header_items(headers: HeadersArg | None) -> list[tuple[str, str]]:
+    if headers is None:
+        return []
+    return list(headers.items() if isinstance(headers, Mapping) else headers)
+
+
+def _query_string(query: QueryArg | None) -> str:
+    if query is None:
+        return ""
+    if isinstance(query, str):
+        return query
+    items = query.items() if isinstance(query, Mapping) else query
+    return urllib.parse.urlencode(list(items))
+
+
+@final
+class TestClient:
+    """Sends requests to the handler under test. Get one from :func:`open_test_client`.
+
+    Attributes:
+      fastcgi: the underlying :class:`trio_fastcgi.client.Client`, for raw
+        requests (any params, roles, streaming, abort) and ``get_values``.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(
+        self,
+        fastcgi: Client,
+        *,
+        base_url: str,
+        server_errors: dict[int, Exception],
+        raise_server_exceptions: bool,
+    ) -> None:
+        self.fastcgi = fastcgi
+        url = urllib.parse.urlsplit(base_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"base_url must be http(s)://HOST[:PORT], not {base_url!r}")
+        self._scheme = url.scheme
+        self._host = url.netloc
+        self._server_name = url.hostname
+        self._server_port = url.port or (443 if url.scheme == "https" else 80)
+        self._server_errors = server_errors
+        self._raise_server_exceptions = raise_server_exceptions
+
+    def build_params(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: QueryArg | None = None,
+        headers: HeadersArg | None = None,
+        content_length: int | None = None,
+        content_type: str | None = None,
+        script_name: str = "",
+        role: Role = Role.RESPONDER,
+        params: Mapping[str, str] | None = None,
+    ) -> list[tuple[bytes, bytes]]:
+        """The CGI params a web server would send for this request.
+
+        *path* is the URL path, optionally with ``?query``; *query* is added to
+        that. ``PATH_INFO`` is the percent-decoded path after *script_name*.
+        ``Content-Type``/``Content-Length`` headers become ``CONTENT_TYPE``/
+        ``CONTENT_LENGTH``, other headers ``HTTP_*``. *params* are added last
+        and replace any of the above. For an Authorizer, ``CONTENT_LENGTH``,
+        ``PATH_INFO`` and ``SCRIPT_NAME`` are left out (as the spec says) and
+        ``FCGI_ROLE=AUTHORIZER`` is added (as Apache does).
+        """
+        if not path.startswith("/"):
+            raise ValueError(f"path must start with '/', not {path!r}")
+        raw_path, _, path_query = path.partition("?")
+        extra_query = _query_string(query)
+        query_string = "&".join(part for part in (path_query, extra_query) if part)
+        decoded_path = urllib.parse.unquote_to_bytes(raw_path)
+        script = script_name.encode("utf-8")
+        if script and not (
+            decoded_path == script or decoded_path.startswith(script.rstrip(b"/") + b"/")
+        ):
+            raise ValueError(f"path {path!r} is not under script_name {script_name!r}")
+        path_info = decoded_path[len(script.rstrip(b"/")) :] if script else decoded_path
+        request_uri = raw_path + (f"?{query_string}" if query_string else "")
+        out: dict[bytes, bytes] = {
+            b"GATEWAY_INTERFACE": b"CGI/1.1",
+            b"SERVER_SOFTWARE": f"trio-fastcgi-testclient/{__version__}".encode(),
+            b"SERVER_PROTOCOL": b"HTTP/1.1",
+            b"SERVER_NAME": self._server_name.encode("idna"),
+            b"SERVER_PORT": str(self._server_port).encode(),
+            b"SERVER_ADDR": b"127.0.0.1",
+            b"REMOTE_ADDR": b"127.0.0.1",
+            b"REMOTE_PORT": b"50000",
+            b"REQUEST_SCHEME": self._scheme.encode(),
+            b"REQUEST_METHOD": method.upper().encode("ascii"),
+            b"REQUEST_URI": request_uri.encode("utf-8"),
+            b"DOCUMENT_URI": raw_path.encode("utf-8"),
+            b"SCRIPT_NAME": script,
+            b"PATH_INFO": path_info,
+            b"QUERY_STRING": query_string.encode("utf-8"),
+        }
+        if self._scheme == "https":
+            out[b"HTTPS"] = b"on"
+        if content_length is not None:
+            out[b"CONTENT_LENGTH"] = str(content_length).encode()
+        if content_type is not None:
+            out[b"CONTENT_TYPE"] = content_type.encode("latin-1")
+        header_items = _header_items(headers)
+        if not any(name.lower() == "host" for name, _ in header_items):
+            header_items.insert(0, ("Host", self._host))
+        for name, value in header_items:
+            key = name.strip().upper().replace("-", "_").encode("latin-1")
+            if key not in (b"CONTENT_TYPE", b"CONTENT_LENGTH"):
+                key = b"HTTP_" + key
+            encoded = value.encode("latin-1")
+            if key in out and key.startswith(b"HTTP_"):
+                out[key] += b", " + encoded
+            else:
+                out[key] = encoded
+        if role is Role.AUTHORIZER:
+            for key in (b"CONTENT_LENGTH", b"PATH_INFO", b"SCRIPT_NAME"):
+                out.pop(key, None)
+            out[b"FCGI_ROLE"] = b"AUTHORIZER"
+        for name, value in (params or {}).items():
+            out[name.encode("utf-8", "surrogateescape")] = value.encode("utf-8", "surrogateescape")
+        return list(out.items())
+
+    def _prepare(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: QueryArg | None,
+        headers: HeadersArg | None,
+        body: BodyArg | None,
+        json: Any,
+        form: Mapping[str, str] | Iterable[tuple[str, str]] | None,
+        content_type: str | None,
+        script_name: str,
+        params: Mapping[str, str] | None,
+    ) -> tuple[list[tuple[bytes, bytes]], bytes | AsyncIterable[bytes]]:
+        given = sum(x is not None for x in (body, json, form))
+        if given > 1:
+            raise TypeError("give at most one of body, json and form")
+        stdin: bytes | AsyncIterable[bytes] = b""
+        content_length: int | None = None
+        if json is not None:
+            stdin = json_module.dumps(json).encode()
+            content_type = content_type or "application/json"
+        elif form is not None:
+            items = form.items() if isinstance(form, Mapping) else form
+            stdin = urllib.parse.urlencode(list(items)).encode()
+            content_type = content_type or "application/x-www-form-urlencoded"
+        elif isinstance(body, str):
+            stdin = body.encode()
+        elif body is not None:
+            stdin = body
+        if isinstance(stdin, bytes) and (stdin or body is not None or method.upper() == "POST"):
+            content_length = len(stdin)
+        param_pairs = self.build_params(
+            method,
+            path,
+            query=query,
+            headers=headers,
+            content_length=content_length,
+            content_type=content_type,
+            script_name=script_name,
+            params=params,
+        )
+        return param_pairs, stdin
+
+    def _check_server_error(self, request_id: int) -> None:
+        error = self._server_errors.pop(request_id, None)
+        if error is not None and self._raise_server_exceptions:
+            raise error
+
+    async def request(
+        self,
+        method: str,
+        path: str = "/",
+        *,
+        query: QueryArg | None = None,
+        headers: HeadersArg | None = None,
+        body: BodyArg | None = None,
+        json: Any = None,
+        form: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+        content_type: str | None = None,
+        script_name: str = "",
+        params: Mapping[str, str] | None = None,
+    ) -> TestResponse:
+        """Send a Responder request and return the parsed response.
+
+        Args:
+          method: the HTTP method (``REQUEST_METHOD``).
+          path: the URL path, may include ``?query``.
+          query: more query parameters (a string is used as is).
+          headers: request headers.
+          body: the body: bytes, str (UTF-8), or an async iterable of bytes
+            (streamed, sent without ``CONTENT_LENGTH`` unless a header gives
+            one, like a chunked upload).
+          json: a value sent as a JSON body (``application/json``).
+          form: fields sent URL-encoded (``application/x-www-form-urlencoded``).
+          content_type: ``CONTENT_TYPE``.
+          script_name: ``SCRIPT_NAME``; *path* must lie under it.
+          params: extra params, replacing the generated ones of the same name.
+        """
+        param_pairs, stdin = self._prepare(
+            method,
+            path,
+            query=query,
+            headers=headers,
+            body=body,
+            json=json,
+            form=form,
+            content_type=content_type,
+            script_name=script_name,
+            params=params,
+        )
+        response = await self.fastcgi.request(param_pairs, stdin)
+        self._check_server_error(response.request_id)
+        return TestResponse.from_response(response)
+
+    async def get(self, path: str = "/", **kwargs: Any) -> TestResponse:
+        """:meth:`request` with ``GET``."""
+        return await self.request("GET", path, **kwargs)
+
+    async def head(self, path: str = "/", **kwargs: Any) -> TestResponse:
+        """:meth:`request` with ``HEAD``."""
+        return await self.request("HEAD", path, **kwargs)
+
+    async def post(self, path: str = "/", **kwargs: Any) -> TestResponse:
+        """:meth:`request` with ``POST``."""
+        return await self.request("POST", path, **kwargs)
+
+    async def put(self, path: str = "/", **kwargs: Any) -> TestResponse:
+        """:meth:`request` with ``PUT``."""
+        return await self.request("PUT", path, **kwargs)
+
+    async def patch(self, path: str = "/", **kwargs: Any) -> TestResponse:
+        """:meth:`request` with ``PATCH``."""
+        return await self.request("PATCH", path, **kwargs)
+
+    async def delete(self, path: str = "/", **kwargs: Any) -> TestResponse:
+        """:meth:`request` with ``DELETE``."""
+        return await self.request("DELETE", path, **kwargs)
+
+    async def options(self, path: str = "/", **kwargs: Any) -> TestResponse:
+        """:meth:`request` with ``OPTIONS``."""
+        return await self.request("OPTIONS", path, **kwargs)
+
+    async def authorize(
+        self,
+        path: str = "/",
+        *,
+        method: str = "GET",
+        query: QueryArg | None = None,
+        headers: HeadersArg | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> TestResponse:
+        """Send an Authorizer request (the server needs ``roles`` with
+        :attr:`Role.AUTHORIZER <trio_fastcgi.Role.AUTHORIZER>`). Status 200
+        means allowed; :attr:`TestResponse.variables` has the variables."""
+        param_pairs = self.build_params(
+            method, path, query=query, headers=headers, role=Role.AUTHORIZER, params=params
+        )
+        response = await self.fastcgi.request(param_pairs, role=Role.AUTHORIZER)
+        self._check_server_error(response.request_id)
+        return TestResponse.from_response(response)
+
+    async def filter(
+        self,
+        path: str,
+        data: bytes,
+        *,
+        data_last_mod: int = 0,
+        method: str = "GET",
+        query: QueryArg | None = None,
+        headers: HeadersArg | None = None,
+        body: bytes | str | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> TestResponse:
+        """Send a Filter request: *data* is the file to filter (``FCGI_DATA``,
+        with ``FCGI_DATA_LENGTH`` and ``FCGI_DATA_LAST_MOD``). The server needs
+        ``roles`` with :attr:`Role.FILTER <trio_fastcgi.Role.FILTER>`."""
+        param_pairs, stdin = self._prepare(
+            method,
+            path,
+            query=query,
+            headers=headers,
+            body=body,
+            json=None,
+            form=None,
+            content_type=None,
+            script_name="",
+            params={
+                "FCGI_DATA_LENGTH": str(len(data)),
+                "FCGI_DATA_LAST_MOD": str(data_last_mod),
+                **(params or {}),
+            },
+        )
+        response = await self.fastcgi.request(param_pairs, stdin, role=Role.FILTER, data=data)
+        self._check_server_error(response.request_id)
+        return TestResponse.from_response(response)
+
+    @contextlib.asynccontextmanager
+    async def open_request(
+        self,
+        method: str,
+        path: str = "/",
+        *,
+        query: QueryArg | None = None,
+        headers: HeadersArg | None = None,
+        body: BodyArg | None = None,
+        content_type: str | None = None,
+        script_name: str = "",
+        params: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[ActiveRequest]:
+        """Like :meth:`request`, but streamed: yields the
+        :class:`~trio_fastcgi.client.ActiveRequest`, whose stdout can be read
+        as it arrives and which can be aborted. Leaving the block early aborts
+        the request. Server exceptions are not re-raised here."""
+        param_pairs, stdin = self._prepare(
+            method,
+            path,
+            query=query,
+            headers=headers,
+            body=body,
+            json=None,
+            form=None,
+            content_type=content_type,
+            script_name=script_name,
+            params=params,
+        )
+        async with self.fastcgi.open_request(param_pairs, stdin) as active:
+            yield active
+
+    async def raw_request(self, params: ParamsArg, stdin: bytes = b"", **kwargs: Any) -> Response:
+        """:meth:`trio_fastcgi.client.Client.request`: any params, any role."""
+        return await self.fastcgi.request(params, stdin, **kwargs)
+
+
+@contextlib.asynccontextmanager
+async def open_test_client(
+    handler: Handler,
+    *,
+    base_url: str = "http://testserver",
+    raise_server_exceptions: bool = True,
+    **server_options: Unpack[ServerOptions],
+) -> AsyncIterator[TestClient]:
+    """Serve *handler* in memory and yield a :class:`TestClient` for it.
+
+    Args:
+      handler: the handler under test.
+      base_url: scheme, host and port the requests pretend to go to
+        (``SERVER_NAME``, ``SERVER_PORT``, ``HTTP_HOST``, ``HTTPS``).
+      raise_server_exceptions: re-raise an exception that escaped the handler
+        from the request call that caused it.
+      server_options: options for :func:`trio_fastcgi.serve_connection`
+        (``roles``, ``mpxs_conns``, ``max_reqs``, ...).
+
+    Requests share one connection and may run concurrently (the client keeps
+    within ``max_reqs``, and sends one at a time if ``mpxs_conns`` is false).
+    """
+    server_errors: dict[int, Exception] = {}
+
+    async def recording_handler(request: Request) -> int | None:
+        try:
+            return await handler(request)
+        except EndRequestWith:
+            raise
+        except Exception as exc:
+            server_errors[request.request_id] = exc
+            raise
+
+    max_concurrent: int | None = server_options.get("max_reqs")
+    if server_options.get("mpxs_conns") is False:
+        max_concurrent = 1
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                partial(serve_connection, recording_handler, server_stream, **server_options)
+            )
+            async with open_client(client_stream, max_concurrent=max_concurrent) as fastcgi:
+                yield TestClient(
+                    fastcgi,
+                    base_url=base_url,
+                    server_errors=server_errors,
+                    raise_server_exceptions=raise_server_exceptions,
+                )
+            nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise _unwrap(group) from None
