@@ -48,13 +48,15 @@ from trio_fastcgi.client import (
 async def serving(handler: object, **options: object) -> AsyncIterator[Client]:
     """This project's server on one end of a memory stream, a client on the other."""
     client_stream, server_stream = trio.testing.memory_stream_pair()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(
-            functools.partial(serve_connection, handler, server_stream, **options)  # type: ignore[arg-type]
-        )
-        async with open_client(client_stream) as client:
-            yield client
-        nursery.cancel_scope.cancel()
+    # Only a hang (a bug) takes this long; it then fails instead of stalling.
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                functools.partial(serve_connection, handler, server_stream, **options)  # type: ignore[arg-type]
+            )
+            async with open_client(client_stream) as client:
+                yield client
+            nursery.cancel_scope.cancel()
 
 
 def pattern(size: int, seed: int = 1) -> bytes:
