@@ -603,7 +603,7 @@ class Client:
             while size < COALESCE_LIMIT:
                 try:
                     more = receiver.receive_nowait()
-                except trio.WouldBlock:
+                except (trio.WouldBlock, trio.EndOfChannel):
                     break
                 parts.append(more)
                 size += len(more)
