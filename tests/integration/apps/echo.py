@@ -8,6 +8,8 @@ behind any URL prefix a web server config adds:
 - ``blob?size=N&seed=S``: N pseudo-random bytes from seed S (see :func:`blob`).
 - ``params``: the request's params as JSON.
 - ``sleep``: waits until cancelled, and records how the cancellation came.
+- ``gate``: waits until ``stats.gate_size`` requests are in the handler at
+  once, then answers them all.
 
 A request in the Authorizer role is checked against one user, ``alice`` with
 password ``wonderland`` (HTTP Basic, or Apache's ``REMOTE_USER`` /
@@ -62,6 +64,9 @@ class AppStats:
     cancellations: list[Cancellation] = field(default_factory=list)
     cancelled: trio.Event = field(default_factory=trio.Event)
     authorizer_params: list[dict[str, str]] = field(default_factory=list)
+    gate_size: int = 1
+    at_gate: int = 0
+    gate_open: trio.Event = field(default_factory=trio.Event)
 
 
 class EchoApp:
@@ -101,6 +106,8 @@ class EchoApp:
             await request.respond(json.dumps(dict(params)), content_type="application/json")
         elif route == "sleep":
             await self.sleep(request)
+        elif route == "gate":
+            await self.gate(request)
         else:
             await request.respond(f"no route {path!r}\n", status=404)
         return 0
@@ -132,6 +139,14 @@ class EchoApp:
             )
             self.stats.cancelled.set()
             raise
+
+    async def gate(self, request: trio_fastcgi.Request) -> None:
+        stats = self.stats
+        stats.at_gate += 1
+        if stats.at_gate >= stats.gate_size:
+            stats.gate_open.set()
+        await stats.gate_open.wait()
+        await request.respond(f"through the gate with {stats.gate_size - 1} others\n")
 
     async def authorize(self, request: trio_fastcgi.Request) -> int:
         params = request.params
