@@ -60,6 +60,8 @@ ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
 #: Seconds an application gets to return after it was told ``http.disconnect``
 #: because the web server aborted the request; then it is cancelled.
 DISCONNECT_GRACE: Final = 1.0
+#: Seconds the application's lifespan shutdown may take.
+LIFESPAN_SHUTDOWN_TIMEOUT: Final = 30.0
 _ASGI_VERSION: Final = {"version": "3.0", "spec_version": "2.4"}
 _TRUE_VALUES: Final = frozenset({"on", "1", "yes", "true"})
 
@@ -322,29 +324,37 @@ class ASGIHandler:
         scope = {"type": "lifespan", "asgi": dict(_ASGI_VERSION), "state": self.state}
         failure: list[BaseException] = []
 
+        # The application's lifespan task outlives cancellation of the block
+        # (Ctrl+C, a test's teardown) so that it still gets its shutdown.
+        app_scope = trio.CancelScope(shield=True)
+
         async def run() -> None:
-            async with app_outbox:
-                try:
-                    await self.app(scope, app_inbox.receive, app_outbox.send)
-                except Exception as exc:
-                    failure.append(exc)
+            with app_scope:
+                async with app_outbox:
+                    try:
+                        await self.app(scope, app_inbox.receive, app_outbox.send)
+                    except Exception as exc:
+                        failure.append(exc)
 
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(run)
-                await to_app.send({"type": "lifespan.startup"})
-                reply = await self._lifespan_reply(from_app, failure, "startup")
-                if reply is None:
-                    # The application does not do lifespan ("auto"): serve anyway.
-                    yield
-                    return
                 try:
-                    yield
+                    await to_app.send({"type": "lifespan.startup"})
+                    reply = await self._lifespan_reply(from_app, failure, "startup")
+                    if reply is None:
+                        # The application does not do lifespan ("auto"): serve anyway.
+                        yield
+                        return
+                    try:
+                        yield
+                    finally:
+                        with trio.CancelScope(shield=True):
+                            with trio.fail_after(LIFESPAN_SHUTDOWN_TIMEOUT):
+                                await to_app.send({"type": "lifespan.shutdown"})
+                                await self._lifespan_reply(from_app, failure, "shutdown")
                 finally:
-                    with trio.CancelScope(shield=True):
-                        await to_app.send({"type": "lifespan.shutdown"})
-                        await self._lifespan_reply(from_app, failure, "shutdown")
-                        nursery.cancel_scope.cancel()
+                    app_scope.cancel()
         except BaseExceptionGroup as group:
             # Raise what went wrong, not the nursery's group around it.
             exc: BaseException = group

@@ -1,0 +1,221 @@
+"""``trio-fastcgi dev``: the h11 HTTP front end talking FastCGI to the app."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from functools import partial
+from pathlib import Path
+
+import h11
+import httpx
+import pytest
+import trio
+
+from examples.flask_app import app as flask_app
+from examples.hello import handler as hello_handler
+from examples.starlette_app import app as starlette_app
+from tests.integration.procs import ManagedProcess, free_port, wait_for_tcp
+from trio_fastcgi import Request
+from trio_fastcgi._dev import cgi_params, serve_dev
+from trio_fastcgi._workers import LoadedApp
+from trio_fastcgi.asgi import ASGIHandler
+from trio_fastcgi.wsgi import WSGIHandler
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+async def start_dev(nursery: trio.Nursery, loaded: LoadedApp) -> int:
+    listeners = await nursery.start(partial(serve_dev, loaded, port=0))
+    return int(listeners[0].socket.getsockname()[1])
+
+
+def http(port: int) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10)
+
+
+def test_cgi_params_like_nginx() -> None:
+    request = h11.Request(
+        method="POST",
+        target="/a%20b/c?x=1&y=%2F",
+        headers=[
+            ("Host", "example.org:8000"),
+            ("Content-Type", "text/plain"),
+            ("Content-Length", "3"),
+            ("X-Forwarded-For", "1.1.1.1"),
+            ("Accept", "a"),
+            ("Accept", "b"),
+            ("X_Sneaky", "dropped"),
+            ("Proxy", "http://evil"),
+        ],
+    )
+    params = dict(cgi_params(request, server=("127.0.0.1", 8000), client=("127.0.0.1", 5000)))
+    assert params[b"REQUEST_METHOD"] == b"POST"
+    assert params[b"REQUEST_URI"] == b"/a%20b/c?x=1&y=%2F"
+    assert params[b"SCRIPT_NAME"] == b""
+    assert params[b"PATH_INFO"] == b"/a b/c"
+    assert params[b"QUERY_STRING"] == b"x=1&y=%2F"
+    assert params[b"SERVER_NAME"] == b"example.org"
+    assert params[b"SERVER_PORT"] == b"8000"
+    assert params[b"REMOTE_ADDR"] == b"127.0.0.1"
+    assert params[b"REMOTE_PORT"] == b"5000"
+    assert params[b"CONTENT_TYPE"] == b"text/plain"
+    assert params[b"CONTENT_LENGTH"] == b"3"
+    assert params[b"HTTP_HOST"] == b"example.org:8000"
+    assert params[b"HTTP_X_FORWARDED_FOR"] == b"1.1.1.1"
+    assert params[b"HTTP_ACCEPT"] == b"a, b"
+    assert params[b"SERVER_PROTOCOL"] == b"HTTP/1.1"
+    assert b"HTTP_X_SNEAKY" not in params
+    assert b"HTTP_PROXY" not in params
+
+
+async def test_dev_hello_example(nursery: trio.Nursery) -> None:
+    port = await start_dev(nursery, (hello_handler, None))
+    async with http(port) as client:
+        response = await client.get("/some/page?x=1")
+    assert response.status_code == 200
+    assert response.text == "Hello from trio-fastcgi! You asked for /some/page?x=1\n"
+    assert response.headers["content-type"] == "text/plain; charset=utf-8"
+    assert response.headers["server"].startswith("trio-fastcgi-dev/")
+
+
+async def test_dev_flask_body_and_content_length(nursery: trio.Nursery) -> None:
+    port = await start_dev(nursery, (WSGIHandler(flask_app), None))
+    body = bytes(range(256)) * 4096  # 1 MiB
+    async with http(port) as client:
+        response = await client.post("/echo", content=body)
+        info = await client.get("/headers?q=1", headers={"User-Agent": "dev-test"})
+    assert response.status_code == 200
+    assert response.headers["content-length"] == str(len(body))
+    assert "transfer-encoding" not in response.headers
+    assert response.content == body
+    assert info.json()["args"] == {"q": "1"}
+    assert info.json()["user_agent"] == "dev-test"
+
+
+async def test_dev_chunked_request_and_streamed_chunked_response(nursery: trio.Nursery) -> None:
+    handler = ASGIHandler(starlette_app)
+    port = await start_dev(nursery, (handler, handler.lifespan()))
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for i in range(5):
+            yield f"piece {i};".encode()
+
+    async with http(port) as client:
+        echoed = await client.post("/echo", content=pieces())  # chunked upload
+        async with client.stream("GET", "/stream?n=3&delay=0.05") as streamed:
+            assert streamed.headers["transfer-encoding"] == "chunked"
+            chunks = [chunk async for chunk in streamed.aiter_raw()]
+        info = await client.get("/info")
+    assert echoed.content == b"".join(f"piece {i};".encode() for i in range(5))
+    assert b"".join(chunks) == b"line 0\nline 1\nline 2\n"
+    assert len(chunks) >= 2  # the lines arrived as they were produced
+    assert info.json()["lifespan_started"] is True
+
+
+async def test_dev_keep_alive_serves_several_requests_on_one_connection(
+    nursery: trio.Nursery,
+) -> None:
+    async def whoami(request: Request) -> None:
+        await request.respond(request.params["REMOTE_PORT"])
+
+    port = await start_dev(nursery, (whoami, None))
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    local_port = str(stream.socket.getsockname()[1]).encode()
+    conn = h11.Connection(h11.CLIENT)
+    answers = []
+    async with stream:
+        for _ in range(3):
+            request = h11.Request(method="GET", target="/", headers=[("Host", "x")])
+            await stream.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
+            body = b""
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await stream.receive_some(65536))
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+                else:
+                    assert isinstance(event, h11.Response)
+                    assert event.status_code == 200
+            answers.append(body)
+            conn.start_next_cycle()
+    assert answers == [local_port] * 3
+
+
+async def test_dev_head_request_has_no_body(nursery: trio.Nursery) -> None:
+    port = await start_dev(nursery, (hello_handler, None))
+    async with http(port) as client:
+        response = await client.head("/x")
+    assert response.status_code == 200
+    assert response.content == b""
+
+
+async def test_dev_bad_gateway_when_the_app_breaks_cgi(nursery: trio.Nursery) -> None:
+    async def garbage(request: Request) -> None:
+        await request.stdout.send_all(b"this is not a CGI response")
+
+    port = await start_dev(nursery, (garbage, None))
+    async with http(port) as client:
+        response = await client.get("/")
+    assert response.status_code == 502
+    assert "Bad Gateway" in response.text
+
+
+async def test_dev_app_exception_is_500_not_a_hang(nursery: trio.Nursery) -> None:
+    async def broken(request: Request) -> None:
+        raise RuntimeError("boom")
+
+    port = await start_dev(nursery, (broken, None))
+    async with http(port) as client:
+        response = await client.get("/")
+        again = await client.get("/")
+    assert response.status_code == 500
+    assert again.status_code == 500
+
+
+async def test_dev_bad_http_gets_400(nursery: trio.Nursery) -> None:
+    port = await start_dev(nursery, (hello_handler, None))
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(b"NOT HTTP AT ALL\r\n\r\n")
+        data = b""
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 400 ")
+
+
+@pytest.mark.integration
+async def test_dev_command_serves_hello_and_warns(tmp_path: Path) -> None:
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "trio_fastcgi",
+        "dev",
+        "examples.hello:handler",
+        "--port",
+        str(port),
+    ]
+    with ManagedProcess(argv, cwd=REPO, log_path=tmp_path / "dev.log") as process:
+        await trio.to_thread.run_sync(partial(wait_for_tcp, port, process=process.process))
+        async with http(port) as client:
+            response = await client.get("/")
+        log = process.log()
+    assert response.text == "Hello from trio-fastcgi! You asked for /\n"
+    assert "DEVELOPMENT server. Do not use it in production" in log
+    assert f"http://127.0.0.1:{port}/" in log
+
+
+def test_dev_help_says_development_only() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "trio_fastcgi", "dev", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    )
+    assert "DEVELOPMENT ONLY" in result.stdout
+    assert "--port" in result.stdout

@@ -1,0 +1,229 @@
+"""The pre-fork supervisor and the single-process server, run as the real
+``trio-fastcgi`` command: worker replacement, SIGHUP reload, --max-requests
+recycling, graceful stop under load, boot failure."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.integration.procs import ManagedProcess, free_port, wait_for_tcp
+from trio_fastcgi.client import open_tcp_client
+
+pytestmark = pytest.mark.integration
+
+APP = """
+import os
+import trio
+
+async def handler(request):
+    query = request.params.get("QUERY_STRING", "")
+    if query.startswith("sleep="):
+        # The head and a first line at once, the rest after the sleep: a
+        # client can tell a request in flight from one not started.
+        await request.stdout.send_all(b"Status: 200 OK\\r\\n\\r\\nstart\\n")
+        await trio.sleep(float(query[len("sleep="):]))
+        await request.stdout.send_all(b"end\\n")
+        return
+    await request.respond(f"{os.getpid()}\\n")
+"""
+
+
+@pytest.fixture
+def app_dir(tmp_path: Path) -> Path:
+    (tmp_path / "pidapp.py").write_text(APP)
+    (tmp_path / "brokenapp.py").write_text("import no_such_module_here\n")
+    return tmp_path
+
+
+@dataclass
+class Server:
+    process: ManagedProcess
+    port: int
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, pattern: str, count: int = 1, timeout: float = 30.0) -> list[str]:
+        """Block until *pattern* matched *count* times in the log (for threads)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.findall(pattern, self.log())
+            if len(found) >= count:
+                return found
+            time.sleep(0.05)
+        raise AssertionError(f"{pattern!r} not seen {count} times in:\n{self.log()}")
+
+    async def log_matches(self, pattern: str, count: int = 1) -> list[str]:
+        return await trio.to_thread.run_sync(partial(self.wait_for_log, pattern, count))
+
+
+@asynccontextmanager
+async def run_server(app_dir: Path, *args: str) -> AsyncIterator[Server]:
+    port = free_port()
+    log_path = app_dir / "server.log"
+    argv = [
+        sys.executable, "-m", "trio_fastcgi", "pidapp:handler", "--app-dir", str(app_dir),
+        f"--bind=127.0.0.1:{port}", *args,
+    ]  # fmt: skip
+    process = ManagedProcess(argv, log_path=log_path)
+    try:
+        await trio.to_thread.run_sync(partial(wait_for_tcp, port, process=process.process))
+        yield Server(process, port, log_path)
+    finally:
+        await trio.to_thread.run_sync(process.stop)
+
+
+async def get_pid(port: int) -> int:
+    async with open_tcp_client("127.0.0.1", port) as client:
+        response = await client.request({"REQUEST_URI": "/"})
+    assert response.app_status == 0
+    return int(response.parse_cgi().body)
+
+
+def serving_pids(server: Server, generation: int) -> list[int]:
+    pattern = rf"worker (\d+) \(generation {generation}\) is serving"
+    return [int(pid) for pid in re.findall(pattern, server.log())]
+
+
+async def test_workers_replace_a_killed_worker(app_dir: Path) -> None:
+    async with run_server(app_dir, "--workers=2") as server:
+        await server.log_matches(r"generation 1\) is serving", 2)
+        first, _ = serving_pids(server, 1)
+        os.kill(first, signal.SIGKILL)
+        await server.log_matches(rf"worker {first} was killed by SIGKILL; starting a new one")
+        await server.log_matches(r"generation 1\) is serving", 3)
+        pids = {await get_pid(server.port) for _ in range(20)}
+        assert first not in pids
+        assert pids <= set(serving_pids(server, 1))
+        assert server.process.process.poll() is None
+
+
+async def test_workers_sighup_reload_keeps_serving(app_dir: Path) -> None:
+    failures: list[BaseException] = []
+    served = 0
+
+    async def keep_asking(port: int, stop: trio.Event) -> None:
+        nonlocal served
+        while not stop.is_set():
+            try:
+                await get_pid(port)
+                served += 1
+            except Exception as exc:
+                failures.append(exc)
+
+    async with run_server(app_dir, "--workers=2") as server:
+        await server.log_matches(r"generation 1\) is serving", 2)
+        old = set(serving_pids(server, 1))
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(keep_asking, server.port, stop)
+            os.kill(server.process.pid, signal.SIGHUP)
+            await server.log_matches(r"generation 2\) is serving", 2)
+            for pid in old:
+                await server.log_matches(rf"worker {pid} exited with status 0")
+            stop.set()
+        new = set(serving_pids(server, 2))
+        assert not new & old
+        assert {await get_pid(server.port) for _ in range(10)} <= new
+    assert failures == []
+    assert served > 0
+
+
+async def test_workers_max_requests_recycles(app_dir: Path) -> None:
+    async with run_server(app_dir, "--workers=1", "--max-requests=4") as server:
+        pids = [await get_pid(server.port) for _ in range(10)]
+        log = server.log()
+    # 4 + 4 + 2: every request answered, by three successive workers.
+    assert len(set(pids)) == 3
+    assert [pids.count(pid) for pid in dict.fromkeys(pids)] == [4, 4, 2]
+    assert log.count("recycling this worker") == 2
+    assert log.count("retired (exited with status 0); starting a new one") == 2
+
+
+@dataclass
+class Outcomes:
+    complete: int = 0
+    refused: int = 0
+    truncated: list[str] = field(default_factory=list)
+
+
+async def slow_request(port: int, outcomes: Outcomes, in_flight: trio.Semaphore | None) -> None:
+    """One request; a complete answer, a refusal before any byte, or (the bug
+    this test looks for) a truncated answer."""
+    received = b""
+    try:
+        async with (
+            open_tcp_client("127.0.0.1", port) as client,
+            client.open_request({"QUERY_STRING": "sleep=1"}) as active,
+        ):
+            async for chunk in active.stdout:
+                if not received and in_flight is not None:
+                    in_flight.release()
+                received += chunk
+            end = await active.wait_ended()
+    except (OSError, trio.BrokenResourceError) as exc:
+        if received:
+            outcomes.truncated.append(f"{received!r} then {exc!r}")
+        else:
+            outcomes.refused += 1
+        return
+    if end.app_status == 0 and received == b"Status: 200 OK\r\n\r\nstart\nend\n":
+        outcomes.complete += 1
+    else:
+        outcomes.truncated.append(f"{received!r} status {end.app_status}")
+
+
+@pytest.mark.parametrize("workers", ["--workers=2", "--workers=0"])
+async def test_graceful_stop_under_load_loses_no_request(app_dir: Path, workers: str) -> None:
+    in_flight_count = 30
+    in_flight = trio.Semaphore(0)
+    early = Outcomes()
+    late = Outcomes()
+    async with run_server(app_dir, workers, "--graceful-timeout=20") as server:
+        async with trio.open_nursery() as nursery:
+            for _ in range(in_flight_count):
+                nursery.start_soon(slow_request, server.port, early, in_flight)
+            for _ in range(in_flight_count):
+                with trio.fail_after(30):
+                    await in_flight.acquire()
+            # Every early request is being handled: stop now, and keep sending
+            # new requests while the server stops.
+            os.kill(server.process.pid, signal.SIGTERM)
+            started = trio.current_time()
+            while server.process.process.poll() is None:
+                nursery.start_soon(slow_request, server.port, late, None)
+                await trio.sleep(0.02)  # pacing the late requests
+                assert trio.current_time() - started < 30, server.log()
+        assert server.process.process.returncode == 0, server.log()
+    assert early.truncated == []
+    assert late.truncated == []
+    assert early.complete == in_flight_count
+    assert late.complete + late.refused > 0
+
+
+async def test_workers_boot_failure_stops_the_supervisor(app_dir: Path) -> None:
+    port = free_port()
+    log_path = app_dir / "boot.log"
+    argv = [
+        sys.executable, "-m", "trio_fastcgi", "brokenapp:app", "--app-dir", str(app_dir),
+        f"--bind=127.0.0.1:{port}", "--workers=2",
+    ]  # fmt: skip
+    with ManagedProcess(argv, log_path=log_path) as process:
+        status = await trio.to_thread.run_sync(partial(process.process.wait, 30))
+    log = log_path.read_text()
+    assert status == 3, log
+    assert "failed to boot" in log
+    assert "No module named 'no_such_module_here'" in log
