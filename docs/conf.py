@@ -21,7 +21,7 @@ import trio_fastcgi  # noqa: E402
 
 project = "trio-fastcgi"
 author = "the trio-fastcgi contributors"
-copyright = "2026, the trio-fastcgi contributors"  # noqa: A001
+copyright = "2026, the trio-fastcgi contributors"
 version = release = trio_fastcgi.__version__
 
 extensions = [

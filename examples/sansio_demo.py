@@ -35,7 +35,7 @@ def main() -> tuple[list[trio_fastcgi.Event], bytes]:
     # -- start
     conn = trio_fastcgi.FastCGIConnection()
     conn.receive_data(web_server_bytes())  # whatever the socket gave
-    events = []
+    events: list[trio_fastcgi.Event] = []
     while (event := conn.next_event()) is not trio_fastcgi.NEED_DATA:
         events.append(event)
     # events == [BeginRequest(request_id=1, role=<Role.RESPONDER: 1>, keep_conn=False),

@@ -21,6 +21,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,18 +29,25 @@ import types
 import urllib.parse
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 
 import trio_fastcgi
-from examples import sansio_demo
+from examples import authorizer, sansio_demo, testing_howto, text_filter
+from tests.integration.configs import render_text
+from tests.integration.harness import IS_ROOT, http_client, running
 from tests.integration.procs import (
     ManagedProcess,
     free_port,
     require_binary,
     wait_for_tcp,
 )
+from trio_fastcgi import Role
+from trio_fastcgi.testing import open_test_client
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
@@ -70,6 +78,58 @@ def test_sansio_demo_gives_the_documented_events() -> None:
     assert reply.startswith(b"\x01\x06\x00\x01")
     assert reply.endswith(b"\x01\x03\x00\x01\x00\x08\x00\x00" + bytes(8))
     assert b"hello\n" in reply
+
+
+# -- the testing how-to's tests, and through them the role examples ----------------
+
+test_howto_greeting = testing_howto.test_greeting
+test_howto_upper = testing_howto.test_upper
+test_howto_exceptions_reach_the_test = testing_howto.test_exceptions_reach_the_test
+test_howto_exceptions_become_500 = testing_howto.test_exceptions_become_500
+test_howto_authorizer = testing_howto.test_authorizer
+test_howto_filter = testing_howto.test_filter
+test_howto_abort_cancels_the_countdown = testing_howto.test_abort_cancels_the_countdown
+test_howto_over_tcp = testing_howto.test_over_tcp
+
+
+def test_howto_runs_every_example_test() -> None:
+    defined = {name for name in vars(testing_howto) if name.startswith("test_")}
+    run_here = {
+        value.__name__ for name, value in globals().items() if name.startswith("test_howto_")
+    }
+    assert defined <= run_here
+
+
+async def test_authorizer_example_takes_apache_credentials() -> None:
+    async with open_test_client(authorizer.authorizer, roles={Role.AUTHORIZER}) as client:
+        allowed = await client.authorize(
+            "/private/", params={"REMOTE_USER": "alice", "REMOTE_PASSWD": "wonderland"}
+        )
+        denied = await client.authorize(
+            "/private/", params={"REMOTE_USER": "alice", "REMOTE_PASSWD": "nope"}
+        )
+        anonymous = await client.authorize("/private/")
+    assert allowed.status == 200
+    assert allowed.variables == {"AUTH_USER": "alice"}
+    assert denied.status == anonymous.status == 401
+
+
+async def test_text_filter_example_decodes_across_records() -> None:
+    # 1 + 2 * 40000 bytes: a two-byte character straddles the first record
+    # boundary (65,528 bytes), and must still come out whole.
+    data = ("a" + "é" * 40000).encode()
+    async with open_test_client(text_filter.text_to_html, roles={Role.FILTER}) as client:
+        response = await client.filter("/notes.txt", data)
+    assert "\ufffd" not in response.text
+    assert response.text.count("é") == 40000
+
+
+async def test_text_filter_example_refuses_a_short_file() -> None:
+    async with open_test_client(
+        text_filter.text_to_html, roles={Role.FILTER}, raise_server_exceptions=False
+    ) as client:
+        response = await client.filter("/notes.txt", b"short", params={"FCGI_DATA_LENGTH": "100"})
+    assert response.app_status == 1  # IncompleteInput escaped the handler
 
 
 # -- the reference covers the public API ----------------------------------------------
@@ -342,6 +402,41 @@ class TutorialSession:
 TUTORIAL_TEXT = TUTORIAL.read_text()
 
 
+@pytest.mark.integration
+def test_frameworks_howto_commands_work(tmp_path: Path) -> None:
+    """docs/howto/frameworks.rst: the trio-fastcgi commands serve the Flask
+    and Starlette examples, and the FastCGI client gets what the page shows."""
+    commands = console_commands((DOCS / "howto" / "frameworks.rst").read_text())
+    assert len(commands) == 4  # the page was parsed
+    port = free_port()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with ExitStack() as stack:
+        for number, command in enumerate(commands):
+            argv = shlex.split(command.line.replace("127.0.0.1:9000", f"127.0.0.1:{port}"))
+            if argv[0] == "trio-fastcgi":
+                server = ManagedProcess(
+                    [sys.executable, "-m", "trio_fastcgi", *argv[1:]],
+                    cwd=REPO,
+                    env=env,
+                    log_path=tmp_path / f"server-{number}.log",
+                )
+                stack.callback(server.stop)
+                wait_for_tcp(port, process=server.process)
+            elif argv[:3] == ["python3", "-m", "trio_fastcgi.client"]:
+                result = subprocess.run(
+                    [sys.executable, *argv[1:]],
+                    env=env,
+                    capture_output=True,
+                    timeout=60,
+                    check=False,
+                )
+                assert result.returncode == 0, result.stderr
+                assert result.stdout.decode().splitlines() == command.output
+                server.stop()  # the next command starts another server on the port
+            else:
+                raise AssertionError(f"command {command.line!r} is not run by this test")
+
+
 @pytest.fixture
 def tutorial_dir(tmp_path: Path) -> Path:
     for path in TUTORIAL_FILES:
@@ -358,3 +453,129 @@ def test_tutorial_runs_as_written(tutorial_dir: Path) -> None:
         for command in commands:
             session.run(command)
         session.graceful_stop()
+
+
+# Puts the socket it is given on fd 3 and sets LISTEN_FDS/LISTEN_PID the way
+# systemd does, then executes the command line (keeping its pid).
+_SOCKET_ACTIVATION = """
+import os, sys
+os.dup2(int(sys.argv[1]), 3)
+os.environ["LISTEN_FDS"] = "1"
+os.environ["LISTEN_PID"] = str(os.getpid())
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+
+def _unit_value(unit: str, key: str) -> str:
+    values = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith(f"{key}=")]
+    assert len(values) == 1, key
+    return values[0]
+
+
+@pytest.mark.integration
+def test_systemd_units_serve_under_socket_activation(tmp_path: Path) -> None:
+    service = (DOCS / "howto" / "systemd" / "myapp.service").read_text()
+    socket_unit = (DOCS / "howto" / "systemd" / "myapp.socket").read_text()
+    assert _unit_value(socket_unit, "ListenStream") == "/run/myapp/app.sock"
+    assert _unit_value(service, "ExecReload") == "/bin/kill -HUP $MAINPID"
+    assert _unit_value(service, "KillMode") == "mixed"
+    workdir = Path(_unit_value(service, "WorkingDirectory"))
+    exec_start = shlex.split(_unit_value(service, "ExecStart"))
+    assert exec_start[0] == str(workdir / ".venv" / "bin" / "trio-fastcgi")
+    assert "--bind" not in exec_start
+    # /srv/myapp becomes a temporary directory with a myapp.py in it.
+    (tmp_path / "myapp.py").write_text(
+        "async def app(request):\n    await request.respond('hello from myapp\\n')\n"
+    )
+    path = str(tmp_path / "app.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen()
+    argv = [sys.executable, "-c", _SOCKET_ACTIVATION, str(listener.fileno())]
+    argv += [sys.executable, "-m", "trio_fastcgi", *exec_start[1:]]
+    server = ManagedProcess(
+        argv, cwd=tmp_path, log_path=tmp_path / "service.log", pass_fds=[listener.fileno()]
+    )
+    listener.close()  # systemd keeps its copy; here the service's copy is enough
+    try:
+
+        def request() -> str:
+            result = subprocess.run(
+                [sys.executable, "-m", "trio_fastcgi.client", path, "/", "--body-only"],
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
+            assert result.returncode == 0, (result.stderr, server.log())
+            return result.stdout.decode()
+
+        assert request() == "hello from myapp\n"
+        os.kill(server.pid, signal.SIGHUP)  # systemctl reload
+        for _ in range(3):
+            assert request() == "hello from myapp\n"
+        _wait_for_log(server, "SIGHUP: starting new workers")
+        os.kill(server.pid, signal.SIGTERM)  # systemctl stop (KillMode=mixed)
+        assert server.process.wait(60) == 0, server.log()
+    finally:
+        server.stop()
+
+
+@pytest.mark.integration
+async def test_nginx_upstream_howto_spreads_requests(tmp_path: Path) -> None:
+    """docs/howto/nginx-upstream.conf with two servers: both get requests, and
+    when one stops, nginx sends everything to the other."""
+
+    def named(name: str) -> trio_fastcgi.Handler:
+        async def handler(request: trio_fastcgi.Request) -> None:
+            await request.respond(name)
+
+        return handler
+
+    template = (DOCS / "howto" / "nginx-upstream.conf").read_text()
+    async with trio.open_nursery() as nursery:
+        ports = []
+        scopes = []
+        for name in ("one", "two"):
+            scope = trio.CancelScope()
+            app_port = free_port()
+            await nursery.start(partial(_serve_in_scope, scope, named(name), app_port))
+            ports.append(app_port)
+            scopes.append(scope)
+        port = free_port()
+        config = tmp_path / "nginx.conf"
+        config.write_text(
+            render_text(
+                template,
+                {
+                    "tmp": str(tmp_path),
+                    "port": str(port),
+                    "app_port_a": str(ports[0]),
+                    "app_port_b": str(ports[1]),
+                },
+            )
+        )
+        argv = [require_binary("nginx"), "-c", str(config), "-e", str(tmp_path / "startup.log")]
+        if IS_ROOT:
+            argv += ["-g", "user root;"]
+        async with (
+            running(argv, port=port, log_path=tmp_path / "nginx.out"),
+            http_client(port) as client,
+        ):
+            answers = [(await client.get("/")).text for _ in range(6)]
+            assert sorted(set(answers)) == ["one", "two"]
+            scopes[1].cancel()  # server "two" stops
+            await trio.testing.wait_all_tasks_blocked()
+            answers = [(await client.get("/")).text for _ in range(6)]
+            assert answers == ["one"] * 6
+        nursery.cancel_scope.cancel()
+
+
+async def _serve_in_scope(
+    scope: trio.CancelScope,
+    handler: trio_fastcgi.Handler,
+    port: int,
+    *,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    with scope:
+        await trio_fastcgi.serve_tcp(handler, port, host="127.0.0.1", task_status=task_status)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from docutils import nodes
 from docutils.parsers.rst import directives
@@ -23,7 +24,8 @@ _RST_SPECIAL = re.compile(r"([*`|_\\])")
 
 
 def _escape(text: str) -> str:
-    return _RST_SPECIAL.sub(r"\\\1", text)
+    # reST markup characters, and "--" (smart quotes would make it a dash).
+    return _RST_SPECIAL.sub(r"\\\1", text).replace("--", "-\\-")
 
 
 def load_parser(spec: str) -> argparse.ArgumentParser:
@@ -61,7 +63,7 @@ def option_lines(parser: argparse.ArgumentParser) -> list[str]:
         if not actions:
             continue
         title = group.title or "options"
-        lines += [f".. rubric:: {title.capitalize()}", ""]
+        lines += [f".. rubric:: {title[:1].upper()}{title[1:]}", ""]
         for action in actions:
             help_text = formatter._expand_help(action) if action.help else ""
             lines += [f".. option:: {_signature(action)}", ""]
@@ -72,7 +74,7 @@ def option_lines(parser: argparse.ArgumentParser) -> list[str]:
 class CLIOptions(SphinxDirective):
     required_arguments = 1
     has_content = False
-    option_spec = {"epilog": directives.flag}
+    option_spec: ClassVar[dict[str, Callable[[str], Any]]] = {"epilog": directives.flag}
 
     def run(self) -> list[nodes.Node]:
         parser = load_parser(self.arguments[0])
