@@ -216,8 +216,10 @@ async def test_client_abort_cancels_handler_and_gets_end_request() -> None:
         assert seen == [True]
         assert end.protocol_status is ProtocolStatus.REQUEST_COMPLETE
         assert end.request_id == active.request_id
-        # The connection goes on, and the id is free again.
-        assert (await client.request({"FAST": "1"})).request_id == 1
+        # The connection goes on; an aborted request's id is not used again
+        # while others are free (late records for it could be misread).
+        assert (await client.request({"FAST": "1"})).request_id == 2
+        assert (await client.request({"FAST": "1"})).request_id == 2
 
 
 async def test_client_cancelled_request_aborts_it() -> None:
@@ -583,12 +585,18 @@ async def test_client_ignores_a_second_end_request_after_abort() -> None:
 
             async def answer() -> None:
                 app.records.clear()
-                await app.read_until(helpers.STDIN, 1)
-                await app.send(helpers.record(helpers.STDOUT, 1, b"\r\nnext") + end_record(1, 4))
+                await app.read_until(helpers.STDIN, 2)
+                # Late output for the aborted id, then the answer to the new one.
+                await app.send(
+                    helpers.record(helpers.STDOUT, 1, b"late")
+                    + end_record(1, 1)
+                    + helpers.record(helpers.STDOUT, 2, b"\r\nnext")
+                    + end_record(2, 4)
+                )
 
             nursery.start_soon(answer)
             response = await client.request()
-        assert (response.stdout, response.app_status) == (b"\r\nnext", 4)
+        assert (response.request_id, response.stdout, response.app_status) == (2, b"\r\nnext", 4)
 
 
 # -- sans-IO protocol ---------------------------------------------------------------

@@ -486,7 +486,8 @@ class Client:
     Get one from :func:`open_client`, :func:`open_tcp_client` or
     :func:`open_unix_client`. Its methods may be called from many tasks at
     once: requests are multiplexed over the connection (ids from 1, the lowest
-    free one first, reused after ``FCGI_END_REQUEST``).
+    free one first, reused after ``FCGI_END_REQUEST``; the id of an aborted
+    request only once no other is free).
 
     Attributes:
       stream: the underlying stream.
@@ -509,6 +510,10 @@ class Client:
         self._stdout_buffer_size = stdout_buffer_size
         self._requests: dict[int, _RequestState] = {}
         self._free_ids: list[int] = []
+        # Ids of aborted requests are used again only when no other is left:
+        # some applications (Go's net/http/fcgi) still send output and a
+        # second FCGI_END_REQUEST for an id after answering its abort.
+        self._quarantined: deque[int] = deque()
         self._next_id = 1
         self._id_waiters = trio.lowlevel.ParkingLot()
         self._send_channel, self._receive_channel = trio.open_memory_channel[bytes](SEND_QUEUE_SIZE)
@@ -562,9 +567,11 @@ class Client:
             if len(self._requests) < self._limit:
                 if self._free_ids:
                     return heapq.heappop(self._free_ids)
-                request_id = self._next_id
-                self._next_id += 1
-                return request_id
+                if self._next_id <= MAX_CONCURRENT_REQUESTS:
+                    request_id = self._next_id
+                    self._next_id += 1
+                    return request_id
+                return self._quarantined.popleft()
             await self._id_waiters.park()
 
     def _free_id(self, request_id: int) -> None:
@@ -670,7 +677,11 @@ class Client:
         elif isinstance(event, EndRequest):
             state = self._requests.pop(event.request_id)
             state.finish(event)
-            self._free_id(event.request_id)
+            if state.aborted:
+                self._quarantined.append(event.request_id)
+                self._id_waiters.unpark()
+            else:
+                self._free_id(event.request_id)
         elif isinstance(event, GetValuesResult):
             if self._values_waiters:
                 waiter = self._values_waiters.popleft()
