@@ -132,6 +132,32 @@ async def test_text_filter_example_refuses_a_short_file() -> None:
     assert response.app_status == 1  # IncompleteInput escaped the handler
 
 
+# -- the front page's example ----------------------------------------------------------
+
+
+def _code_blocks(rst: str, language: str) -> list[str]:
+    blocks = re.findall(rf"^\.\. code-block:: {language}\n\n((?:   .*\n|\n)+)", rst, re.MULTILINE)
+    return ["\n".join(line[3:] for line in block.splitlines()) for block in blocks]
+
+
+async def test_front_page_example_serves(nursery: trio.Nursery) -> None:
+    (code,) = _code_blocks((DOCS / "index.rst").read_text(), "python")
+    module = ast.parse(code)
+    *definitions, last = module.body
+    # The last line serves: trio.run(trio_fastcgi.serve_tcp, handler, 9000).
+    assert ast.unparse(last) == "trio.run(trio_fastcgi.serve_tcp, handler, 9000)"
+    namespace: dict[str, object] = {}
+    exec(compile(ast.Module(definitions, []), "index.rst", "exec"), namespace)
+    handler = namespace["handler"]
+    assert callable(handler)
+    # Serve it as that line does, on a free port instead of 9000.
+    listeners = await nursery.start(trio_fastcgi.serve_tcp, handler, 0)
+    port = listeners[0].socket.getsockname()[1]
+    async with trio_fastcgi.client.open_tcp_client("127.0.0.1", port) as client:
+        response = await client.request({"REQUEST_METHOD": "GET", "REQUEST_URI": "/"})
+    assert response.parse_cgi().body == b"Hello, world!\n"
+
+
 # -- the reference covers the public API ----------------------------------------------
 
 _DIRECTIVE = re.compile(
