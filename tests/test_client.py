@@ -8,6 +8,7 @@ import contextlib
 import functools
 import random
 import struct
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -42,6 +43,9 @@ from trio_fastcgi.client import (
     parse_address,
     parse_cgi_response,
 )
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import ExceptionGroup  # type: ignore[import-not-found,unused-ignore]
 
 
 @contextlib.asynccontextmanager
@@ -403,6 +407,48 @@ async def test_client_body_errors_are_not_wrapped_in_groups() -> None:
     with pytest.raises(KeyError):
         async with open_client(client_stream):
             raise KeyError("mine")
+
+
+async def test_client_as_async_context_manager() -> None:
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_connection, echo, server_stream)
+        client = Client(client_stream)
+        async with client:
+            assert (await client.request({"NAME": "cm"})).parse_cgi().header("X-Name") == "cm"
+            with pytest.raises(RuntimeError, match="entered already"):
+                await client.__aenter__()
+        assert not client.is_usable
+        nursery.cancel_scope.cancel()
+
+
+async def test_client_body_exception_groups_stay_groups() -> None:
+    client_stream, _server_stream = trio.testing.memory_stream_pair()
+    with pytest.raises(ExceptionGroup) as info:
+        async with open_client(client_stream):
+            raise ExceptionGroup("mine", [ValueError("inner")])
+    assert info.value.message == "mine"
+
+
+async def test_client_unread_stdout_is_bounded(nursery: trio.Nursery) -> None:
+    big = pattern(8 * 1024 * 1024, seed=4)
+
+    async def handler(request: Request) -> None:
+        await request.stdout.send_all(b"\r\n" + big)
+
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    nursery.start_soon(serve_connection, handler, server_stream)
+    async with (
+        open_client(client_stream, stdout_buffer_size=100_000) as client,
+        client.open_request() as active,
+    ):
+        await trio.testing.wait_all_tasks_blocked()
+        # The reader stopped reading: what the client holds stays near the
+        # buffer size (plus the record that crossed it), not 8 MiB.
+        assert active._state.buffered <= 100_000 + 65535
+        received = b"".join([chunk async for chunk in active.stdout])
+        assert received == b"\r\n" + big
+        assert (await active.wait_ended()).app_status == 0
 
 
 async def test_client_closed_client_refuses_requests() -> None:

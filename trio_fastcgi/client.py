@@ -39,6 +39,7 @@ import sys
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from functools import partial
+from types import TracebackType
 from typing import Final, NoReturn, TypeAlias, final
 
 import attrs
@@ -85,6 +86,8 @@ ParamsArg: TypeAlias = (
 )
 #: A request body: bytes, or an async iterable of byte chunks (streamed).
 BodyArg: TypeAlias = "bytes | bytearray | memoryview | AsyncIterable[bytes]"
+
+ServerProtocolError.__module__ = "trio_fastcgi.client"
 
 RECEIVE_SIZE: Final = 256 * 1024
 #: Write-queue items (each one or more whole records) before senders wait.
@@ -483,8 +486,9 @@ class _ValuesWaiter:
 class Client:
     """One FastCGI connection, used as a web server uses it.
 
-    Get one from :func:`open_client`, :func:`open_tcp_client` or
-    :func:`open_unix_client`. Its methods may be called from many tasks at
+    Use it as ``async with Client(stream) as client:`` or get one from
+    :func:`open_client`, :func:`open_tcp_client` or :func:`open_unix_client`;
+    the stream is closed on exit. Its methods may be called from many tasks at
     once: requests are multiplexed over the connection (ids from 1, the lowest
     free one first, reused after ``FCGI_END_REQUEST``; the id of an aborted
     request only once no other is free).
@@ -523,9 +527,25 @@ class Client:
         self._last_request: int | None = None
         self._nursery: trio.Nursery | None = None
         self._task_scope = trio.CancelScope()
+        self._running_cm: contextlib.AbstractAsyncContextManager[Client] | None = None
 
     def __repr__(self) -> str:
         return f"<trio_fastcgi.client.Client, {len(self._requests)} request(s) in flight>"
+
+    async def __aenter__(self) -> Client:
+        if self._running_cm is not None:
+            raise RuntimeError("this Client was entered already")
+        self._running_cm = _running(self)
+        return await self._running_cm.__aenter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
+        assert self._running_cm is not None
+        return await self._running_cm.__aexit__(exc_type, exc, traceback)
 
     @property
     def active_requests(self) -> int:
@@ -925,13 +945,24 @@ class Client:
 
 
 def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The exception inside a one-exception group from a context manager's
-    nursery, so that ``async with open_client(...)`` raises the body's own
-    errors, not a group around them."""
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
+    """The exception inside the one-exception group that a context manager's
+    own nursery wraps around its body's error, so that ``async with
+    open_client(...)`` raises the body's errors as they were raised."""
+    exceptions: tuple[BaseException, ...] = group.exceptions
+    return exceptions[0] if len(exceptions) == 1 else group
+
+
+@contextlib.asynccontextmanager
+async def _running(client: Client) -> AsyncIterator[Client]:
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client._run)
+            try:
+                yield client
+            finally:
+                await client.aclose()
+    except BaseExceptionGroup as group:
+        raise _unwrap(group) from None
 
 
 @contextlib.asynccontextmanager
@@ -942,6 +973,7 @@ async def open_client(
     stdout_buffer_size: int = DEFAULT_STDOUT_BUFFER_SIZE,
 ) -> AsyncIterator[Client]:
     """A :class:`Client` on an open *stream*; the stream is closed on exit.
+    Same as ``async with Client(stream, ...) as client``.
 
     Args:
       max_concurrent: the most requests in flight at once; more wait for an
@@ -950,15 +982,8 @@ async def open_client(
       stdout_buffer_size: unread stdout bytes kept per streamed request.
     """
     client = Client(stream, max_concurrent=max_concurrent, stdout_buffer_size=stdout_buffer_size)
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(client._run)
-            try:
-                yield client
-            finally:
-                await client.aclose()
-    except BaseExceptionGroup as group:
-        raise _unwrap(group) from None
+    async with _running(client):
+        yield client
 
 
 @contextlib.asynccontextmanager
@@ -1290,7 +1315,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(f"no complete response within {args.timeout} s")
         return EXIT_TIMEOUT
 
-    return trio.run(run)
+    try:
+        return trio.run(run)
+    except BrokenPipeError:
+        # Our stdout was closed early (e.g. piped into head): not an error of
+        # the application. Point stdout at /dev/null so exiting does not fail.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
