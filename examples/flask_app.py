@@ -57,7 +57,10 @@ def stream() -> Response:
                 time.sleep(delay)
             yield f"line {i}\n"
 
-    return Response(stream_with_context(lines()), mimetype="text/plain")
+    # X-Accel-Buffering: nginx passes each line on at once instead of buffering.
+    return Response(
+        stream_with_context(lines()), mimetype="text/plain", headers={"X-Accel-Buffering": "no"}
+    )
 
 
 @app.get("/slow")

@@ -67,7 +67,9 @@ async def stream(request: Request) -> Response:
                 await trio.sleep(delay)
             yield f"line {i}\n".encode()
 
-    return StreamingResponse(lines(), media_type="text/plain")
+    # X-Accel-Buffering: nginx passes each line on at once instead of buffering.
+    headers = {"X-Accel-Buffering": "no"}
+    return StreamingResponse(lines(), media_type="text/plain", headers=headers)
 
 
 async def slow(request: Request) -> Response:
