@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import random
 import struct
 import sys
@@ -16,10 +17,14 @@ import pytest
 import trio
 import trio.lowlevel
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests import helpers
 from tests.integration.procs import free_port
 from trio_fastcgi import (
+    NEED_DATA,
+    ConnectionClosed,
     LocalProtocolError,
     Overloaded,
     ProtocolStatus,
@@ -691,6 +696,55 @@ def test_client_protocol_begin_request_bytes() -> None:
         bytes([1, 1, 1, 2, 0, 8, 0, 0]) + bytes([0, 3, 1, 0, 0, 0, 0, 0])
     )
     assert conn.abort_request(258) == bytes([1, 2, 1, 2, 0, 0, 0, 0])
+
+
+def drain(pieces: list[bytes]) -> list[object]:
+    """Feed *pieces* (then EOF) to a client connection with requests 1-3 begun."""
+    conn = ClientConnection()
+    for rid in (1, 2, 3):
+        conn.begin_request(rid, Role.RESPONDER, keep_conn=True)
+    conn.abort_request(3)
+    events: list[object] = []
+    for piece in [*pieces, b""]:
+        conn.receive_data(piece)
+        while (event := conn.next_event()) is not NEED_DATA:
+            events.append(event)
+            if isinstance(event, ConnectionClosed):
+                return events
+    return events
+
+
+def app_records() -> st.SearchStrategy[bytes]:
+    record_types = st.sampled_from([3, 6, 7, 10, 11, 1, 5, 99])
+    return st.builds(
+        lambda rtype, rid, content, padding: helpers.record(rtype, rid, content, padding),
+        record_types,
+        st.sampled_from([0, 1, 2, 3, 4]),
+        st.one_of(st.binary(max_size=20), st.just(struct.pack(">IB3x", 7, 0))),
+        st.integers(0, 9),
+    )
+
+
+@given(
+    blob=st.lists(st.one_of(app_records(), st.binary(max_size=12)), max_size=12).map(b"".join),
+    data=st.data(),
+)
+def test_client_protocol_only_server_protocol_error_escapes(
+    blob: bytes, data: st.DataObject
+) -> None:
+    try:
+        whole = drain([blob])
+    except ServerProtocolError:
+        with pytest.raises(ServerProtocolError):
+            drain(list(split(blob, data)))
+        return
+    assert drain(list(split(blob, data))) == whole
+
+
+def split(blob: bytes, data: st.DataObject) -> list[bytes]:
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(blob)), max_size=6)))
+    bounds = [0, *cuts, len(blob)]
+    return [blob[a:b] for a, b in itertools.pairwise(bounds) if b > a]
 
 
 def decode_nv(buf: bytes) -> list[tuple[bytes, bytes]]:
