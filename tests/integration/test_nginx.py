@@ -55,6 +55,12 @@ async def nginx(
         yield client
 
 
+def client_port(client: httpx.AsyncClient) -> int:
+    port = client.base_url.port
+    assert port is not None
+    return port
+
+
 async def test_nginx_hello(nursery: trio.Nursery, app: EchoApp, tmp_path: Path) -> None:
     app_port = await serve_app_tcp(nursery, app)
     async with nginx(tmp_path, "nginx-tcp.conf", app_port=app_port) as client:
@@ -126,6 +132,27 @@ async def test_nginx_unix_socket_upstream(
     assert echoed.content == body
     assert params.json()["QUERY_STRING"] == "q=1"
     assert params.json()["REQUEST_METHOD"] == "GET"
+
+
+async def test_nginx_client_disconnect_cancels_handler(
+    nursery: trio.Nursery, app: EchoApp, tmp_path: Path
+) -> None:
+    """nginx never sends FCGI_ABORT_REQUEST: when the HTTP client goes away it
+    closes the FastCGI connection, which cancels the handler all the same."""
+    served = await serve_app_counted(nursery, app)
+    async with nginx(tmp_path, "nginx-keepalive.conf", app_port=served.port) as client:
+        stream = await trio.open_tcp_stream("127.0.0.1", client_port(client))
+        await stream.send_all(b"GET /sleep HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        with trio.fail_after(10):
+            await app.stats.sleeping.wait()
+        await stream.aclose()
+        with trio.fail_after(10):
+            await app.stats.cancelled.wait()
+        after = await client.get("/hello")
+    assert after.content == GREETING
+    assert [cancellation.aborted for cancellation in app.stats.cancellations] == [False]
+    # The connection of the cancelled request is gone; /hello needed a new one.
+    assert served.connections == 2
 
 
 LOAD_REQUESTS = 2000
