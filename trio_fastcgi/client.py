@@ -18,6 +18,10 @@ writer task is the only one that writes, so records never interleave::
                 ...
             end = await request.wait_ended()
 
+Applications that do not multiplex (php-fpm answers ``FCGI_MPXS_CONNS`` with
+``0``; ask with :meth:`Client.get_values`) need ``max_concurrent=1``, which
+makes concurrent callers wait their turn on the one connection.
+
 Run as a program it works like libfcgi's ``cgi-fcgi``::
 
     python -m trio_fastcgi.client 127.0.0.1:9000 /srv/www/index.php?x=1
