@@ -1,0 +1,39 @@
+"""atheris (libFuzzer) target: the sans-IO core, see ``core_harness.py``.
+
+Run from the repository root, bounded in time, for example::
+
+    python tests/fuzz/fuzz_core.py -max_total_time=60 \\
+        -artifact_prefix=/tmp/ "$(mktemp -d)" tests/fuzz/corpus/core
+
+libFuzzer writes the new inputs it finds to the *first* corpus directory, so
+name a scratch directory first and the kept corpus second. A failing input is
+written to ``<artifact_prefix>crash-<sha1>``; copy it to tests/fuzz/corpus/core/
+to keep it as a regression case (``tests/test_fuzz_regressions.py`` replays it).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import atheris  # type: ignore[import-untyped]
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+with atheris.instrument_imports(include=["trio_fastcgi"]):
+    import trio_fastcgi  # noqa: F401
+
+from tests.fuzz.core_harness import run_core_case
+
+
+def test_one_input(data: bytes) -> None:
+    run_core_case(data)
+
+
+def main() -> None:
+    atheris.Setup(sys.argv, test_one_input)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()
