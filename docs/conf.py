@@ -9,6 +9,7 @@ cannot (no intersphinx: the build runs without network) and are listed in
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,9 @@ default_role = "py:obj"
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_typehints_format = "short"
-autodoc_preserve_defaults = True
+# Defaults are shown as values (16777216), not as the names of private
+# constants the reader cannot look up; see _readable_defaults for the rest.
+autodoc_preserve_defaults = False
 autodoc_default_options = {"members": True}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
@@ -102,7 +105,26 @@ def _hide_internal_constructors(
 ) -> tuple[str, str | None] | None:
     if what in ("class", "exception") and name in INTERNAL_CONSTRUCTORS:
         return "", None
-    return None
+    if signature is None:
+        return None
+    readable = _readable_defaults(name, signature)
+    return (readable, return_annotation) if readable != signature else None
+
+
+_ENUM_REPR = re.compile(r"<(\w+)\.(\w+): [^<>]+>")
+# Defaults that are clearer in the base they are written in.
+_OCTAL_DEFAULTS = {"trio_fastcgi.serve_unix": ("mode", 0o660)}
+
+
+def _readable_defaults(name: str, signature: str) -> str:
+    """``Role.RESPONDER`` instead of ``<Role.RESPONDER: 1>``; file modes in
+    octal."""
+    signature = _ENUM_REPR.sub(r"\1.\2", signature)
+    if name in _OCTAL_DEFAULTS:
+        parameter, value = _OCTAL_DEFAULTS[name]
+        prefix = f"{parameter}: int | None = "
+        signature = signature.replace(f"{prefix}{value}", f"{prefix}{value:#o}")
+    return signature
 
 
 def _undo_inline_types(
