@@ -29,13 +29,11 @@ from ._exceptions import LocalProtocolError, RemoteProtocolError
 from ._wire import (
     BEGIN_REQUEST_BODY,
     END_REQUEST_BODY,
-    FCGI_VERSION_1,
-    HEADER,
-    HEADER_LEN,
     KEEP_CONN_FLAG,
     MAX_ALIGNED_CONTENT_LEN,
     NULL_REQUEST_ID,
     ProtocolStatus,
+    RecordReader,
     RecordType,
     Role,
     WireError,
@@ -115,9 +113,7 @@ class ClientConnection:
         # one when the handler returns; late records for these ids are ignored
         # until the id is used again.
         self._aborted_ended: set[int] = set()
-        self._buffer = bytearray()
-        self._pos = 0
-        self._eof = False
+        self._reader = RecordReader()
         self._error: ServerProtocolError | None = None
         self._last_was_values_result = False
 
@@ -207,15 +203,10 @@ class ClientConnection:
         """Add bytes received from the application; ``b""`` means end of file."""
         if self._error is not None:
             raise self._error
-        if not data:
-            self._eof = True
-        elif self._eof:
-            raise LocalProtocolError("receive_data() after end of file")
-        else:
-            if self._pos and self._pos >= len(self._buffer) // 2:
-                del self._buffer[: self._pos]
-                self._pos = 0
-            self._buffer += data
+        try:
+            self._reader.feed(data)
+        except ValueError:
+            raise LocalProtocolError("receive_data() after end of file") from None
 
     def next_event(self) -> ClientEvent | NeedData:
         """The next event, or :data:`~trio_fastcgi.NEED_DATA`.
@@ -233,35 +224,18 @@ class ClientConnection:
             raise
 
     def _next_event(self) -> ClientEvent | NeedData:
-        buffer = self._buffer
+        reader = self._reader
         while True:
-            pos = self._pos
-            available = len(buffer) - pos
-            if available < HEADER_LEN:
-                return self._at_end_of_buffer(available)
-            version, record_type, request_id, length, padding = HEADER.unpack_from(buffer, pos)
-            if version != FCGI_VERSION_1:
-                raise ServerProtocolError(
-                    f"unsupported FastCGI version {version} in a record header "
-                    f"(expected {FCGI_VERSION_1}); the peer may not speak FastCGI"
-                )
-            if available < HEADER_LEN + length + padding:
-                return self._at_end_of_buffer(available)
-            end = pos + HEADER_LEN + length
-            self._pos = end + padding
-            content = bytes(buffer[pos + HEADER_LEN : end])
-            event = self._handle_record(record_type, request_id, content)
+            try:
+                record = reader.next_record()
+            except WireError as exc:
+                hint = "; the peer may not speak FastCGI" if "version" in str(exc) else ""
+                raise ServerProtocolError(f"{exc}{hint}") from None
+            if record is None:
+                return ConnectionClosed() if reader.eof else NEED_DATA
+            event = self._handle_record(*record)
             if event is not None:
                 return event
-
-    def _at_end_of_buffer(self, available: int) -> ConnectionClosed | NeedData:
-        if not self._eof:
-            return NEED_DATA
-        if available:
-            raise ServerProtocolError(
-                f"connection closed in the middle of a record ({available} bytes of it received)"
-            )
-        return ConnectionClosed()
 
     def _handle_record(
         self, record_type: int, request_id: int, content: bytes
