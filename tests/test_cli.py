@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.integration.procs import free_port, wait_for_tcp, wait_for_unix
+from tests.integration.procs import free_port, require_binary, wait_for_tcp, wait_for_unix
 from trio_fastcgi import Role
 from trio_fastcgi._bind import (
     Bind,
@@ -416,3 +416,44 @@ async def test_cli_web_server_addrs_refuses_other_peers(
     )
     assert await hello_over_tcp(port, process) == b"Hello from trio-fastcgi! You asked for /probe\n"
     stop(process)
+
+
+def test_loader_honours_forced_interface() -> None:
+    from trio_fastcgi._cli import loader
+    from trio_fastcgi.asgi import ASGIHandler
+    from trio_fastcgi.wsgi import WSGIHandler
+
+    parser = build_parser()
+    for interface, expected in (("wsgi", WSGIHandler), ("asgi", ASGIHandler)):
+        args = parser.parse_args(
+            ["examples.hello:handler", f"--interface={interface}", "--app-dir", str(REPO)]
+        )
+        handler, lifespan = loader(args)()
+        assert isinstance(handler, expected)
+        assert (lifespan is not None) == (interface == "asgi")
+    args = parser.parse_args(["examples.hello:handler", "--interface=native", "--app-dir", "."])
+    handler, lifespan = loader(args)()
+    assert handler is load_app("examples.hello:handler", str(REPO))
+    assert lifespan is None
+
+
+def test_open_binds_ipv6_loopback() -> None:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    bound = open_binds([parse_bind("[::1]:0")])
+    try:
+        assert bound[0].sock.family == socket.AF_INET6
+        assert bound[0].describe().startswith("[::1]:")
+    finally:
+        for b in bound:
+            b.close()
+
+
+@pytest.mark.integration
+def test_console_script_is_installed() -> None:
+    script = require_binary("trio-fastcgi")
+    result = subprocess.run([script, "--version"], capture_output=True, text=True, check=True)
+    assert result.stdout.startswith("trio-fastcgi ")

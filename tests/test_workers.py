@@ -227,3 +227,19 @@ async def test_workers_boot_failure_stops_the_supervisor(app_dir: Path) -> None:
     assert status == 3, log
     assert "failed to boot" in log
     assert "No module named 'no_such_module_here'" in log
+
+
+async def test_workers_stop_when_the_supervisor_is_killed(app_dir: Path) -> None:
+    async with run_server(app_dir, "--workers=2") as server:
+        await server.log_matches(r"generation 1\) is serving", 2)
+        os.kill(server.process.pid, signal.SIGKILL)
+        await server.log_matches(r"the supervisor is gone: graceful stop", 2)
+        await server.log_matches(r"\] INFO trio_fastcgi.workers: stopped", 2)
+
+
+async def test_single_process_ignores_sighup(app_dir: Path) -> None:
+    async with run_server(app_dir, "--workers=0") as server:
+        before = await get_pid(server.port)
+        os.kill(server.process.pid, signal.SIGHUP)
+        await server.log_matches(r"SIGHUP ignored")
+        assert await get_pid(server.port) == before == server.process.pid

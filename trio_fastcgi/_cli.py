@@ -485,9 +485,18 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         args.workers,
     )
 
-    def worker_main(sockets: Sequence[socket.socket], ready: Callable[[], None]) -> int:
+    def worker_main(
+        sockets: Sequence[socket.socket], ready: Callable[[], None], life_fd: int
+    ) -> int:
         try:
-            run_worker(load, sockets, options, max_requests=args.max_requests, on_ready=ready)
+            run_worker(
+                load,
+                sockets,
+                options,
+                max_requests=args.max_requests,
+                on_ready=ready,
+                life_fd=life_fd,
+            )
         except CLIError as exc:
             LOGGER.error("%s", exc)
             return 2
@@ -503,8 +512,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``trio-fastcgi`` command."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["dev"]:
-        from ._dev import main as dev_main
-
+        try:
+            from ._dev import main as dev_main
+        except ImportError as exc:  # h11 is an optional dependency
+            sys.exit(
+                f"trio-fastcgi dev: error: {exc}; install it with: pip install 'trio-fastcgi[dev]'"
+            )
         return dev_main(arguments[1:])
     parser = build_parser()
     args = parser.parse_args(arguments)

@@ -81,14 +81,31 @@ def _counting(handler: Handler, limit: int, stop: trio.Event) -> Handler:
 
 
 async def _stop_on_signals(stop: trio.Event, *, task_status: trio.TaskStatus[None]) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    # SIGHUP too: in a single process a reload is not possible, and its default
+    # action (terminate at once) would drop the requests in flight. Workers
+    # under the supervisor ignore it anyway.
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         task_status.started()
         async for signum in signals:
+            if signum == signal.SIGHUP:
+                LOGGER.warning("SIGHUP ignored: reloading needs --workers 1 or more")
+                continue
             if not stop.is_set():
                 LOGGER.info(
                     "%s: graceful stop (finishing requests in flight)", signal.Signals(signum).name
                 )
             stop.set()
+
+
+async def _stop_when_orphaned(stop: trio.Event, life_fd: int) -> None:
+    """Stop gracefully once the supervisor is gone (killed with SIGKILL, say),
+    so that workers do not serve on unsupervised: *life_fd* is the read end of
+    a pipe whose write end only the supervisor holds, so it turns readable
+    (EOF) when the supervisor exits."""
+    await trio.lowlevel.wait_readable(life_fd)
+    if not stop.is_set():
+        LOGGER.warning("the supervisor is gone: graceful stop")
+    stop.set()
 
 
 async def serve_worker(
@@ -98,13 +115,15 @@ async def serve_worker(
     *,
     max_requests: int = 0,
     on_ready: Callable[[], None] | None = None,
+    life_fd: int | None = None,
 ) -> None:
     """Serve *sockets* with the loaded application until SIGTERM/SIGINT (or
     *max_requests*), then stop gracefully and return.
 
     *options* are ``serve_*`` options; ``grace_period`` among them is the
     ``--graceful-timeout``. *on_ready* is called once the application's
-    lifespan started and the sockets are being served.
+    lifespan started and the sockets are being served. With *life_fd* (see
+    :class:`Supervisor`), the worker also stops once its supervisor is gone.
     """
     handler, lifespan = loaded
     stop = trio.Event()
@@ -113,6 +132,8 @@ async def serve_worker(
     listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in sockets]
     async with trio.open_nursery() as nursery:
         await nursery.start(_stop_on_signals, stop)
+        if life_fd is not None:
+            nursery.start_soon(_stop_when_orphaned, stop, life_fd)
         async with (
             lifespan if lifespan is not None else _no_lifespan(),
             trio.open_nursery() as serving,
@@ -134,14 +155,20 @@ def run_worker(
     *,
     max_requests: int = 0,
     on_ready: Callable[[], None] | None = None,
+    life_fd: int | None = None,
 ) -> None:
     """Load the application and serve *sockets* with it in this process."""
     loaded = load()
-    trio.run(
-        partial(
-            serve_worker, loaded, sockets, options, max_requests=max_requests, on_ready=on_ready
-        )
+    serve = partial(
+        serve_worker,
+        loaded,
+        sockets,
+        options,
+        max_requests=max_requests,
+        on_ready=on_ready,
+        life_fd=life_fd,
     )
+    trio.run(serve)
 
 
 @attrs.define(eq=False)
@@ -160,8 +187,9 @@ class Supervisor:
 
     Args:
       sockets: the listening sockets, opened before.
-      worker_main: runs in each forked worker with the sockets and a callback
-        to call once it serves; its return is the worker's exit status.
+      worker_main: runs in each forked worker with the sockets, a callback to
+        call once it serves, and the "life" fd, which turns readable when the
+        supervisor exits; its return is the worker's exit status.
       workers: how many workers to keep.
       graceful_timeout: the workers' grace period on a graceful stop.
     """
@@ -169,7 +197,7 @@ class Supervisor:
     def __init__(
         self,
         sockets: Sequence[BoundSocket],
-        worker_main: Callable[[Sequence[socket.socket], Callable[[], None]], int],
+        worker_main: Callable[[Sequence[socket.socket], Callable[[], None], int], int],
         *,
         workers: int,
         graceful_timeout: float,
@@ -187,6 +215,8 @@ class Supervisor:
         self._exit_status = 0
         self._wakeup_r = -1
         self._wakeup_w = -1
+        self._life_r = -1
+        self._life_w = -1
 
     @property
     def pids(self) -> list[int]:
@@ -198,6 +228,7 @@ class Supervisor:
     def run(self) -> int:
         """Supervise until stopped; returns the exit status for the command."""
         self._wakeup_r, self._wakeup_w = os.pipe()
+        self._life_r, self._life_w = os.pipe()
         os.set_blocking(self._wakeup_r, False)
         os.set_blocking(self._wakeup_w, False)
         previous_wakeup = signal.set_wakeup_fd(self._wakeup_w)
@@ -215,7 +246,7 @@ class Supervisor:
             signal.set_wakeup_fd(previous_wakeup)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            for fd in (self._wakeup_r, self._wakeup_w):
+            for fd in (self._wakeup_r, self._wakeup_w, self._life_r, self._life_w):
                 os.close(fd)
             self._close_sockets()
             for bound in self._sockets:
@@ -378,7 +409,7 @@ class Supervisor:
             # Reloads are the supervisor's business, not the workers'.
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
             os.close(ready_r)
-            for fd in (self._wakeup_r, self._wakeup_w):
+            for fd in (self._wakeup_r, self._wakeup_w, self._life_w):
                 os.close(fd)
             for other in self._workers.values():
                 if other.ready_fd is not None:
@@ -389,7 +420,8 @@ class Supervisor:
                     os.write(ready_w, b"1")
                     os.close(ready_w)
 
-            status = self._worker_main([bound.sock for bound in self._sockets], ready)
+            sockets = [bound.sock for bound in self._sockets]
+            status = self._worker_main(sockets, ready, self._life_r)
         except SystemExit as exc:
             status = exc.code if isinstance(exc.code, int) else 1
         except BaseException:
