@@ -606,6 +606,26 @@ async def test_idle_timeout_closes_connection(autojump_clock: trio.testing.MockC
         assert 29 < trio.current_time() - start_time < 31
 
 
+async def test_idle_timeout_counts_from_the_end_of_the_last_request(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def handler(request: Request) -> None:
+        await trio.sleep(float(request.params["SLEEP"]))
+        await request.respond("slept")
+
+    client, server = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(functools.partial(serve_connection, handler, server, idle_timeout=30))
+        web = FakeWebServer(client)
+        await web.request(1, params={"SLEEP": "75"})  # longer than idle_timeout
+        await web.read_response(1)
+        ended = trio.current_time()
+        await web.request(1, params={"SLEEP": "0"})
+        await web.read_response(1)
+        await web.read_eof()
+        assert trio.current_time() - ended == pytest.approx(30, abs=0.5)
+
+
 async def test_read_timeout_closes_slow_loris(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -144,7 +144,9 @@ class ServedConnection:
             return math.inf  # waiting for the writer to flush and half-close
         if self._mid_input_since is not None and config.read_timeout is not None:
             return self._mid_input_since + config.read_timeout
-        if not self._requests and config.idle_timeout is not None:
+        if config.idle_timeout is not None:
+            # A lazy timer: armed even while requests run, and re-armed when it
+            # fires too early, so ending a request never has to move a deadline.
             return self._idle_since + config.idle_timeout
         return math.inf
 
@@ -183,6 +185,12 @@ class ServedConnection:
                         self._config.read_timeout,
                     )
                     return
+                now = trio.current_time()
+                if self._requests or self._pending:
+                    self._idle_since = now  # busy, not idle: re-arm a full period
+                    continue
+                if now < self._deadline():
+                    continue  # a request ended since the timer was armed
                 LOGGER.debug(
                     "%s: idle for idle_timeout (%s s); closing",
                     self.name,
@@ -324,7 +332,6 @@ class ServedConnection:
     def _request_ended(self) -> None:
         if not self._requests and not self._pending:
             self._idle_since = trio.current_time()
-            self._update_receive_deadline()
         if self._shutting_down:
             self._wake_writer()
 
