@@ -497,6 +497,7 @@ async def test_wsgi_limiter_bounds_threads(nursery: trio.Nursery) -> None:
     lock = threading.Lock()
     running = 0
     peak = 0
+    two_running = threading.Event()
     release = threading.Event()
 
     def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
@@ -504,6 +505,8 @@ async def test_wsgi_limiter_bounds_threads(nursery: trio.Nursery) -> None:
         with lock:
             running += 1
             peak = max(peak, running)
+            if running == 2:
+                two_running.set()
         release.wait(10)
         with lock:
             running -= 1
@@ -514,9 +517,10 @@ async def test_wsgi_limiter_bounds_threads(nursery: trio.Nursery) -> None:
     web = await serve(nursery, WSGIHandler(app, limiter=limiter))
     for rid in range(1, 6):
         await web.request(rid, params=GET)
+    assert await trio.to_thread.run_sync(two_running.wait, 10)
     await trio.testing.wait_all_tasks_blocked()
-    assert limiter.borrowed_tokens == 2
     # Three requests wait for a thread while two run; the loop is not blocked.
+    assert limiter.borrowed_tokens == 2
     assert limiter.statistics().tasks_waiting == 3
     release.set()
     for rid in range(1, 6):

@@ -182,10 +182,9 @@ class WSGIInput:
                 pass
             data, self._buffer = self._buffer, b""
             return data
-        if size == 0:
-            return b""
-        if not self._buffer:
-            self._fill(size)
+        # Like a buffered file: size bytes, fewer only at the end of the body.
+        while len(self._buffer) < size and self._fill(size - len(self._buffer)):
+            pass
         data, self._buffer = self._buffer[:size], self._buffer[size:]
         return data
 
