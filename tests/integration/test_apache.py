@@ -113,3 +113,32 @@ async def test_apache_authnz_fcgi_authorizer_protects_location(
     assert {check["FCGI_ROLE"] for check in checks} == {"AUTHORIZER"}
     assert not any("CONTENT_LENGTH" in check for check in checks)
     assert app.stats.roles.count(Role.RESPONDER) == 1
+
+
+async def test_apache_authnz_fcgi_generic_authorizer_answers_the_client(
+    nursery: trio.Nursery, app: EchoApp, tmp_path: Path
+) -> None:
+    """mod_authnz_fcgi's check_user_id mode is the FastCGI spec's Authorizer:
+    the application's non-200 response reaches the client unchanged."""
+    app_port = await serve_app_tcp(nursery, app, roles={Role.AUTHORIZER, Role.RESPONDER})
+    async with apache(tmp_path, "apache-authorizer.conf", app_port) as client:
+        anonymous = await client.get("/checked/params")
+        wrong = await client.get("/checked/params", auth=(USER, "not-the-password"))
+        good = await client.get("/checked/params", auth=(USER, PASSWORD))
+    assert anonymous.status_code == 401
+    # Apache adds its own challenge for AuthName next to the application's.
+    assert 'Basic realm="trio-fastcgi"' in anonymous.headers["www-authenticate"]
+    assert anonymous.content == b"credentials required\n"
+    assert wrong.status_code == 403
+    assert wrong.content == b"forbidden\n"
+    assert good.status_code == 200
+    params = good.json()
+    assert params["AUTH_TOKEN"] == TOKEN
+    assert params["REMOTE_USER"] == USER
+    checks = app.stats.authorizer_params
+    assert len(checks) == 3
+    # Apache 2.4 calls this mode AUTHENTICATOR too (its check_user_id hook).
+    assert [check.get("FCGI_APACHE_ROLE") for check in checks] == ["AUTHENTICATOR"] * 3
+    # ... and passes Basic credentials as REMOTE_USER / REMOTE_PASSWD as well.
+    assert [check.get("REMOTE_PASSWD") for check in checks] == [None, "not-the-password", PASSWORD]
+    assert "HTTP_AUTHORIZATION" not in checks[0]

@@ -155,7 +155,7 @@ class EchoApp:
         if password is None:
             user, password = _basic_credentials(params.get("HTTP_AUTHORIZATION", ""))
         if (user, password) == (USER, PASSWORD):
-            await request.authorize(variables={"AUTH_TOKEN": TOKEN})
+            await request.authorize(variables={"AUTH_TOKEN": TOKEN, "AUTH_USER": USER})
         elif user is None:
             await request.respond(
                 "credentials required\n",
