@@ -160,14 +160,16 @@ class Outcomes:
     truncated: list[str] = field(default_factory=list)
 
 
-async def slow_request(port: int, outcomes: Outcomes, in_flight: trio.Semaphore | None) -> None:
+async def slow_request(
+    port: int, outcomes: Outcomes, in_flight: trio.Semaphore | None, seconds: float = 1
+) -> None:
     """One request; a complete answer, a refusal before any byte, or (the bug
     this test looks for) a truncated answer."""
     received = b""
     try:
         async with (
             open_tcp_client("127.0.0.1", port) as client,
-            client.open_request({"QUERY_STRING": "sleep=1"}) as active,
+            client.open_request({"QUERY_STRING": f"sleep={seconds}"}) as active,
         ):
             async for chunk in active.stdout:
                 if not received and in_flight is not None:
@@ -243,3 +245,21 @@ async def test_single_process_ignores_sighup(app_dir: Path) -> None:
         os.kill(server.process.pid, signal.SIGHUP)
         await server.log_matches(r"SIGHUP ignored")
         assert await get_pid(server.port) == before == server.process.pid
+
+
+async def test_single_process_second_signal_stops_at_once(app_dir: Path) -> None:
+    in_flight = trio.Semaphore(0)
+    outcomes = Outcomes()
+    async with run_server(app_dir, "--workers=0", "--graceful-timeout=60") as server:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(slow_request, server.port, outcomes, in_flight, seconds=60))
+            with trio.fail_after(30):
+                await in_flight.acquire()
+            os.kill(server.process.pid, signal.SIGTERM)
+            await server.log_matches(r"SIGTERM: graceful stop")
+            os.kill(server.process.pid, signal.SIGINT)
+            status = await trio.to_thread.run_sync(partial(server.process.process.wait, 30))
+        assert status == 0
+        assert "SIGINT again: stopping now" in server.log()
+    # The 60 s request was cut off: that is what the second signal is for.
+    assert len(outcomes.truncated) == 1

@@ -20,7 +20,16 @@ from typing import Final, Literal
 import trio  # noqa: TID251
 
 from ._bind import Bind, BindError, BoundSocket, default_binds, open_binds, parse_bind
-from ._config import Config, ServerOptions, parse_address
+from ._config import (
+    DEFAULT_GRACE_PERIOD,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_INPUT_BUFFER_SIZE,
+    DEFAULT_READ_TIMEOUT,
+    Config,
+    ServerOptions,
+    parse_address,
+)
+from ._connection import DEFAULT_MAX_CONNS, DEFAULT_MAX_PARAMS_SIZE, DEFAULT_MAX_REQS
 from ._version import __version__
 from ._wire import Role
 from ._workers import LoadedApp, Supervisor, run_worker
@@ -365,9 +374,12 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--graceful-timeout",
         type=_non_negative_float,
-        default=30.0,
+        default=DEFAULT_GRACE_PERIOD,
         metavar="SECONDS",
-        help="on a stop or reload, how long requests in flight may take (default 30)",
+        help=(
+            "on a stop or reload, how long requests in flight may take "
+            f"(default {DEFAULT_GRACE_PERIOD:g})"
+        ),
     )
     group.add_argument(
         "--log-level",
@@ -381,13 +393,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-conns",
         type=_count(1),
         metavar="N",
-        help="connections served at once per process (FCGI_MAX_CONNS; default 1024)",
+        help=(
+            f"connections served at once per process (FCGI_MAX_CONNS; default {DEFAULT_MAX_CONNS})"
+        ),
     )
     group.add_argument(
         "--max-reqs",
         type=_count(1),
         metavar="N",
-        help="concurrent requests per connection (FCGI_MAX_REQS; default 100)",
+        help=f"concurrent requests per connection (FCGI_MAX_REQS; default {DEFAULT_MAX_REQS})",
     )
     group.add_argument(
         "--mpxs-conns",
@@ -405,27 +419,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-params-size",
         type=_count(1),
         metavar="BYTES",
-        help="largest FCGI_PARAMS of one request (default 131072)",
+        help=f"largest FCGI_PARAMS of one request (default {DEFAULT_MAX_PARAMS_SIZE})",
     )
     group.add_argument(
         "--input-buffer-size",
         type=_count(1),
         metavar="BYTES",
-        help="request body buffered per request before reading pauses (default 262144)",
+        help="request body buffered per request before reading pauses "
+        f"(default {DEFAULT_INPUT_BUFFER_SIZE})",
     )
     group.add_argument(
         "--idle-timeout",
         type=_timeout,
-        default=300.0,
+        default=DEFAULT_IDLE_TIMEOUT,
         metavar="SECONDS",
-        help="close a connection idle this long; 0 = never (default 300)",
+        help=f"close a connection idle this long; 0 = never (default {DEFAULT_IDLE_TIMEOUT:g})",
     )
     group.add_argument(
         "--read-timeout",
         type=_timeout,
-        default=60.0,
+        default=DEFAULT_READ_TIMEOUT,
         metavar="SECONDS",
-        help="longest a started record or a request's params may take; 0 = no limit (default 60)",
+        help="longest a started record or a request's params may take; 0 = no limit "
+        f"(default {DEFAULT_READ_TIMEOUT:g})",
     )
     group.add_argument(
         "--roles",

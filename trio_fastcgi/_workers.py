@@ -80,21 +80,27 @@ def _counting(handler: Handler, limit: int, stop: trio.Event) -> Handler:
     return counted
 
 
-async def _stop_on_signals(stop: trio.Event, *, task_status: trio.TaskStatus[None]) -> None:
+async def _stop_on_signals(
+    stop: trio.Event,
+    hard_stop: trio.CancelScope | None,
+    *,
+    task_status: trio.TaskStatus[None],
+) -> None:
     # SIGHUP too: in a single process a reload is not possible, and its default
     # action (terminate at once) would drop the requests in flight. Workers
     # under the supervisor ignore it anyway.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         task_status.started()
         async for signum in signals:
+            name = signal.Signals(signum).name
             if signum == signal.SIGHUP:
                 LOGGER.warning("SIGHUP ignored: reloading needs --workers 1 or more")
-                continue
-            if not stop.is_set():
-                LOGGER.info(
-                    "%s: graceful stop (finishing requests in flight)", signal.Signals(signum).name
-                )
-            stop.set()
+            elif not stop.is_set():
+                LOGGER.info("%s: graceful stop (finishing requests in flight)", name)
+                stop.set()
+            elif hard_stop is not None:
+                LOGGER.warning("%s again: stopping now, cancelling requests in flight", name)
+                hard_stop.cancel()
 
 
 async def _stop_when_orphaned(stop: trio.Event, life_fd: int) -> None:
@@ -130,8 +136,35 @@ async def serve_worker(
     if max_requests > 0:
         handler = _counting(handler, max_requests, stop)
     listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in sockets]
+    # A second SIGTERM/SIGINT stops at once, but only when no supervisor is
+    # there: a worker gets Ctrl+C's SIGINT and the supervisor's SIGTERM.
+    hard_stop = trio.CancelScope()
+    with hard_stop:
+        await _serve_until_stopped(
+            handler,
+            lifespan,
+            listeners,
+            options,
+            stop,
+            on_ready,
+            life_fd,
+            None if life_fd is not None else hard_stop,
+        )
+    LOGGER.info("stopped")
+
+
+async def _serve_until_stopped(
+    handler: Handler,
+    lifespan: AbstractAsyncContextManager[None] | None,
+    listeners: list[trio.SocketListener],
+    options: ServerOptions,
+    stop: trio.Event,
+    on_ready: Callable[[], None] | None,
+    life_fd: int | None,
+    hard_stop: trio.CancelScope | None,
+) -> None:
     async with trio.open_nursery() as nursery:
-        await nursery.start(_stop_on_signals, stop)
+        await nursery.start(_stop_on_signals, stop, hard_stop)
         if life_fd is not None:
             nursery.start_soon(_stop_when_orphaned, stop, life_fd)
         async with (
@@ -145,7 +178,6 @@ async def serve_worker(
             if on_ready is not None:
                 on_ready()
         nursery.cancel_scope.cancel()
-    LOGGER.info("stopped")
 
 
 def run_worker(
