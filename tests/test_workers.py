@@ -263,3 +263,21 @@ async def test_single_process_second_signal_stops_at_once(app_dir: Path) -> None
         assert "SIGINT again: stopping now" in server.log()
     # The 60 s request was cut off: that is what the second signal is for.
     assert len(outcomes.truncated) == 1
+
+
+async def test_supervisor_second_signal_kills_the_workers(app_dir: Path) -> None:
+    in_flight = trio.Semaphore(0)
+    outcomes = Outcomes()
+    async with run_server(app_dir, "--workers=1", "--graceful-timeout=60") as server:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(slow_request, server.port, outcomes, in_flight, seconds=60))
+            with trio.fail_after(30):
+                await in_flight.acquire()
+            os.kill(server.process.pid, signal.SIGTERM)
+            await server.log_matches(r"graceful stop of 1 worker")
+            os.kill(server.process.pid, signal.SIGTERM)
+            status = await trio.to_thread.run_sync(partial(server.process.process.wait, 30))
+        assert status == 0
+        assert re.search(r"second stop signal: killing the workers", server.log())
+        assert re.search(r"worker \d+ was killed by SIGKILL", server.log())
+    assert len(outcomes.truncated) == 1
