@@ -13,8 +13,9 @@ behind any URL prefix a web server config adds:
 
 A request in the Authorizer role is checked against one user, ``alice`` with
 password ``wonderland`` (HTTP Basic, or Apache's ``REMOTE_USER`` /
-``REMOTE_PASSWD``); on success it passes ``AUTH_TOKEN`` to the web server as a
-``Variable-`` header.
+``REMOTE_PASSWD``); on success it passes ``AUTH_TOKEN`` and ``AUTH_USER`` to
+the web server as ``Variable-`` headers. A request without credentials gets
+401 with a Basic challenge, wrong credentials get 403.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ USER, PASSWORD, TOKEN = "alice", "wonderland", "token-for-alice"
 _BLOB_CHUNK = 1024 * 1024
 
 #: Which connection a request arrived on; set by whoever serves the connection
-#: (see tests/integration/conftest.py). Request tasks inherit it.
+#: (see tests/integration/harness.py). Request tasks inherit it.
 CONNECTION_ID: contextvars.ContextVar[int] = contextvars.ContextVar("connection_id", default=0)
 
 
