@@ -1196,6 +1196,9 @@ def main() -> int:
     parser.add_argument("--upload-mib", type=int, default=1024, help="size of the upload test")
     parser.add_argument("--plot", type=Path, default=REPO / "docs" / "performance.png")
     parser.add_argument("--json", type=Path, default=None, help="write all results here")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the work directory (configs, logs) for debugging"
+    )
     args = parser.parse_args()
 
     started_at = time.monotonic()
@@ -1219,8 +1222,15 @@ def main() -> int:
         scenarios = [s for s in SCENARIOS if s.key in wanted]
     raise_nofile(20_000)
 
-    with tempfile.TemporaryDirectory(prefix="trio-fastcgi-bench-") as tmp:
+    workdir: contextlib.AbstractContextManager[str] = (
+        contextlib.nullcontext(tempfile.mkdtemp(prefix="trio-fastcgi-bench-"))
+        if args.keep
+        else tempfile.TemporaryDirectory(prefix="trio-fastcgi-bench-")
+    )
+    with workdir as tmp:
         root = Path(tmp)
+        if args.keep:
+            log(f"work directory (kept): {root}")
         # nginx workers (and php-fpm children) may run as another user.
         root.chmod(0o755)
         for backend in backends:
@@ -1259,7 +1269,11 @@ def main() -> int:
                         if broken.setdefault(backend.key, {}).get(path) is None:
                             log(f"  {backend.label}: {reason}; its {path} scenarios are skipped")
                         broken[backend.key][path] = reason
-                    for scenario in scenarios:
+                    # New-connection scenarios first: after a keepalive scenario nginx
+                    # holds up to 32 idle connections, and a backend that serves one
+                    # connection per process (php-fpm, 4 children) then has no process
+                    # left for new connections, which wait in its backlog for ever.
+                    for scenario in sorted(scenarios, key=lambda s: s.keepalive):
                         if scenario.path in broken.get(backend.key, {}):
                             continue
                         result = measure(started, scenario, wrk, args.duration, work)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import resource
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from typing import Any
 
 HELLO = b"Hello, World!\n"
@@ -95,15 +95,16 @@ def _chunks() -> Iterator[bytes]:
 
 # -- ASGI ------------------------------------------------------------------------
 
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 def _asgi_headers(length: int) -> list[tuple[bytes, bytes]]:
     return [(b"content-type", CONTENT_TYPE.encode()), (b"content-length", str(length).encode())]
 
 
-async def asgi_app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+async def asgi_app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "lifespan":
         while True:
             message = await receive()

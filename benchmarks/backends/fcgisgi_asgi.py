@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from common import asgi_app, parse_args
-from fcgisgi import run_asgi_server
+from fcgisgi import run_asgi_server  # type: ignore[import-untyped]
 
 if __name__ == "__main__":
     args = parse_args(__doc__ or "")

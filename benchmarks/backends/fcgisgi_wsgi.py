@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from common import parse_args, wsgi_app
-from fcgisgi import run_wsgi_server
+from fcgisgi import run_wsgi_server  # type: ignore[import-untyped]
 
 if __name__ == "__main__":
     args = parse_args(__doc__ or "")

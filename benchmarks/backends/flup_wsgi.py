@@ -11,11 +11,11 @@ import socket
 from typing import Any
 
 from common import parse_args, wsgi_app
-from flup.server.fcgi import WSGIServer
-from flup.server.fcgi_base import Connection
+from flup.server.fcgi import WSGIServer  # type: ignore[import-untyped]
+from flup.server.fcgi_base import Connection  # type: ignore[import-untyped]
 
 
-class NoDelayConnection(Connection):
+class NoDelayConnection(Connection):  # type: ignore[misc]
     def __init__(self, sock: socket.socket, *args: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         super().__init__(sock, *args)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from gevent import monkey
+from gevent import monkey  # type: ignore[import-untyped]
 
 monkey.patch_all()
 
 from common import parse_args, wsgi_app  # noqa: E402
-from gevent_fastcgi.wsgi import WSGIServer  # noqa: E402
+from gevent_fastcgi.wsgi import WSGIServer  # type: ignore[import-untyped]  # noqa: E402
 
 if __name__ == "__main__":
     args = parse_args(__doc__ or "")
