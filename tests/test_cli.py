@@ -457,3 +457,25 @@ def test_console_script_is_installed() -> None:
     script = require_binary("trio-fastcgi")
     result = subprocess.run([script, "--version"], capture_output=True, text=True, check=True)
     assert result.stdout.startswith("trio-fastcgi ")
+
+
+@pytest.mark.integration
+async def test_cli_spawned_with_stdout_and_stderr_closed(
+    processes: list[subprocess.Popen[bytes]],
+) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    # As the FastCGI spec has web servers do: fd 0 the listening socket, fds 1
+    # and 2 closed. Nothing written to "stderr" may end up in a response.
+    closer = "import os, sys; os.close(1); os.close(2); os.execv(sys.argv[1], sys.argv[1:])"
+    argv = [sys.executable, "-c", closer, *command("examples.hello:handler", "--workers=2")]
+    process = start(processes, argv, stdin=listener)
+    listener.close()
+    for _ in range(20):
+        assert await hello_over_tcp(port, process) == (
+            b"Hello from trio-fastcgi! You asked for /probe\n"
+        )
+    stop(process)
+    assert process.returncode == 0

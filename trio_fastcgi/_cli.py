@@ -30,6 +30,7 @@ from ._config import (
     parse_address,
 )
 from ._connection import DEFAULT_MAX_CONNS, DEFAULT_MAX_PARAMS_SIZE, DEFAULT_MAX_REQS
+from ._listeners import protect_std_fds
 from ._version import __version__
 from ._wire import Role
 from ._workers import LoadedApp, Supervisor, run_worker
@@ -526,6 +527,14 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``trio-fastcgi`` command."""
+    # Web servers spawn FastCGI applications with fds 1 and 2 closed; the
+    # supervisor's pipes must not land there (logging writes to fd 2).
+    protect_std_fds()
+    # Python leaves sys.stdout/sys.stderr None when it started with them closed.
+    if sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["dev"]:
         try:
