@@ -35,6 +35,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,10 @@ BACKENDS_DIR = HERE / "backends"
 sys.path[:0] = [str(BACKENDS_DIR), str(REPO)]
 
 from common import HELLO, ONE_MIB, POST_SIZE, raise_nofile  # noqa: E402
+
+#: One wrk run's numbers; a backend's runs per scenario; all of them per backend.
+Result = dict[str, Any]
+Rounds = dict[str, dict[str, list[Result]]]
 
 SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -665,7 +670,7 @@ def run_wrk(
     return parse_wrk(out.stdout), out.stdout + out.stderr
 
 
-def measure(started: Started, scenario: Scenario, wrk: str, duration: float, work: Path) -> dict:
+def measure(started: Started, scenario: Scenario, wrk: str, duration: float, work: Path) -> Result:
     port = started.keepalive_port if scenario.keepalive else started.new_conn_port
     pid = started.measured_pid
     peak_reset = reset_peak_rss(pid)
@@ -686,12 +691,12 @@ def measure(started: Started, scenario: Scenario, wrk: str, duration: float, wor
 # -- statistics and output ------------------------------------------------------------
 
 
-def median(values: list[float]) -> float | None:
+def median(values: list[float | None]) -> float | None:
     clean = [v for v in values if v is not None]
     return statistics.median(clean) if clean else None
 
 
-def summarize(runs: list[dict]) -> dict[str, Any]:
+def summarize(runs: list[Result]) -> dict[str, Any]:
     return {
         "rounds": len(runs),
         "req_per_s": median([r["req_per_s"] for r in runs]),
@@ -741,9 +746,7 @@ RATIOS = [
 ]
 
 
-def ratio(
-    rounds: dict[str, dict[str, list[dict]]], backend: str, baseline: str, scenario: str
-) -> float | None:
+def ratio(rounds: Rounds, backend: str, baseline: str, scenario: str) -> float | None:
     """Median over rounds of backend/baseline (paired by round)."""
     mine = rounds.get(backend, {}).get(scenario, [])
     theirs = rounds.get(baseline, {}).get(scenario, [])
@@ -757,7 +760,7 @@ def ratio(
 
 def report(
     backends: list[Backend],
-    rounds: dict[str, dict[str, list[dict]]],
+    rounds: Rounds,
     scenarios: list[Scenario],
     broken: dict[str, dict[str, str]],
 ) -> str:
@@ -843,7 +846,7 @@ def report(
 def plot(
     path: Path,
     backends: list[Backend],
-    rounds: dict[str, dict[str, list[dict]]],
+    rounds: Rounds,
     scenarios: list[Scenario],
     title: str,
 ) -> None:
@@ -918,7 +921,7 @@ def direct_backend(
         proc.stop()
 
 
-def extra_multiplexed(backends: dict[str, Backend], work: Path, duration: float) -> dict:
+def extra_multiplexed(backends: dict[str, Backend], work: Path, duration: float) -> Result:
     """100 requests in flight on one connection, straight to the backend: with
     the project's client (trio_fastcgi.client) and with the minimal raw client
     of fcgi_load (cheaper on the shared CPU, so closer to the server's limit)."""
@@ -944,8 +947,13 @@ def extra_multiplexed(backends: dict[str, Backend], work: Path, duration: float)
                 before = cpu_seconds(pid)
                 try:
                     result = trio.run(
-                        lambda f=function, p=port: f(
-                            p, concurrency=100, duration=duration, path="/hello", expect=HELLO
+                        partial(
+                            function,
+                            port,
+                            concurrency=100,
+                            duration=duration,
+                            path="/hello",
+                            expect=HELLO,
                         )
                     )
                 except Exception as exc:  # report whatever broke, keep going
@@ -966,7 +974,7 @@ def fmt_result(result: dict[str, Any]) -> str:
     )
 
 
-def extra_idle(backends: dict[str, Backend], work: Path, count: int) -> dict:
+def extra_idle(backends: dict[str, Backend], work: Path, count: int) -> Result:
     import fcgi_load
     import trio
 
@@ -992,8 +1000,13 @@ def extra_idle(backends: dict[str, Backend], work: Path, count: int) -> dict:
                 }
 
             result = trio.run(
-                lambda p=port, s=sample: fcgi_load.hold_idle_connections(
-                    p, count=count, expect=HELLO, measure=s, time_limit=120
+                partial(
+                    fcgi_load.hold_idle_connections,
+                    port,
+                    count=count,
+                    expect=HELLO,
+                    measure=sample,
+                    time_limit=120,
                 )
             )
             if "rss_mib" in result:
@@ -1006,7 +1019,7 @@ def extra_idle(backends: dict[str, Backend], work: Path, count: int) -> dict:
     return results
 
 
-def extra_upload(backends: dict[str, Backend], work: Path, size: int) -> dict:
+def extra_upload(backends: dict[str, Backend], work: Path, size: int) -> Result:
     import fcgi_load
     import trio
 
@@ -1038,7 +1051,7 @@ def extra_upload(backends: dict[str, Backend], work: Path, size: int) -> dict:
     return result
 
 
-def extra_profile(backends: dict[str, Backend], work: Path, duration: float, wrk: str) -> dict:
+def extra_profile(backends: dict[str, Backend], work: Path, duration: float, wrk: str) -> Result:
     py_spy = which("py-spy")
     if py_spy is None:
         log("  profile: skipped, py-spy is not installed (pip install py-spy)")
@@ -1102,7 +1115,7 @@ def _frame_name(frame: str) -> str:
     return f"{func} ({short})"
 
 
-def analyse_profile(raw: str, top: int = 25) -> dict:
+def analyse_profile(raw: str, top: int = 25) -> Result:
     """Self and inclusive sample shares per function from py-spy's raw output."""
     self_counts: Counter[str] = Counter()
     incl_counts: Counter[str] = Counter()
@@ -1242,7 +1255,7 @@ def main() -> int:
             if backend.skip_reason:
                 log(f"skip {backend.label}: {backend.skip_reason}")
         runnable = [b for b in backends if not b.skip_reason]
-        rounds: dict[str, dict[str, list[dict]]] = {}
+        rounds: Rounds = {}
         failed: set[str] = set()
         #: backend -> route -> why its answer was wrong (its scenarios are skipped).
         broken: dict[str, dict[str, str]] = {}
