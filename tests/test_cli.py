@@ -430,7 +430,16 @@ def test_loader_honours_forced_interface() -> None:
         )
         handler, lifespan = loader(args)()
         assert isinstance(handler, expected)
+        if isinstance(handler, WSGIHandler):
+            assert handler.limiter.total_tokens == 40  # --threads default
         assert (lifespan is not None) == (interface == "asgi")
+    args = parser.parse_args(
+        ["examples.hello:handler", "--interface=wsgi", "--threads=3", "--workers=2"]
+    )
+    handler, _ = loader(args)()
+    assert isinstance(handler, WSGIHandler)
+    assert handler.limiter.total_tokens == 3
+    assert handler.multiprocess is True
     args = parser.parse_args(["examples.hello:handler", "--interface=native", "--app-dir", "."])
     handler, lifespan = loader(args)()
     assert handler is load_app("examples.hello:handler", str(REPO))

@@ -25,6 +25,10 @@ from trio_fastcgi.wsgi import WSGIHandler
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The dev server is an HTTP front end on a real loopback socket talking to the
+# application over another one: every test here but the first uses sockets.
+pytestmark = pytest.mark.integration
+
 
 async def start_dev(nursery: trio.Nursery, loaded: LoadedApp) -> int:
     listeners = await nursery.start(partial(serve_dev, loaded, port=0))
@@ -187,7 +191,6 @@ async def test_dev_bad_http_gets_400(nursery: trio.Nursery) -> None:
     assert data.startswith(b"HTTP/1.1 400 ")
 
 
-@pytest.mark.integration
 async def test_dev_command_serves_hello_and_warns(tmp_path: Path) -> None:
     port = free_port()
     argv = [
