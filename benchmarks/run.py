@@ -860,9 +860,11 @@ def plot(
     fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
     for ax, scenario in zip(axes.flat, scenarios, strict=False):
         labels, values, errs_lo, errs_hi, colors = [], [], [], [], []
+        missing = []
         for backend in shown:
             runs = rounds[backend.key].get(scenario.key, [])
             if not runs:
+                missing.append(backend.label)
                 continue
             unit = len(ONE_MIB) / 2**20 if scenario.bandwidth else 1.0
             rates = [r["req_per_s"] * unit for r in runs]
@@ -875,8 +877,8 @@ def plot(
         y = list(range(len(labels)))[::-1]
         ax.barh(y, values, xerr=[errs_lo, errs_hi], color=colors, capsize=3)
         ax.set_yticks(y, labels, fontsize=8)
-        for yi, value in zip(y, values, strict=True):
-            ax.text(value, yi, f" {value:,.0f}", va="center", fontsize=7)
+        for yi, value, hi in zip(y, values, errs_hi, strict=True):
+            ax.text(value + hi, yi, f" {value:,.0f}", va="center", fontsize=7)
         unit_label = "MiB/s" if scenario.bandwidth else "req/s"
         subtitle = f"{scenario.label}"
         if ceiling is not None and rounds[ceiling.key].get(scenario.key):
@@ -885,6 +887,8 @@ def plot(
                 for r in rounds[ceiling.key][scenario.key]
             )
             subtitle += f"\n(nginx alone: {cap:,.0f} {unit_label})"
+        if missing:
+            subtitle += f"\nnot measured (wrong answer): {', '.join(missing)}"
         ax.set_title(subtitle, fontsize=10)
         ax.set_xlabel(f"{unit_label}, median of rounds (bars: min-max)", fontsize=8)
         ax.margins(x=0.18)
@@ -1193,6 +1197,19 @@ def machine_info(backends: list[Backend]) -> dict[str, Any]:
 # -- main -----------------------------------------------------------------------------
 
 
+def replot(source: Path, target: Path) -> int:
+    saved = json.loads(source.read_text())
+    rounds: Rounds = saved["rounds"]
+    backends = make_backends()
+    for backend in backends:
+        backend.skip_reason = saved.get("skipped", {}).get(backend.key)
+    broken: dict[str, dict[str, str]] = saved.get("broken", {})
+    log(report(backends, rounds, SCENARIOS, broken))
+    plot(target, backends, rounds, SCENARIOS, saved.get("title", ""))
+    log(f"plot written to {target}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -1212,7 +1229,16 @@ def main() -> int:
     parser.add_argument(
         "--keep", action="store_true", help="keep the work directory (configs, logs) for debugging"
     )
+    parser.add_argument(
+        "--replot",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="measure nothing: redraw the plot and reprint the tables of a --json file",
+    )
     args = parser.parse_args()
+    if args.replot:
+        return replot(args.replot, args.plot)
 
     started_at = time.monotonic()
     wrk = which("wrk")
@@ -1360,6 +1386,8 @@ def main() -> int:
                         "machine": info,
                         "rounds": rounds,
                         "skipped": {b.key: b.skip_reason for b in backends if b.skip_reason},
+                        "broken": broken,
+                        "title": title,
                         "extras": extras,
                         "table": table,
                         "seconds": elapsed,
