@@ -545,3 +545,22 @@ async def test_wsgi_authorizer_variables_pass_through(nursery: trio.Nursery) -> 
     denied = await web.read_response(2)
     assert denied.head.startswith(b"Status: 403 Forbidden")
     assert denied.body == b"denied\n"
+
+
+async def test_wsgi_input_read_all_after_partial_reads(nursery: trio.Nursery) -> None:
+    results: list[bytes] = []
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        stream = environ["wsgi.input"]
+        results.append(stream.readline(0))  # type: ignore[attr-defined]
+        # Leaves most of a 64 KiB chunk buffered, which read() must not repeat.
+        results.append(stream.readline())  # type: ignore[attr-defined]
+        results.append(stream.read())  # type: ignore[attr-defined]
+        start_response("200 OK", [])
+        return []
+
+    web = await serve(nursery, WSGIHandler(app))
+    body = bytes(range(256)) * 2000  # many records, read to the end at once
+    await web.request(1, params={**GET, "CONTENT_LENGTH": str(len(body))}, stdin=body)
+    await web.read_response(1)
+    assert results == [b"", body[:11], body[11:]]

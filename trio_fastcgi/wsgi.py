@@ -178,10 +178,12 @@ class WSGIInput:
 
     def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:
+            parts = [self._buffer]
+            self._buffer = b""
             while self._fill(_READ_CHUNK):
-                pass
-            data, self._buffer = self._buffer, b""
-            return data
+                parts.append(self._buffer)  # just the new chunk: the buffer was empty
+                self._buffer = b""
+            return b"".join(parts)
         # Like a buffered file: size bytes, fewer only at the end of the body.
         while len(self._buffer) < size and self._fill(size - len(self._buffer)):
             pass
@@ -190,6 +192,8 @@ class WSGIInput:
 
     def readline(self, size: int | None = -1) -> bytes:
         limit = -1 if size is None else size
+        if limit == 0:
+            return b""
         while True:
             end = self._buffer.find(b"\n") + 1
             if end == 0 and 0 <= limit <= len(self._buffer):
