@@ -376,3 +376,23 @@ async def test_asgi_authorizer_variables_pass_through(nursery: trio.Nursery) -> 
     assert (await web.read_response(1)).head == b"Status: 200 OK\r\nVariable-REMOTE_USER: alice"
     await web.request(2, params={**GET, "HTTP_AUTHORIZATION": "x"}, role=AUTHORIZER)
     assert (await web.read_response(2)).head == b"Status: 401 Unauthorized"
+
+
+async def test_asgi_short_body_is_a_disconnect(nursery: trio.Nursery) -> None:
+    messages: list[Message] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] == "http.disconnect" or not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 400})
+        await send({"type": "http.response.body"})
+
+    web = await serve(nursery, ASGIHandler(app))
+    await web.request(1, params={**GET, "CONTENT_LENGTH": "100"}, stdin=b"only ten b")
+    response = await web.read_response(1)
+    assert messages[0] == {"type": "http.request", "body": b"only ten b", "more_body": True}
+    assert messages[-1] == {"type": "http.disconnect"}
+    assert response.app_status == 0

@@ -32,6 +32,7 @@ and body. ``scope["extensions"]["fastcgi"]["role"]`` tells the roles apart.
 
 from __future__ import annotations
 
+import contextlib
 import http
 import logging
 import sys
@@ -178,13 +179,10 @@ class _Exchange:
         if self.disconnected.is_set() or self.response_done:
             return {"type": "http.disconnect"}
         if not self.body_done:
-            try:
-                chunk = await self._receive_chunk()
-            except InputError:
-                # The body was cut short: the client is gone.
-                self.body_done = True
-                return {"type": "http.disconnect"}
+            chunk = await self._receive_chunk()
             if chunk is None:
+                # Disconnected, or the body was cut short: the client is gone.
+                self.body_done = True
                 return {"type": "http.disconnect"}
             if chunk:
                 return {"type": "http.request", "body": chunk, "more_body": True}
@@ -194,13 +192,16 @@ class _Exchange:
         return {"type": "http.disconnect"}
 
     async def _receive_chunk(self) -> bytes | None:
-        """The next stdin chunk, or None once the request is disconnected."""
+        """The next stdin chunk, or None once the request is disconnected or
+        the body turned out incomplete."""
         result: bytes | None = None
         async with trio.open_nursery() as nursery:
 
             async def read() -> None:
                 nonlocal result
-                result = await self.request.stdin.receive_some()
+                # Cut short (IncompleteInput): result stays None.
+                with contextlib.suppress(InputError):
+                    result = await self.request.stdin.receive_some()
                 nursery.cancel_scope.cancel()
 
             async def watch() -> None:
