@@ -490,9 +490,7 @@ async def test_cli_spawned_with_stdout_and_stderr_closed(
     assert process.returncode == 0
 
 
-def test_dev_without_h11_says_what_to_install(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_dev_without_h11_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "h11", None)  # as if not installed
     monkeypatch.delitem(sys.modules, "trio_fastcgi._dev", raising=False)
     with pytest.raises(SystemExit) as info:
