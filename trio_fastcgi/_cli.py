@@ -541,7 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ._dev import main as dev_main
         except ImportError as exc:  # h11 is an optional dependency
             sys.exit(
-                f"trio-fastcgi dev: error: {exc}; install it with: pip install 'trio-fastcgi[dev]'"
+                f"trio-fastcgi dev: error: {exc}; install it with: pip install h11"
             )
         return dev_main(arguments[1:])
     parser = build_parser()
