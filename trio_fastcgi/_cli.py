@@ -539,10 +539,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments[:1] == ["dev"]:
         try:
             from ._dev import main as dev_main
-        except ImportError as exc:  # h11 is an optional dependency
-            sys.exit(
-                f"trio-fastcgi dev: error: {exc}; install it with: pip install h11"
-            )
+        except ImportError as exc:  # h11 is a dependency: only a broken install lacks it
+            sys.exit(f"trio-fastcgi dev: error: {exc}; install it with: pip install h11")
         return dev_main(arguments[1:])
     parser = build_parser()
     args = parser.parse_args(arguments)
