@@ -28,7 +28,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.helpers import FakeWebServer  # noqa: E402
+from tests.helpers import FakeWebServer
 
 
 def raise_fd_limit(needed: int) -> None:
