@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Final, Literal
 
-import trio  # noqa: TID251
+import trio
 
 from ._bind import Bind, BindError, BoundSocket, default_binds, open_binds, parse_bind
 from ._config import (

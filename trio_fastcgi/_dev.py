@@ -30,7 +30,7 @@ from typing import Final, final
 from urllib.parse import unquote_to_bytes
 
 import h11
-import trio  # noqa: TID251
+import trio
 
 from ._server import serve_tcp
 from ._version import __version__

@@ -40,7 +40,7 @@ from functools import partial
 from typing import Final, final
 
 import attrs
-import trio  # noqa: TID251
+import trio
 
 from ._bind import BoundSocket
 from ._config import ServerOptions

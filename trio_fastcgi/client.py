@@ -47,7 +47,7 @@ from types import TracebackType
 from typing import Final, NoReturn, TypeAlias, final
 
 import attrs
-import trio  # noqa: TID251 (this is the Trio layer, not the sans-IO core)
+import trio
 
 from ._client_protocol import ClientConnection, ServerProtocolError
 from ._events import (

@@ -43,8 +43,8 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Final, TypeAlias, final
 
 import attrs
-import trio  # noqa: TID251 (a Trio layer module)
-import trio.testing  # noqa: TID251
+import trio
+import trio.testing
 
 from ._exceptions import EndRequestWith
 from ._request import Request

@@ -30,7 +30,7 @@ from functools import partial
 from types import TracebackType
 from typing import Final, Protocol, TypeAlias, TypeVar, final
 
-import trio  # noqa: TID251
+import trio
 
 from ._exceptions import InputError
 from ._request import Request
