@@ -9,6 +9,7 @@ with :mod:`tracemalloc`, counting what code in ``trio_fastcgi/`` holds.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -289,6 +290,31 @@ async def test_limits_begin_request_storm_with_running_handlers(
     assert most <= 50
     assert statuses.count(ProtocolStatus.REQUEST_COMPLETE) >= 50
     assert set(statuses) <= {ProtocolStatus.REQUEST_COMPLETE, ProtocolStatus.OVERLOADED}
+
+
+async def test_limits_management_flood_from_a_peer_that_never_reads(
+    nursery: trio.Nursery,
+) -> None:
+    # 100,000 GET_VALUES and unknown-type records from a peer that never reads
+    # the replies: the replies back up (lockstep stream: no buffer at all), the
+    # outbox fills, and the connection stops reading; what it took in stays
+    # within one receive.
+    client, server = trio.testing.lockstep_stream_pair()
+    counting = CountingStream(server)
+    nursery.start_soon(serve_connection, respond_ok, counting)
+    query = helpers.record(helpers.GET_VALUES, 0, helpers.nv_pairs([(b"FCGI_MAX_REQS", b"")]))
+    flood = (query + helpers.record(42, 0, bytes(8))) * 50_000
+
+    async def send_flood() -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await client.send_all(flood)
+
+    async with trio.open_nursery() as sending:
+        sending.start_soon(send_flood)
+        await trio.testing.wait_all_tasks_blocked()
+        assert counting.received <= 2 * RECEIVE_SIZE
+        sending.cancel_scope.cancel()
+    await client.aclose()
 
 
 # -- timeouts -------------------------------------------------------------------
