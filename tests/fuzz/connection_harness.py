@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 import trio
 import trio.testing
 
-from tests.fuzz.core_harness import Reader, _structured_record
+from tests.fuzz.core_harness import Reader, structured_record
 from tests.helpers import (
     BEGIN,
     END,
@@ -436,7 +436,7 @@ def decode_program(data: bytes) -> Program:
         if op < 2:
             program.steps.append(Send(reader.take(reader.byte())))
         elif op < 6:
-            program.steps.append(Send(_structured_record(reader)))
+            program.steps.append(Send(structured_record(reader)))
         elif op == 6 or not reader.byte() & 1:
             program.steps.append(Sleep(reader.byte() / 10))
         else:

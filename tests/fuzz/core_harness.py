@@ -137,7 +137,7 @@ def record_bytes(record_type: int, request_id: int, content: bytes, padding: int
     )
 
 
-def _structured_record(reader: Reader) -> bytes:
+def structured_record(reader: Reader) -> bytes:
     """A well-framed record with fuzz-chosen type, id and content: most random
     bytes are not valid headers, and these let the fuzzer reach deep states."""
     record_type = 1 + reader.byte() % 11
@@ -173,7 +173,7 @@ def decode_program(data: bytes) -> Program:
         if op == 0:
             program.steps.append(Wire(reader.take(reader.byte())))
         elif op in (1, 2):
-            program.steps.append(Wire(_structured_record(reader)))
+            program.steps.append(Wire(structured_record(reader)))
         else:
             program.steps.append(
                 Output(reader.byte() % 7, reader.byte(), reader.byte(), reader.byte())
