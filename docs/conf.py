@@ -29,8 +29,15 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "sphinxcontrib_trio",
+    "myst_parser",
     "cli_options",
 ]
+
+# Most pages are reST; the reliability and performance reports are Markdown
+# (MyST), written beside the tests and benchmarks that produce their figures.
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+# "## A heading" in Markdown gets an anchor, so [text](#a-heading) works.
+myst_heading_anchors = 3
 
 root_doc = "index"
 exclude_patterns = ["_build", "deploy/README*"]
