@@ -17,7 +17,12 @@ Two kinds of web server drive it at once for ``SOAK_SECONDS`` (default 20):
   (``FCGI_ABORT_REQUEST``) and now and then a whole connection is closed with
   requests in flight.
 
-Bodies are random sizes up to 4 MiB (mostly small). Every response that
+Bodies are random sizes up to 4 MiB (mostly small). For the last quarter of
+the run (at most 4 s) the application is stopping gracefully (SIGTERM: stop
+accepting, finish what is in flight): new connections are refused, but a
+request it had accepted (it had started answering, or had it for half a
+second before the stop) must still complete byte for byte, and the process
+must then exit with status 0. Every response that
 completes is compared with what it must be: any corrupted, truncated or
 interleaved response fails the test. The application's RSS is sampled every
 second. Peaks come and go with the multi-MiB bodies in flight; a leak raises the
@@ -30,8 +35,10 @@ even a thousandth of it would show). The figures are printed at the end
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
+import signal
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -46,7 +53,7 @@ import trio_fastcgi
 from tests.integration.configs import render
 from tests.integration.harness import IS_ROOT, http_client, running
 from tests.integration.procs import ManagedProcess, free_port, require_binary, wait_for_tcp
-from trio_fastcgi.client import open_tcp_client
+from trio_fastcgi.client import open_client
 
 pytestmark = pytest.mark.integration
 
@@ -87,8 +94,26 @@ async def soak_app(request: trio_fastcgi.Request) -> None:
 
 
 def serve_main(port: int) -> None:
-    """Entry point of the application process."""
-    trio.run(lambda: trio_fastcgi.serve_tcp(soak_app, port, host="127.0.0.1"))
+    """Entry point of the application process: serve until SIGTERM, then stop
+    gracefully (stop accepting, finish what is in flight) and exit 0."""
+
+    async def main() -> None:
+        shutdown = trio.Event()
+        async with trio.open_nursery() as nursery:
+
+            async def on_sigterm() -> None:
+                with trio.open_signal_receiver(signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        shutdown.set()
+                        return
+
+            nursery.start_soon(on_sigterm)
+            await trio_fastcgi.serve_tcp(
+                soak_app, port, host="127.0.0.1", shutdown_event=shutdown, grace_period=30
+            )
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
 
 
 # -- traffic ------------------------------------------------------------------------
@@ -103,6 +128,20 @@ class Tally:
     corrupted: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # failures we did not cause
     rss_samples_kib: list[int] = field(default_factory=list)
+    #: When the application was told to stop (SIGTERM: graceful shutdown).
+    stop_time: float = math.inf
+    #: Requests that failed because the application had stopped accepting.
+    refused_after_stop: Counter[str] = field(default_factory=Counter)
+    exit_time: float = math.inf
+
+    def failure(self, kind: str, accepted: bool, message: str) -> None:
+        """A request failed. Before the stop that is a failure; after it, a
+        request the application had *accepted* (it had answered part of it,
+        or had it for half a second before the stop) must still complete."""
+        if trio.current_time() < self.stop_time or accepted:
+            self.failed.append(f"{kind}: {message}")
+        else:
+            self.refused_after_stop[kind] += 1
 
     def verify(self, kind: str, got: bytes, expected: bytes) -> None:
         if got == expected:
@@ -132,19 +171,28 @@ async def nginx_worker(
         size = body_size(rng)
         cut = rng.random() < 0.05
         kind = "nginx-" + ("echo" if rng.random() < 0.5 else "gen")
+        # nginx may have sent it on a kept-alive connection the application
+        # was closing: only a response that started counts as accepted.
+        accepted = False
         with trio.move_on_after(rng.random() * 0.05 if cut else 60) as scope:
             try:
                 if kind == "nginx-echo":
                     body = rng.randbytes(size)
-                    response = await client.post("/echo", content=body)
+                    request = client.build_request("POST", "/echo", content=body)
                     expected = body
                 else:
                     seed = rng.getrandbits(32)
-                    response = await client.get(f"/gen?n={size}&seed={seed}")
+                    request = client.build_request("GET", f"/gen?n={size}&seed={seed}")
                     expected = generated(size, seed)
+                response = await client.send(request, stream=True)
+                try:
+                    accepted = response.status_code == 200
+                    content = await response.aread()
+                finally:
+                    await response.aclose()
             except httpx.HTTPError as exc:
                 if not cut:
-                    tally.failed.append(f"{kind}: {exc!r}")
+                    tally.failure(kind, accepted, repr(exc))
                 continue
         if scope.cancelled_caught:
             if cut:
@@ -153,16 +201,22 @@ async def nginx_worker(
                 tally.failed.append(f"{kind}: no response in 60 s")
             continue
         if response.status_code != 200:
-            tally.failed.append(f"{kind}: HTTP {response.status_code}")
+            tally.failure(kind, accepted, f"HTTP {response.status_code}")
             continue
-        tally.verify(kind, response.content, expected)
+        tally.verify(kind, content, expected)
 
 
 async def direct_connection(port: int, rng: random.Random, tally: Tally, deadline: float) -> None:
     """One multiplexed client connection after another until the deadline."""
     while trio.current_time() < deadline:
         life = rng.uniform(1, 5)
-        async with open_tcp_client("127.0.0.1", port) as client, trio.open_nursery() as nursery:
+        try:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+        except OSError as exc:
+            tally.failure("direct-connect", False, repr(exc))
+            await trio.sleep(0.1)
+            continue
+        async with open_client(stream) as client, trio.open_nursery() as nursery:
             for _ in range(8):
                 nursery.start_soon(direct_requests, client, rng, tally, deadline)
             with trio.move_on_after(life) as scope:
@@ -189,19 +243,25 @@ async def direct_requests(
             params = {"REQUEST_METHOD": "GET", "SCRIPT_NAME": "/gen"}
             params["QUERY_STRING"] = f"n={size}&seed={seed}"
             expected_body = generated(size, seed)
+        started = trio.current_time()
+        stdout = bytearray()
         try:
             async with client.open_request(params, stdin=body) as active:
                 if abort:
                     await active.stdout.receive_some(rng.randint(1, 100))
                     tally.aborted[kind] += 1
                     continue  # leaving the block sends FCGI_ABORT_REQUEST
-                response = await active.receive_response()
-        except trio.BrokenResourceError:
-            return  # our own connection close (checked by the caller's count)
-        if response.app_status != 0:
-            tally.failed.append(f"{kind}: appStatus {response.app_status}")
+                async for chunk in active.stdout:
+                    stdout += chunk
+                end = await active.wait_ended()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            accepted = bool(stdout) or started < tally.stop_time - 0.5
+            tally.failure(kind, accepted, f"{exc!r} after {len(stdout)} bytes")
+            return  # this connection is gone
+        if end.app_status != 0:
+            tally.failed.append(f"{kind}: appStatus {end.app_status}")
             continue
-        _, _, got = response.stdout.partition(b"\r\n\r\n")
+        _, _, got = bytes(stdout).partition(b"\r\n\r\n")
         tally.verify(kind, got, expected_body)
 
 
@@ -212,10 +272,16 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-async def sample_rss(pid: int, tally: Tally, deadline: float) -> None:
-    while trio.current_time() < deadline:
-        tally.rss_samples_kib.append(rss_kib(pid))
-        await trio.sleep(1)
+async def sample_rss_then_stop(app: ManagedProcess, tally: Tally, stop_at: float) -> None:
+    """Sample the application's RSS every second; at *stop_at*, SIGTERM it."""
+    while trio.current_time() < stop_at:
+        tally.rss_samples_kib.append(rss_kib(app.pid))
+        await trio.sleep(min(1, max(stop_at - trio.current_time(), 0)))
+    tally.rss_samples_kib.append(rss_kib(app.pid))
+    tally.stop_time = trio.current_time()
+    os.kill(app.pid, signal.SIGTERM)
+    await trio.to_thread.run_sync(app.process.wait, 60, abandon_on_cancel=True)
+    tally.exit_time = trio.current_time()
 
 
 # httpx leaves the body generator of a request we cancel on purpose to the
@@ -254,8 +320,10 @@ async def test_soak_mixed_traffic_is_byte_exact_and_memory_flat(tmp_path: Path) 
             http_client(http_port) as client,
         ):
             deadline = trio.current_time() + seconds
+            # The last quarter (at most 4 s) runs during a graceful stop.
+            stop_at = deadline - min(4.0, seconds / 4)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(sample_rss, app.pid, tally, deadline)
+                nursery.start_soon(sample_rss_then_stop, app, tally, stop_at)
                 for _ in range(6):
                     nursery.start_soon(
                         nginx_worker, client, random.Random(rng.random()), tally, deadline
@@ -264,8 +332,9 @@ async def test_soak_mixed_traffic_is_byte_exact_and_memory_flat(tmp_path: Path) 
                     nursery.start_soon(
                         direct_connection, app_port, random.Random(rng.random()), tally, deadline
                     )
-        assert app.process.poll() is None, app.log()
-        tally.rss_samples_kib.append(rss_kib(app.pid))
+        # Graceful stop: everything in flight finished, then the process exits
+        # 0 (the multiplexing clients keep their connections busy to the end).
+        assert app.process.wait(1) == 0, app.log()
     samples = tally.rss_samples_kib
     third = max(len(samples) // 3, 1)
     # Transient peaks come from the multi-MiB bodies in flight; a leak shows
@@ -281,6 +350,9 @@ async def test_soak_mixed_traffic_is_byte_exact_and_memory_flat(tmp_path: Path) 
         "connections_closed_on_purpose": tally.connection_closes,
         "corrupted": len(tally.corrupted),
         "failed": len(tally.failed),
+        "refused_after_stop": dict(tally.refused_after_stop),
+        "exit_seconds_after_sigterm": round(tally.exit_time - tally.stop_time, 2),
+        "exit_seconds_after_load": round(tally.exit_time - deadline, 2),
         "rss_kib_first": samples[0],
         "rss_kib_floor_middle_third": floor_middle,
         "rss_kib_floor_last_third": floor_end,
