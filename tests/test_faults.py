@@ -479,3 +479,38 @@ async def test_faults_handler_finishing_within_grace_period_is_not_cut(
         await stream.aclose()
     assert response.body == b"finished"
     assert tracebacks(caplog) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="core bug: serve_connection accepts shutdown_event (and grace_period) but never "
+    "looks at them; only the listeners' _Server does",
+)
+async def test_faults_serve_connection_honours_shutdown_event(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    # serve_connection takes the same options as serve_tcp. Setting
+    # shutdown_event should let the request in flight finish, then close the
+    # connection, as it does for connections of serve_tcp.
+    shutdown = trio.Event()
+    entered = trio.Event()
+
+    async def slow(request: Request) -> None:
+        entered.set()
+        await trio.sleep(1)
+        await request.respond(b"finished")
+
+    client, server = trio.testing.memory_stream_pair()
+    nursery.start_soon(
+        functools.partial(
+            serve_connection, slow, server, shutdown_event=shutdown, idle_timeout=None
+        )
+    )
+    web = FakeWebServer(client)
+    await web.request(1)
+    await entered.wait()
+    shutdown.set()
+    assert (await web.read_response(1)).body == b"finished"
+    with trio.move_on_after(60):
+        await web.read_eof()
+    assert web.eof, "the connection stayed open after shutdown_event was set"
