@@ -514,3 +514,40 @@ async def test_faults_serve_connection_honours_shutdown_event(
     with trio.move_on_after(60):
         await web.read_eof()
     assert web.eof, "the connection stayed open after shutdown_event was set"
+
+
+async def test_faults_graceful_shutdown_closes_idle_connections_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # 100 idle keep-alive connections do not hold a graceful shutdown open:
+    # each is closed (the peer sees EOF) and serve_tcp returns without waiting
+    # for the grace period (no "still busy" warning).
+    shutdown = trio.Event()
+    webs: list[FakeWebServer] = []
+
+    async def hello(request: Request) -> None:
+        await request.respond(b"hello")
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            functools.partial(
+                serve_tcp, hello, 0, host="127.0.0.1", shutdown_event=shutdown, grace_period=30
+            )
+        )
+        port = listeners[0].socket.getsockname()[1]
+        for _ in range(100):
+            web = FakeWebServer(await _connect(port))
+            await web.request(1)
+            await web.read_response(1)
+            webs.append(web)
+        shutdown.set()
+
+        async def close_on_eof(web: FakeWebServer) -> None:  # as nginx does
+            await web.read_eof()
+            await web.stream.aclose()
+
+        for web in webs:
+            nursery.start_soon(close_on_eof, web)
+    assert all(web.eof for web in webs)
+    assert "still busy" not in caplog.text
+    assert tracebacks(caplog) == []

@@ -452,3 +452,30 @@ async def test_limits_unix_socket_refuses_regular_file(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError):
         await serve_unix(respond_ok, path)
     assert path.read_bytes() == b"precious"
+
+
+async def test_limits_max_conns_stops_accepting_until_a_connection_closes(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    # With max_conns connections open the server stops accepting (a WARNING
+    # says so); the next connection waits in the kernel's backlog and is served
+    # as soon as one closes.
+    listeners = await nursery.start(
+        functools.partial(serve_tcp, respond_ok, 0, host="127.0.0.1", max_conns=2)
+    )
+    port = listeners[0].socket.getsockname()[1]
+    first, second, third = [
+        FakeWebServer(await trio.open_tcp_stream("127.0.0.1", port)) for _ in range(3)
+    ]
+    for web in (first, second):
+        await web.request(1)
+        assert (await web.read_response(1)).body == b"ok"
+    await third.request(1)
+    with trio.move_on_after(0.3) as waited:  # a negative: give it a moment
+        await third.read_response(1)
+    assert waited.cancelled_caught, "a third connection was served with max_conns=2"
+    assert "max_conns (2) connections open" in caplog.text
+    await first.stream.aclose()
+    assert (await third.read_response(1)).body == b"ok"
+    await second.stream.aclose()
+    await third.stream.aclose()
