@@ -1055,14 +1055,19 @@ def extra_upload(backends: dict[str, Backend], work: Path, size: int) -> Result:
     return result
 
 
-def extra_profile(backends: dict[str, Backend], work: Path, duration: float, wrk: str) -> Result:
+def extra_profile(
+    backends: dict[str, Backend], work: Path, duration: float, wrk: str, *, keepalive: bool
+) -> Result:
+    """py-spy (raw stacks, idle included) of the native backend while wrk loads
+    /hello through nginx, with or without upstream keepalive."""
     py_spy = which("py-spy")
     if py_spy is None:
         log("  profile: skipped, py-spy is not installed (pip install py-spy)")
         return {}
     backend = backends["trio-native"]
     started = start_backend(backend, work)
-    raw_path = work / "profile.txt"
+    raw_path = work / f"profile-{'keepalive' if keepalive else 'new-conn'}.txt"
+    port = started.keepalive_port if keepalive else started.new_conn_port
     try:
         wrk_proc = subprocess.Popen(
             [
@@ -1070,7 +1075,7 @@ def extra_profile(backends: dict[str, Backend], work: Path, duration: float, wrk
                 "-t1",
                 "-c32",
                 f"-d{duration + 4:g}s",
-                f"http://127.0.0.1:{started.keepalive_port}/hello",
+                f"http://127.0.0.1:{port}/hello",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -1089,7 +1094,6 @@ def extra_profile(backends: dict[str, Backend], work: Path, duration: float, wrk
                 "250",
                 "--format",
                 "raw",
-                "--nonblocking",
                 "--idle",
                 "-o",
                 str(raw_path),
@@ -1353,17 +1357,21 @@ def main() -> int:
             profile_dir = root / "profile"
             profile_dir.mkdir()
             log("")
-            log("== py-spy profile of the native backend, hello with keepalive")
-            extras["profile"] = extra_profile(by_key, profile_dir, min(args.duration, 10), wrk)
-            profile = extras["profile"]
-            if "self" in profile:
-                log(f"  {profile['samples']} samples, {profile['idle_pct']}% idle (waiting)")
-                log("  self time:")
-                for name, pct in profile["self"][:20]:
-                    log(f"    {pct:5.1f}%  {name}")
-                log("  inclusive time:")
-                for name, pct in profile["inclusive"][:30]:
-                    log(f"    {pct:5.1f}%  {name}")
+            for keepalive in (True, False):
+                name = "keepalive" if keepalive else "new connection per request"
+                log(f"== py-spy profile of the native backend, hello, {name}")
+                profile = extra_profile(
+                    by_key, profile_dir, min(args.duration, 10), wrk, keepalive=keepalive
+                )
+                extras[f"profile ({name})"] = profile
+                if "self" in profile:
+                    log(f"  {profile['samples']} samples, {profile['idle_pct']}% idle (waiting)")
+                    log("  self time:")
+                    for func, pct in profile["self"][:20]:
+                        log(f"    {pct:5.1f}%  {func}")
+                    log("  inclusive time:")
+                    for func, pct in profile["inclusive"][:30]:
+                        log(f"    {pct:5.1f}%  {func}")
 
         info = machine_info(backends)
         elapsed = time.monotonic() - started_at
