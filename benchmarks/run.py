@@ -1201,6 +1201,13 @@ def machine_info(backends: list[Backend]) -> dict[str, Any]:
 # -- main -----------------------------------------------------------------------------
 
 
+def plot_title(info: dict[str, Any], command: str) -> str:
+    return (
+        f"FastCGI backends behind {info['versions'].get('nginx', 'nginx')}, wrk -t1 -c32 "
+        f"({command.removeprefix('python ')}); {info['nproc']} cores ({info['cpu']})"
+    )
+
+
 def replot(source: Path, target: Path) -> int:
     saved = json.loads(source.read_text())
     rounds: Rounds = saved["rounds"]
@@ -1209,7 +1216,8 @@ def replot(source: Path, target: Path) -> int:
         backend.skip_reason = saved.get("skipped", {}).get(backend.key)
     broken: dict[str, dict[str, str]] = saved.get("broken", {})
     log(report(backends, rounds, SCENARIOS, broken))
-    plot(target, backends, rounds, SCENARIOS, saved.get("title", ""))
+    title = saved.get("title") or plot_title(saved["machine"], saved["command"])
+    plot(target, backends, rounds, SCENARIOS, title)
     log(f"plot written to {target}")
     return 0
 
@@ -1376,10 +1384,7 @@ def main() -> int:
         info = machine_info(backends)
         elapsed = time.monotonic() - started_at
         command = " ".join(["python", "benchmarks/run.py", *sys.argv[1:]])
-        title = (
-            f"FastCGI backends behind {info['versions'].get('nginx', 'nginx')}, wrk -t1 -c32, "
-            f"{args.rounds} rounds x {args.duration:g} s; {info['nproc']} cores ({info['cpu']})"
-        )
+        title = plot_title(info, command)
         if rounds:
             plot(args.plot, backends, rounds, scenarios, title)
             log(f"\nplot written to {args.plot}")
