@@ -38,3 +38,16 @@ def docs(session: nox.Session) -> None:
     session.run(
         "sphinx-build", "-W", "-n", "--keep-going", "-b", "html", "docs", "docs/_build/html"
     )
+
+
+@nox.session(python="3.11")
+def bench(session: nox.Session) -> None:
+    """Benchmarks against peers behind nginx + wrk (see benchmarks/README.md).
+
+    Needs Debian's nginx and wrk (golang-go and php-fpm for those peers); a
+    missing peer is skipped with a line saying why.
+    """
+    session.install("-e", ".", "flup", "fcgisgi", "gevent-fastcgi", "matplotlib", "py-spy")
+    session.run(
+        "python", "benchmarks/run.py", *(session.posargs or ["--rounds", "3", "--duration", "10"])
+    )
