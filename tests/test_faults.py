@@ -481,11 +481,6 @@ async def test_faults_handler_finishing_within_grace_period_is_not_cut(
     assert tracebacks(caplog) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: serve_connection accepts shutdown_event (and grace_period) but never "
-    "looks at them; only the listeners' _Server does",
-)
 async def test_faults_serve_connection_honours_shutdown_event(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:

@@ -670,3 +670,32 @@ async def test_half_close_then_drain(nursery: trio.Nursery) -> None:
     await web.read_eof()
     await web.send(b"trailing bytes are read and dropped")
     await web.stream.send_eof()  # type: ignore[attr-defined]
+
+
+async def test_shutdown_event_cancels_after_grace_period(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    shutdown = trio.Event()
+    cancelled_at: list[float] = []
+
+    async def stuck(request: Request) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            cancelled_at.append(trio.current_time())
+
+    client, server = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            functools.partial(
+                serve_connection, stuck, server, shutdown_event=shutdown, grace_period=7
+            )
+        )
+        web = FakeWebServer(client)
+        await web.request(1)
+        await trio.testing.wait_all_tasks_blocked()
+        start = trio.current_time()
+        shutdown.set()
+        await web.read_eof()
+    assert cancelled_at == [pytest.approx(start + 7)]
+    assert "still busy after 7 s" in caplog.text

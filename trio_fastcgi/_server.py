@@ -47,9 +47,33 @@ async def serve_connection(
     ends it. The stream is closed on return.
 
     Every exception from *handler* is handled (see :func:`serve_listeners`);
-    the web server's misbehaviour is logged, never raised.
+    the web server's misbehaviour is logged, never raised. Setting the
+    ``shutdown_event`` option lets the requests in flight finish (within
+    ``grace_period``), then closes the connection.
     """
-    await ServedConnection(handler, stream, Config.from_options(options)).run()
+    config = Config.from_options(options)
+    connection = ServedConnection(handler, stream, config)
+    if config.shutdown_event is None:
+        await connection.run()
+        return
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_shut_down_when_set, connection, config.shutdown_event, config)
+        await connection.run()
+        nursery.cancel_scope.cancel()
+
+
+async def _shut_down_when_set(
+    connection: ServedConnection, event: trio.Event, config: Config
+) -> None:
+    await event.wait()
+    connection.begin_shutdown()
+    await trio.sleep(config.grace_period)
+    LOGGER.warning(
+        "graceful shutdown: cancelling %s, still busy after %s s",
+        connection.name,
+        config.grace_period,
+    )
+    connection.cancel_scope.cancel()
 
 
 @final
