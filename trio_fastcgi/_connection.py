@@ -158,7 +158,7 @@ class FastCGIConnection:
 
     @property
     def should_close(self) -> bool:
-        """True when the application should close the connection: a request
+        """Whether the application should close the connection, because a request
         without ``FCGI_KEEP_CONN`` has ended and nothing else is pending."""
         return not self._keep_alive and not self._requests and not self._rejected
 

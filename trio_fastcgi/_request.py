@@ -132,12 +132,12 @@ class Request:
 
     @property
     def data_length(self) -> int | None:
-        """Filter role: ``FCGI_DATA_LENGTH``, the size of the data stream."""
+        """``FCGI_DATA_LENGTH``, the size of the Filter role's data stream."""
         return _length_param(self._raw(b"FCGI_DATA_LENGTH"))
 
     @property
     def data_last_mod(self) -> int | None:
-        """Filter role: ``FCGI_DATA_LAST_MOD``, the file's mtime (Unix time)."""
+        """``FCGI_DATA_LAST_MOD``, the Filter role's file mtime (Unix time)."""
         return _length_param(self._raw(b"FCGI_DATA_LAST_MOD"))
 
     async def respond(

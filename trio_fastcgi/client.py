@@ -88,7 +88,7 @@ __all__ = [
 ParamsArg: TypeAlias = (
     "Mapping[str, str] | Mapping[bytes, bytes] | Iterable[tuple[str | bytes, str | bytes]]"
 )
-#: A request body: bytes, or an async iterable of byte chunks (streamed).
+#: The request body, as bytes or an async iterable of byte chunks (streamed).
 BodyArg: TypeAlias = "bytes | bytearray | memoryview | AsyncIterable[bytes]"
 
 ServerProtocolError.__module__ = "trio_fastcgi.client"
