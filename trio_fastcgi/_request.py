@@ -57,9 +57,7 @@ class Request:
       raw_params: the params exactly as received: ``(name, value)`` byte
         strings, in order, duplicates kept.
       stdin: the request body (``FCGI_STDIN``). Empty for an Authorizer.
-      data: the Filter role's file (``FCGI_DATA``); empty for other roles.
       stdout: where the CGI response goes (``FCGI_STDOUT``).
-      stderr: error output for the web server's log (``FCGI_STDERR``).
     """
 
     def __init__(
@@ -85,20 +83,56 @@ class Request:
                 None if role is Role.AUTHORIZER else _length_param(self._raw(b"CONTENT_LENGTH"))
             ),
         )
-        self.data = InputStream(
-            "data",
-            buffer_size=input_buffer_size,
-            expected_length=(
-                _length_param(self._raw(b"FCGI_DATA_LENGTH")) if role is Role.FILTER else None
-            ),
-        )
         if role is Role.AUTHORIZER:
             self.stdin._feed_eof()
-        if role is not Role.FILTER:
-            self.data._feed_eof()
+        # Only a Filter reads data, and few handlers write stderr: both streams
+        # are made on first use, which keeps a Responder request cheap.
+        self._input_buffer_size = input_buffer_size
+        self._outbox = outbox
+        self._data: InputStream | None = None
+        self._stderr: OutputStream | None = None
+        self._finished = False
         self.stdout = OutputStream(request_id, Stdout, outbox)
-        self.stderr = OutputStream(request_id, Stderr, outbox)
         self.cancel_scope = trio.CancelScope()
+
+    @property
+    def data(self) -> InputStream:
+        """The Filter role's file (``FCGI_DATA``); empty for other roles."""
+        if self._data is None:
+            filtering = self.role is Role.FILTER
+            length = _length_param(self._raw(b"FCGI_DATA_LENGTH")) if filtering else None
+            self._data = InputStream(
+                "data", buffer_size=self._input_buffer_size, expected_length=length
+            )
+            if not filtering:
+                self._data._feed_eof()
+            elif self._finished:
+                self._data._discard()
+        return self._data
+
+    @property
+    def stderr(self) -> OutputStream:
+        """Error output for the web server's log (``FCGI_STDERR``)."""
+        if self._stderr is None:
+            self._stderr = OutputStream(self.request_id, Stderr, self._outbox)
+            self._stderr._closed = self._finished
+        return self._stderr
+
+    def _finish(self) -> None:
+        """The handler is done: drop unread input, refuse further output."""
+        self._finished = True
+        self.stdin._discard()
+        if self._data is not None:
+            self._data._discard()
+        self.stdout._closed = True
+        if self._stderr is not None:
+            self._stderr._closed = True
+
+    def _close_input(self) -> None:
+        """The connection is gone: wake any reader with ClosedResourceError."""
+        self.stdin._close()
+        if self._data is not None:
+            self._data._close()
 
     def __repr__(self) -> str:
         return f"<Request {self.request_id} {self.role.name}>"

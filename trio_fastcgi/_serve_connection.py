@@ -123,8 +123,7 @@ class ServedConnection:
                     nursery.cancel_scope.cancel()
         finally:
             for request in self._requests.values():
-                request.stdin._close()
-                request.data._close()
+                request._close_input()
             await trio.aclose_forcefully(self._stream)
             LOGGER.debug("%s: closed", self.name)
 
@@ -304,9 +303,7 @@ class ServedConnection:
                     app_status = self._app_status(result)
         finally:
             del self._requests[request.request_id]
-            request.stdin._discard()
-            request.data._discard()
-            request.stdout._closed = request.stderr._closed = True
+            request._finish()
         await queue_output(
             self._outbox, EndRequest(request.request_id, app_status, protocol_status)
         )

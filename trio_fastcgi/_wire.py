@@ -153,30 +153,32 @@ def decode_pairs(buffer: bytes) -> list[tuple[bytes, bytes]]:
     pairs: list[tuple[bytes, bytes]] = []
     end = len(buffer)
     pos = 0
-    while pos < end:
-        lengths = [0, 0]
-        for i in (0, 1):
-            if pos >= end:
-                raise WireError("name-value pair truncated inside a length")
-            first = buffer[pos]
-            if first < 0x80:
-                lengths[i] = first
+    unpack_long = _LONG_LENGTH.unpack_from
+    try:
+        while pos < end:
+            name_len = buffer[pos]
+            if name_len < 0x80:
                 pos += 1
             else:
-                if pos + 4 > end:
-                    raise WireError("name-value pair truncated inside a length")
-                lengths[i] = _LONG_LENGTH.unpack_from(buffer, pos)[0] & 0x7FFFFFFF
+                name_len = unpack_long(buffer, pos)[0] & 0x7FFFFFFF
                 pos += 4
-        name_len, value_len = lengths
-        if name_len + value_len > end - pos:
-            raise WireError(
-                f"name-value pair declares {name_len} + {value_len} bytes "
-                f"but only {end - pos} remain"
-            )
-        name_end = pos + name_len
-        value_end = name_end + value_len
-        pairs.append((buffer[pos:name_end], buffer[name_end:value_end]))
-        pos = value_end
+            value_len = buffer[pos]
+            if value_len < 0x80:
+                pos += 1
+            else:
+                value_len = unpack_long(buffer, pos)[0] & 0x7FFFFFFF
+                pos += 4
+            if name_len + value_len > end - pos:
+                raise WireError(
+                    f"name-value pair declares {name_len} + {value_len} bytes "
+                    f"but only {end - pos} remain"
+                )
+            name_end = pos + name_len
+            value_end = name_end + value_len
+            pairs.append((buffer[pos:name_end], buffer[name_end:value_end]))
+            pos = value_end
+    except (IndexError, struct.error):
+        raise WireError("name-value pair truncated inside a length") from None
     return pairs
 
 
