@@ -2,9 +2,10 @@
 
 ``tests/fuzz/corpus/core/`` holds inputs for the sans-IO core harness and
 ``tests/fuzz/corpus/connection/`` inputs for the Trio connection harness: the
-hand-made seeds (``seed-*``, written by ``tests/fuzz/make_seeds.py``) and every
-input a fuzzing run found that broke a property (``crash-*`` files copied from
-atheris's artifact directory, kept after the bug was fixed). Each one must now
+hand-made seeds (``seed-*``, written by ``tests/fuzz/make_seeds.py``), the
+inputs libFuzzer kept because they reached new code (``found-*``, copied from a
+fuzzing run's corpus directory), and any input a fuzzing run found that broke a
+property (``crash-*`` from atheris's artifact directory, kept after the fix). Each one must now
 pass all the properties its harness checks (see the harness docstrings).
 """
 
