@@ -9,7 +9,8 @@ time), with a handler whose behaviour each request picks through its params:
 ``MODE=echo`` (default)  read the whole body, write a head and the body back in
                          ``S``-byte pieces
 ``MODE=stream``          write ``N`` chunks of ``S`` bytes, ``D`` tenths of a
-                         second apart, without reading stdin
+                         second apart, without reading stdin; a line to
+                         stderr after every other chunk
 ``MODE=sleep``           sleep ``D`` tenths of a second, then respond
 ``MODE=raise``           write ``W`` bytes, then raise ``RuntimeError``
 ``MODE=noread``          respond at once without reading stdin
@@ -25,9 +26,10 @@ Every run checks, whatever bytes were sent:
   only STDOUT, STDERR, END_REQUEST and management records, never more
   END_REQUESTs for an id than the peer sent BEGIN_REQUESTs for it, and never
   output for an id the peer did not begin;
-- per request id, the STDOUT received is a prefix of what its handlers wrote
-  (plus the library's 500 page when a handler failed before writing), and all
-  of it once every handler finished while the connection was still open.
+- per request id, STDOUT and STDERR received are each a prefix of what its
+  handlers wrote there (STDOUT plus the library's 500 page when a handler
+  failed before writing), and all of it once every handler finished while the
+  connection was still open.
 
 The hypothesis test ``tests/test_hardening_stateful.py`` generates structured
 programs and adds stronger checks; ``fuzz_connection.py`` feeds atheris input
@@ -122,6 +124,7 @@ class Outcome:
     management: list[Record]
     handlers_started: Counter[int]
     handler_writes: dict[int, bytes]
+    handler_errors: dict[int, bytes]
     server_closed_first: bool
     #: Ids whose handlers had all returned when the peer closed (empty if the
     #: server closed first): their output must have arrived whole.
@@ -155,11 +158,16 @@ class EchoHandler:
         self.running = 0
         self.running_ids: Counter[int] = Counter()
         self.writes: dict[int, bytearray] = {}
+        self.errors: dict[int, bytearray] = {}  # what went to stderr
 
     async def _write(self, request: Request, data: bytes) -> None:
         await request.stdout.send_all(data)
         # send_all returned: the chunk is queued and will go out in order.
         self.writes.setdefault(request.request_id, bytearray()).extend(data)
+
+    async def _log(self, request: Request, data: bytes) -> None:
+        await request.stderr.send_all(data)
+        self.errors.setdefault(request.request_id, bytearray()).extend(data)
 
     async def __call__(self, request: Request) -> int:
         rid = request.request_id
@@ -197,6 +205,8 @@ class EchoHandler:
             await self._write(request, b"Status: 200 OK\r\n\r\n")
             for index in range(_int_param(request, "N", 3, 50)):
                 await self._write(request, payload(rid, index, size))
+                if index % 2:
+                    await self._log(request, b"chunk %d of request %d\n" % (index, rid))
                 await trio.sleep(delay)
             return 0
         if mode == "sleep":
@@ -350,6 +360,7 @@ def run_connection_program(program: Program) -> Outcome:
         management=[],
         handlers_started=handler.started,
         handler_writes={rid: bytes(data) for rid, data in handler.writes.items()},
+        handler_errors={rid: bytes(data) for rid, data in handler.errors.items()},
         server_closed_first=server_first,
         done_before_close=frozenset() if server_first else done,
         log=log_handler.records,
@@ -408,6 +419,14 @@ def _check(program: Program, output: bytes, outcome: Outcome) -> None:
                 f"stdout of request {rid} lost data: {len(got)} of {len(written)} bytes"
             )
     for rid, response in outcome.responses.items():
+        logged = outcome.handler_errors.get(rid, b"")
+        if not logged.startswith(response.stderr) or (
+            rid in outcome.done_before_close and response.stderr != logged
+        ):
+            raise PropertyViolation(
+                f"stderr of request {rid} is not what its handler wrote: "
+                f"{response.stderr[:200]!r} vs {logged[:200]!r}"
+            )
         if response.stdout and rid not in outcome.handler_writes:
             raise PropertyViolation(f"stdout for request {rid} that no handler wrote")
 
