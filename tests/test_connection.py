@@ -195,6 +195,16 @@ def test_params_limit() -> None:
         drain(conn, stream)
 
 
+def test_params_pair_count_limit() -> None:
+    # 320 bytes of params allow 10 pairs (one per 32 bytes), whatever their size.
+    pairs = [(b"a", b"")] * 10
+    ok = helpers.begin_record(1) + helpers.params_records(1, pairs)
+    assert drain(FastCGIConnection(max_params_size=320), ok)[-1] == Params(1, tuple(pairs))
+    too_many = helpers.begin_record(1) + helpers.params_records(1, [*pairs, (b"b", b"")])
+    with pytest.raises(RemoteProtocolError, match="more than 10 name-value pairs"):
+        drain(FastCGIConnection(max_params_size=320), too_many)
+
+
 def test_huge_declared_length_allocates_nothing() -> None:
     # 0x7fffffff declared: rejected by comparing with what is there.
     pairs = b"\xff\xff\xff\xff\xff\xff\xff\xff" + b"x" * 16

@@ -134,9 +134,9 @@ async def test_limits_millions_of_tiny_pairs_are_bounded(
     nursery: trio.Nursery, caplog: pytest.LogCaptureFixture, traced: None
 ) -> None:
     # Two million empty-valued pairs (6 MB): refused at max_params_size. The
-    # largest set that is accepted (128 KiB of 3-byte pairs, 43,690 pairs) is
-    # decoded into Python objects; its footprint is the bound stated in
-    # docs/reliability.md.
+    # pair count is capped too (max_params_size / 32 = 4,096 pairs): the
+    # largest set accepted is decoded into Python objects, and its footprint is
+    # the bound stated in docs/reliability.md; one pair more is refused.
     seen: list[int] = []
     peak_when_served: list[int] = []
 
@@ -146,12 +146,19 @@ async def test_limits_millions_of_tiny_pairs_are_bounded(
         await request.respond(b"ok")
 
     web, _ = start(nursery, count_params)
-    tiny = b"\x01\x00a" * (128 * 1024 // 3)
-    await web.send(helpers.begin_record(1) + helpers.stream_records(helpers.PARAMS, 1, tiny))
+    most = b"\x01\x00a" * 4096
+    await web.send(helpers.begin_record(1) + helpers.stream_records(helpers.PARAMS, 1, most))
     await web.send(helpers.record(helpers.STDIN, 1))
     assert (await web.read_response(1)).protocol_status == 0
-    assert seen == [43690]
-    assert peak_when_served[0] < 16 * 1024 * 1024  # ~120 bytes per decoded pair
+    assert seen == [4096]
+    assert peak_when_served[0] < 2 * 1024 * 1024  # ~130 bytes per decoded pair
+
+    web1, _ = start(nursery, count_params)
+    await web1.send(
+        helpers.begin_record(1) + helpers.stream_records(helpers.PARAMS, 1, most + b"\x01\x00a")
+    )
+    await web1.read_eof()
+    assert any("more than 4096 name-value pairs" in m for m in warnings_from(caplog))
 
     web2, counting = start(nursery, count_params)
     with trio.move_on_after(30):
@@ -163,9 +170,30 @@ async def test_limits_millions_of_tiny_pairs_are_bounded(
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         await web2.read_eof()
-    assert seen == [43690]  # the flood never reached the handler
+    assert seen == [4096]  # the flood never reached the handler
     assert any("max_params_size" in m for m in warnings_from(caplog))
     assert counting.received <= 128 * 1024 + RECEIVE_SIZE + MAX_RECORD
+
+
+async def test_limits_decoded_params_stay_within_a_small_multiple_of_the_limit(
+    nursery: trio.Nursery, traced: None
+) -> None:
+    # Five concurrent requests on one connection, each with the most params
+    # max_params_size allows (4,096 pairs), all as 3-byte pairs. What the library then holds
+    # should stay within a small multiple (4x) of what the limits admit on the
+    # wire: max_reqs * max_params_size.
+    async def wait_for_body(request: Request) -> None:
+        await request.stdin.receive_all()
+        await request.respond(b"ok")
+
+    web, _ = start(nursery, wait_for_body, max_reqs=5, read_timeout=None)
+    tiny = b"\x01\x00a" * 4096  # the most pairs max_params_size admits
+    for rid in range(1, 6):
+        await web.send(
+            helpers.begin_record(rid) + helpers.stream_records(helpers.PARAMS, rid, tiny)
+        )
+    await trio.testing.wait_all_tasks_blocked()
+    assert library_memory() < 4 * 5 * 128 * 1024
 
 
 # -- stdin ----------------------------------------------------------------------

@@ -699,3 +699,38 @@ async def test_shutdown_event_cancels_after_grace_period(
         await web.read_eof()
     assert cancelled_at == [pytest.approx(start + 7)]
     assert "still busy after 7 s" in caplog.text
+
+
+async def test_shutdown_waits_for_the_first_request_of_a_fresh_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A connection accepted just before the shutdown has its first request on
+    # the way: it is served, not closed under it.
+    shutdown = trio.Event()
+    client, server = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            functools.partial(serve_connection, echo, server, shutdown_event=shutdown)
+        )
+        web = FakeWebServer(client)
+        shutdown.set()
+        await trio.sleep(1)
+        await web.request(1, stdin=b"late but welcome")
+        assert (await web.read_response(1)).body == b"late but welcome"
+        await web.read_eof()  # then closed, being idle during shutdown
+
+
+async def test_shutdown_closes_a_fresh_connection_that_stays_silent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    shutdown = trio.Event()
+    client, server = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            functools.partial(serve_connection, echo, server, shutdown_event=shutdown)
+        )
+        web = FakeWebServer(client)
+        shutdown.set()
+        start = trio.current_time()
+        await web.read_eof()
+        assert trio.current_time() - start == pytest.approx(2.0)

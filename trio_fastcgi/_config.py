@@ -94,8 +94,9 @@ class Config:
       mpxs_conns: accept several concurrent requests on one connection
         (multiplexing). If false, a second one gets ``FCGI_CANT_MPX_CONN``.
         Reported as ``FCGI_MPXS_CONNS``. Default true.
-      max_params_size: bytes of ``FCGI_PARAMS`` one request may send; more closes
-        the connection as a protocol error. Default 128 KiB.
+      max_params_size: bytes of ``FCGI_PARAMS`` one request may send, and
+        (divided by 32) name-value pairs; more closes the connection as a
+        protocol error. Default 128 KiB (4,096 pairs).
       input_buffer_size: unread stdin/data bytes buffered per request before the
         connection stops reading (backpressure to the web server). Default
         256 KiB.

@@ -55,6 +55,11 @@ DEFAULT_MAX_REQS: Final = 100
 #: nginx sends a few hundred bytes of params; long cookies and URLs make tens of
 #: KiB. 128 KiB allows those and bounds what a request can make us buffer.
 DEFAULT_MAX_PARAMS_SIZE: Final = 128 * 1024
+#: Each decoded pair costs Python objects (a tuple, two bytes) far larger than
+#: its two length bytes on the wire, so the params limit also caps the number
+#: of pairs: one per PARAMS_PAIR_COST bytes of max_params_size (4,096 pairs for
+#: the default; nginx sends a few dozen).
+PARAMS_PAIR_COST: Final = 32
 
 _REQUEST_RECORDS: Final = frozenset(
     {
@@ -108,8 +113,9 @@ class FastCGIConnection:
         ``FCGI_MAX_REQS``.
       mpxs_conns: whether several requests may be active at once. If not, a
         second one is rejected with ``FCGI_CANT_MPX_CONN``.
-      max_params_size: the most bytes of ``FCGI_PARAMS`` one request may send;
-        more is a :class:`RemoteProtocolError`.
+      max_params_size: the most bytes of ``FCGI_PARAMS`` one request may send,
+        and (divided by 32) the most name-value pairs; more is a
+        :class:`RemoteProtocolError`.
     """
 
     def __init__(
@@ -295,7 +301,7 @@ class FastCGIConnection:
         request.params = []
         whole = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         try:
-            pairs = decode_pairs(whole)
+            pairs = decode_pairs(whole, max(1, self._max_params_size // PARAMS_PAIR_COST))
         except WireError as exc:
             raise RemoteProtocolError(
                 f"malformed FCGI_PARAMS for request {request_id}: {exc}"

@@ -65,6 +65,9 @@ COALESCE_LIMIT: Final = 256 * 1024
 #: sends before closing: closing with unread input makes the kernel send RST,
 #: and the web server may then drop the response it has not read yet.
 DRAIN_TIMEOUT: Final = 5.0
+#: On graceful shutdown, how long a connection that has not begun a request yet
+#: (accepted just before the shutdown) waits for its first one before closing.
+FIRST_REQUEST_WAIT: Final = 2.0
 #: Sent when a handler fails before writing anything, so the client gets a
 #: clean 500 instead of the web server's "upstream closed prematurely" 502.
 _ERROR_RESPONSE: Final = (
@@ -102,6 +105,8 @@ class ServedConnection:
         self.cancel_scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
         self._shutting_down = False
+        self._shutdown_at = math.inf
+        self._begun_any = False
         self._idle_closing = False
         self._closing = False  # the writer has half-closed; the reader drains
         self._drain_deadline = math.inf
@@ -129,8 +134,15 @@ class ServedConnection:
 
     def begin_shutdown(self) -> None:
         """Finish the requests in flight, then close. New requests that arrive
-        meanwhile are still served."""
+        meanwhile are still served.
+
+        A connection that has not begun a request yet was accepted just now and
+        its first request is on the way: it gets FIRST_REQUEST_WAIT seconds to
+        arrive before the connection is closed, so that it is not refused.
+        """
         self._shutting_down = True
+        self._shutdown_at = trio.current_time()
+        self._update_receive_deadline()
         self._wake_writer()
 
     # -- reading -----------------------------------------------------------------
@@ -143,11 +155,14 @@ class ServedConnection:
             return math.inf  # waiting for the writer to flush and half-close
         if self._mid_input_since is not None and config.read_timeout is not None:
             return self._mid_input_since + config.read_timeout
-        if config.idle_timeout is not None:
-            # A lazy timer: armed even while requests run, and re-armed when it
-            # fires too early, so ending a request never has to move a deadline.
-            return self._idle_since + config.idle_timeout
-        return math.inf
+        # A lazy timer: armed even while requests run, and re-armed when it
+        # fires too early, so ending a request never has to move a deadline.
+        deadline = (
+            math.inf if config.idle_timeout is None else self._idle_since + config.idle_timeout
+        )
+        if self._shutting_down and not self._begun_any:
+            deadline = min(deadline, self._shutdown_at + FIRST_REQUEST_WAIT)
+        return deadline
 
     def _update_receive_deadline(self) -> None:
         if self._receive_scope is not None:
@@ -196,7 +211,7 @@ class ServedConnection:
                     self._config.idle_timeout,
                 )
                 self._idle_closing = True
-                self._request_close()
+                self._wake_writer()
                 continue
             now = trio.current_time()
             self._idle_since = now
@@ -229,6 +244,7 @@ class ServedConnection:
                 self._start_request(event)
             case BeginRequest(request_id):
                 self._pending[request_id] = event
+                self._begun_any = True
             case AbortRequest(request_id):
                 await self._abort(request_id)
             case RequestRejected(request_id, protocol_status, role):
@@ -342,16 +358,13 @@ class ServedConnection:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
-    def _request_close(self) -> None:
-        """Close once everything queued is written (idle or read timeout)."""
-        self._shutting_down = True
-        self._wake_writer()
-
     def _should_close(self) -> bool:
         conn = self._conn
         if conn.should_close:
             return True
-        return self._shutting_down and conn.idle and not self._requests and not self._pending
+        if not conn.idle or self._requests or self._pending:
+            return False
+        return self._idle_closing or (self._shutting_down and self._begun_any)
 
     async def _write_loop(self) -> None:
         conn = self._conn

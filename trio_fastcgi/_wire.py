@@ -143,12 +143,12 @@ def encode_pairs(pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
     return b"".join(parts)
 
 
-def decode_pairs(buffer: bytes) -> list[tuple[bytes, bytes]]:
+def decode_pairs(buffer: bytes, max_pairs: int | None = None) -> list[tuple[bytes, bytes]]:
     """Decode a whole name-value pair stream.
 
     Both length forms are accepted for any length. A declared length that runs
     past the end of *buffer* raises :class:`WireError` before anything is
-    allocated for it.
+    allocated for it, and so does a pair beyond *max_pairs*.
     """
     pairs: list[tuple[bytes, bytes]] = []
     end = len(buffer)
@@ -175,6 +175,8 @@ def decode_pairs(buffer: bytes) -> list[tuple[bytes, bytes]]:
                 )
             name_end = pos + name_len
             value_end = name_end + value_len
+            if len(pairs) == max_pairs:
+                raise WireError(f"more than {max_pairs} name-value pairs")
             pairs.append((buffer[pos:name_end], buffer[name_end:value_end]))
             pos = value_end
     except (IndexError, struct.error):
