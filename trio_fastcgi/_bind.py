@@ -8,14 +8,14 @@ inherits the same ones.
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
-import stat
 from collections.abc import Mapping
 from typing import Final, Literal
 
 import attrs
+
+from ._listeners import unlink_stale_socket
 
 #: The first fd systemd passes (``SD_LISTEN_FDS_START``).
 SD_LISTEN_FDS_START: Final = 3
@@ -117,25 +117,8 @@ def _adopt_fd(fd: int) -> socket.socket:
     return sock
 
 
-def _unlink_stale(path: str) -> None:
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise FileExistsError(errno.EEXIST, "exists and is not a socket", path)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1.0)
-        try:
-            probe.connect(path)
-        except OSError:
-            os.unlink(path)  # a leftover of a process that is gone
-            return
-    raise OSError(errno.EADDRINUSE, "another process is listening on", path)
-
-
 def _open_unix(path: str, mode: int | None, backlog: int) -> socket.socket:
-    _unlink_stale(path)
+    unlink_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)

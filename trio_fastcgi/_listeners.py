@@ -35,7 +35,7 @@ def protect_std_fds() -> None:
                 os.close(null)
 
 
-def _unlink_stale_socket(path: str) -> None:
+def unlink_stale_socket(path: str) -> None:
     """Remove *path* if it is a unix socket nobody listens on any more."""
     try:
         mode = os.lstat(path).st_mode
@@ -65,7 +65,7 @@ async def open_unix_listener(
     bits (the web server's user needs write permission).
     """
     path = os.fspath(path)
-    _unlink_stale_socket(path)
+    unlink_stale_socket(path)
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         await sock.bind(path)
