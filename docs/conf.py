@@ -86,6 +86,7 @@ nitpick_ignore = [
     # Type variables and private aliases that appear in signatures.
     ("py:class", "ListenerT"),
     ("py:class", "IPAddress"),
+    ("py:class", "trio_fastcgi._record_protocol.EventT"),
 ]
 
 # Classes whose instances the library creates for you: their constructor is

@@ -16,16 +16,15 @@ from collections.abc import Iterable
 from typing import Final, final
 
 from ._events import (
-    NEED_DATA,
     ConnectionClosed,
     EndRequest,
     GetValuesResult,
-    NeedData,
     Stderr,
     Stdout,
     UnknownType,
 )
 from ._exceptions import LocalProtocolError, RemoteProtocolError
+from ._record_protocol import RecordProtocol
 from ._wire import (
     BEGIN_REQUEST_BODY,
     END_REQUEST_BODY,
@@ -33,7 +32,6 @@ from ._wire import (
     MAX_ALIGNED_CONTENT_LEN,
     NULL_REQUEST_ID,
     ProtocolStatus,
-    RecordReader,
     RecordType,
     Role,
     WireError,
@@ -95,7 +93,7 @@ def encode_params(request_id: int, pairs: Iterable[tuple[bytes, bytes]]) -> byte
 
 
 @final
-class ClientConnection:
+class ClientConnection(RecordProtocol[ClientEvent]):
     """The web-server (client) side of one FastCGI transport connection.
 
     Output methods return the bytes of whole records; write them in the order
@@ -106,6 +104,8 @@ class ClientConnection:
     :class:`~trio_fastcgi.EndRequest` has come out of :meth:`next_event`.
     """
 
+    _error_type = ServerProtocolError
+
     def __init__(self) -> None:
         self._requests: dict[int, _ClientRequest] = {}
         # Ids that ended after we aborted them. Some applications (Go's
@@ -113,8 +113,7 @@ class ClientConnection:
         # one when the handler returns; late records for these ids are ignored
         # until the id is used again.
         self._aborted_ended: set[int] = set()
-        self._reader = RecordReader()
-        self._error: ServerProtocolError | None = None
+        super().__init__()
         self._last_was_values_result = False
 
     # -- state ---------------------------------------------------------------
@@ -199,43 +198,9 @@ class ClientConnection:
 
     # -- input ---------------------------------------------------------------
 
-    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        """Add bytes received from the application; ``b""`` means end of file."""
-        if self._error is not None:
-            raise self._error
-        try:
-            self._reader.feed(data)
-        except ValueError:
-            raise LocalProtocolError("receive_data() after end of file") from None
-
-    def next_event(self) -> ClientEvent | NeedData:
-        """The next event, or :data:`~trio_fastcgi.NEED_DATA`.
-
-        Raises:
-          ServerProtocolError: the application broke the protocol; every later
-            call raises it again.
-        """
-        if self._error is not None:
-            raise self._error
-        try:
-            return self._next_event()
-        except ServerProtocolError as exc:
-            self._error = exc
-            raise
-
-    def _next_event(self) -> ClientEvent | NeedData:
-        reader = self._reader
-        while True:
-            try:
-                record = reader.next_record()
-            except WireError as exc:
-                hint = "; the peer may not speak FastCGI" if "version" in str(exc) else ""
-                raise ServerProtocolError(f"{exc}{hint}") from None
-            if record is None:
-                return ConnectionClosed() if reader.eof else NEED_DATA
-            event = self._handle_record(*record)
-            if event is not None:
-                return event
+    def _describe(self, error: WireError) -> str:
+        hint = "; the peer may not speak FastCGI" if "version" in str(error) else ""
+        return f"{error}{hint}"
 
     def _handle_record(
         self, record_type: int, request_id: int, content: bytes

@@ -12,16 +12,13 @@ from collections.abc import Collection, Iterable
 from typing import Final, final
 
 from ._events import (
-    NEED_DATA,
     AbortRequest,
     BeginRequest,
-    ConnectionClosed,
     Data,
     EndRequest,
     GetValues,
     GetValuesResult,
     InputEvent,
-    NeedData,
     OutputEvent,
     Params,
     RequestRejected,
@@ -32,6 +29,7 @@ from ._events import (
     UnknownType,
 )
 from ._exceptions import LocalProtocolError, RemoteProtocolError
+from ._record_protocol import RecordProtocol
 from ._state import STREAM_STATES, Action, RequestState, state_after, stream_action
 from ._wire import (
     BEGIN_REQUEST_BODY,
@@ -39,7 +37,6 @@ from ._wire import (
     NULL_REQUEST_ID,
     UNKNOWN_TYPE_BODY,
     ProtocolStatus,
-    RecordReader,
     RecordType,
     Role,
     WireError,
@@ -101,7 +98,7 @@ class _Request:
 
 
 @final
-class FastCGIConnection:
+class FastCGIConnection(RecordProtocol[InputEvent]):
     """The application side of one FastCGI transport connection.
 
     Args:
@@ -138,8 +135,7 @@ class FastCGIConnection:
             b"FCGI_MAX_REQS": str(max_reqs).encode(),
             b"FCGI_MPXS_CONNS": b"1" if mpxs_conns else b"0",
         }
-        self._reader = RecordReader()
-        self._error: RemoteProtocolError | None = None
+        super().__init__()
         self._requests: dict[int, _Request] = {}
         # Ids refused at BEGIN_REQUEST whose END_REQUEST has not been sent yet.
         self._rejected: set[int] = set()
@@ -179,43 +175,6 @@ class FastCGIConnection:
         return self._reader.has_partial_record
 
     # -- input ---------------------------------------------------------------
-
-    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        """Add bytes received from the web server; ``b""`` means end of file."""
-        if self._error is not None:
-            raise self._error
-        try:
-            self._reader.feed(data)
-        except ValueError:
-            raise LocalProtocolError("receive_data() after end of file") from None
-
-    def next_event(self) -> InputEvent | NeedData:
-        """The next event, or :data:`NEED_DATA` if more bytes are needed first.
-
-        Raises:
-          RemoteProtocolError: the web server broke the protocol. Nothing else
-            escapes this method; anything else would be a bug.
-        """
-        if self._error is not None:
-            raise self._error
-        try:
-            return self._next_event()
-        except RemoteProtocolError as exc:
-            self._error = exc
-            raise
-
-    def _next_event(self) -> InputEvent | NeedData:
-        reader = self._reader
-        while True:
-            try:
-                record = reader.next_record()
-            except WireError as exc:
-                raise RemoteProtocolError(str(exc)) from None
-            if record is None:
-                return ConnectionClosed() if reader.eof else NEED_DATA
-            event = self._handle_record(*record)
-            if event is not None:
-                return event
 
     def _handle_record(
         self, record_type: int, request_id: int, content: bytes
