@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+
 import nox
 
 nox.options.sessions = ["lint", "typecheck", "tests", "docs"]
@@ -38,6 +40,33 @@ def docs(session: nox.Session) -> None:
     session.run(
         "sphinx-build", "-W", "-n", "--keep-going", "-b", "html", "docs", "docs/_build/html"
     )
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """Coverage-guided fuzzing of both targets (seconds each: first posarg, default
+    60), then the stateful connection test with the large hypothesis profile."""
+    session.install("-e", ".[test,fuzz]")
+    seconds = session.posargs[0] if session.posargs else "60"
+    artifacts = session.create_tmp()
+    for target in ("core", "connection"):
+        session.run(
+            "python",
+            f"tests/fuzz/fuzz_{target}.py",
+            f"-max_total_time={seconds}",
+            f"-artifact_prefix={artifacts}/",
+            tempfile.mkdtemp(),
+            f"tests/fuzz/corpus/{target}",
+        )
+    session.run("pytest", "tests/test_hardening_stateful.py", env={"HYPOTHESIS_PROFILE": "fuzz"})
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """The soak through nginx and the multiplexing client (seconds: posarg, default 300)."""
+    session.install("-e", ".[test]")
+    seconds = session.posargs[0] if session.posargs else "300"
+    session.run("pytest", "-s", "tests/integration/test_soak.py", env={"SOAK_SECONDS": seconds})
 
 
 @nox.session(python="3.11")

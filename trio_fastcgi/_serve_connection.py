@@ -170,6 +170,7 @@ class ServedConnection:
         self._shutting_down = False
         self._shutdown_at = math.inf
         self._begun_any = False
+        self._refusals = 0
         self._idle_closing = False
         self._closing = False  # the writer has half-closed; the reader drains
         self._drain_deadline = math.inf
@@ -311,7 +312,10 @@ class ServedConnection:
             case AbortRequest(request_id):
                 await self._abort(request_id)
             case RequestRejected(request_id, protocol_status, role):
-                LOGGER.info(
+                # The first refusal is news; a flood of them must not flood the log.
+                self._refusals += 1
+                LOGGER.log(
+                    logging.INFO if self._refusals == 1 else logging.DEBUG,
                     "%s: refused request %d (role %d): %s",
                     self.name,
                     request_id,
