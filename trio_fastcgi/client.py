@@ -805,9 +805,19 @@ class Client:
             self._last_request = request_id
         if role is not Role.AUTHORIZER:
             assert self._nursery is not None
-            self._nursery.start_soon(
-                self._feed_input, state, role, stdin, b"" if data is None else data
-            )
+            try:
+                self._nursery.start_soon(
+                    self._feed_input, state, role, stdin, b"" if data is None else data
+                )
+            except RuntimeError:
+                # The connection's tasks have ended (the application closed
+                # it) between sending the head and starting the input.
+                del self._requests[request_id]
+                self._conn.forget_request(request_id)
+                self._free_id(request_id)
+                raise trio.BrokenResourceError(
+                    "the FastCGI application closed the connection"
+                ) from None
         try:
             yield ActiveRequest(self, state)
         finally:
