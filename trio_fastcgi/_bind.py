@@ -15,12 +15,11 @@ from typing import Final, Literal
 
 import attrs
 
-from ._listeners import unlink_stale_socket
+from ._listeners import DEFAULT_BACKLOG, unlink_stale_socket
 
 #: The first fd systemd passes (``SD_LISTEN_FDS_START``).
 SD_LISTEN_FDS_START: Final = 3
 DEFAULT_BIND: Final = "127.0.0.1:9000"
-DEFAULT_BACKLOG: Final = 1024
 
 
 class BindError(ValueError):

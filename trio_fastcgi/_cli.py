@@ -30,7 +30,7 @@ from ._config import (
     parse_address,
 )
 from ._connection import DEFAULT_MAX_CONNS, DEFAULT_MAX_PARAMS_SIZE, DEFAULT_MAX_REQS
-from ._listeners import protect_std_fds
+from ._listeners import DEFAULT_BACKLOG, protect_std_fds
 from ._version import __version__
 from ._wire import Role
 from ._workers import LoadedApp, Supervisor, run_worker
@@ -348,9 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--backlog",
         type=_count(1),
-        default=1024,
+        default=DEFAULT_BACKLOG,
         metavar="N",
-        help="listen backlog of the sockets opened here (default 1024)",
+        help=f"listen backlog of the sockets opened here (default {DEFAULT_BACKLOG})",
     )
 
     group = parser.add_argument_group("processes")

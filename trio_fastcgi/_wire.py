@@ -70,11 +70,6 @@ class WireError(ValueError):
     into :class:`~trio_fastcgi.RemoteProtocolError`."""
 
 
-def padding_for(content_length: int) -> int:
-    """The padding that brings a record's content to a multiple of 8 bytes."""
-    return -content_length & 7
-
-
 def encode_record(record_type: int, request_id: int, content: bytes = b"") -> bytes:
     """One record, padded to a multiple of 8 bytes. *content* must fit in one."""
     length = len(content)
