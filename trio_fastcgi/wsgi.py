@@ -3,14 +3,21 @@
 ``WSGIHandler(app)`` is a native handler: pass it to any ``serve_*`` function.
 Each request runs the application in a worker thread (at most ``limiter``'s
 tokens at once), so blocking application code never stalls the Trio loop. The
-thread talks to the request through :func:`trio.from_thread.run`:
+request's Trio task and the thread share one bounded hand-off queue:
 
-- ``wsgi.input`` is a blocking file object fed from the request's stdin, read
-  chunk by chunk as the application asks (no buffering of the whole body);
-- every chunk the application yields (or passes to ``write()``) is sent to the
-  web server before the next one is asked for;
+- a request body whose announced ``CONTENT_LENGTH`` is at most
+  ``preread_limit`` bytes (or that has fully arrived) is read before the
+  application starts, so ``wsgi.input`` reads it without waiting on the Trio
+  side; a longer body is read chunk by chunk as the application asks;
+- each block the application yields (or passes to ``write()``) is handed to the
+  request's Trio task, which sends it while the application produces the next
+  one (PEP 3333 allows this). The application waits only when more than
+  ``OUTPUT_BUFFER`` bytes are still on their way. A list or tuple body is
+  already complete, so (up to 64 KiB) it is sent with the end of the request;
 - ``wsgi.errors`` writes to the FastCGI stderr stream, which the web server
   logs.
+
+A simple request thus costs one trip to a worker thread and back.
 
 If the web server aborts the request (``FCGI_ABORT_REQUEST`` or a closed
 connection), the application's next read or write raises
@@ -25,15 +32,21 @@ client with its headers and body. ``environ["FCGI_ROLE"]`` tells the roles apart
 
 from __future__ import annotations
 
+import contextvars
+import threading
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from functools import partial
 from types import TracebackType
-from typing import Final, Protocol, TypeAlias, TypeVar, final
+from typing import TYPE_CHECKING, Final, Protocol, TypeAlias, TypeVar, cast, final
 
 import trio
 
 from ._exceptions import InputError
 from ._request import Request
+
+if TYPE_CHECKING:
+    from outcome import Outcome
 
 T = TypeVar("T")
 
@@ -60,9 +73,18 @@ WSGIApp: TypeAlias = Callable[[WSGIEnviron, StartResponse], Iterable[bytes]]
 #: Worker threads running WSGI applications at once, per handler (the
 #: ``--threads`` option of the command).
 DEFAULT_THREADS: Final = 40
+#: Largest announced request body read before the application starts (the
+#: core already lets a request buffer this much unread input by default).
+DEFAULT_PREREAD_LIMIT: Final = 256 * 1024
+#: Output bytes an application may have handed off and not yet queued for the
+#: web server; beyond this its next write waits (backpressure).
+OUTPUT_BUFFER: Final = 256 * 1024
+#: A list or tuple body up to this size goes out with the end of the request.
+_HOLD_LIMIT: Final = 64 * 1024
 #: Bytes asked from stdin at a time when the application reads without a size.
 _READ_CHUNK: Final = 64 * 1024
 _TRUE_VALUES: Final = frozenset({"on", "1", "yes", "true"})
+_ABORTED: Final = "the web server aborted the request"
 
 
 class ClientDisconnected(OSError):
@@ -111,9 +133,10 @@ def build_environ(
     environ.setdefault("SERVER_PROTOCOL", "HTTP/1.0")
     # nginx sends CONTENT_LENGTH="" and CONTENT_TYPE="" without a body; PEP 3333
     # allows both absent, and int(environ.get("CONTENT_LENGTH", 0)) then works.
-    for name in ("CONTENT_LENGTH", "CONTENT_TYPE"):
-        if environ.get(name) == "":
-            del environ[name]
+    if environ.get("CONTENT_LENGTH") == "":
+        del environ["CONTENT_LENGTH"]
+    if environ.get("CONTENT_TYPE") == "":
+        del environ["CONTENT_TYPE"]
     return environ
 
 
@@ -125,47 +148,208 @@ def _url_scheme(environ: dict[str, str]) -> str:
 
 
 @final
-class _Bridge:
-    """Runs coroutines of the request's Trio task from the application thread,
-    turning the request's cancellation into :class:`ClientDisconnected`."""
+class _Stderr:
+    """A block for the FastCGI stderr stream, in the hand-off queue."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+@final
+class _Call:
+    """A coroutine the application thread needs run on the Trio side (a read)."""
+
+    __slots__ = ("done", "error", "fn", "value")
+
+    def __init__(self, fn: Callable[[], Awaitable[object]]) -> None:
+        self.fn = fn
+        self.done = False
+        self.value: object = None
+        self.error: BaseException | None = None
+
+
+_Item: TypeAlias = "bytes | _Stderr | _Call"
+
+
+@final
+class _Pipe:
+    """The hand-off between a request's Trio task and its application thread.
+
+    The thread queues stdout blocks, stderr blocks and calls; the Trio task
+    (:meth:`serve`) takes them in order until the thread has returned. Output
+    is not waited for, only bounded: a block waits while :data:`OUTPUT_BUFFER`
+    bytes or more are queued here and not yet on stdout. The Trio task is
+    woken (one ``run_sync_soon``) only when it sleeps for want of work.
+    """
 
     def __init__(self, request: Request) -> None:
         self.request = request
+        self._token = trio.lowlevel.current_trio_token()
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._items: deque[_Item] = deque()
+        self._pending = 0
+        self._sleeping: trio.lowlevel.Task | None = None
+        self._result: Outcome[bytes] | None = None
+        #: Set once the request was aborted or its connection is gone.
         self.disconnected = False
+        self._reason = _ABORTED
+        #: Set once the Trio side was cancelled (an abort) while serving.
+        self.cancelled = False
 
-    def run(self, fn: Callable[[], Awaitable[T]]) -> T:
-        if self.disconnected:
-            raise ClientDisconnected("the web server aborted the request")
-        try:
-            return trio.from_thread.run(fn)
-        except trio.Cancelled:
-            self.disconnected = True
-            raise ClientDisconnected("the web server aborted the request") from None
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self.disconnected = True
-            raise ClientDisconnected(f"the connection is gone: {exc}") from None
+    # -- the application thread's side --------------------------------------------
+
+    def _push(self, item: _Item, size: int) -> None:
+        with self._lock:
+            while self._pending >= OUTPUT_BUFFER and not self.disconnected:
+                self._changed.wait()
+            if self.disconnected:
+                raise ClientDisconnected(self._reason)
+            self._items.append(item)
+            self._pending += size
+            task, self._sleeping = self._sleeping, None
+        if task is not None:
+            self._token.run_sync_soon(trio.lowlevel.reschedule, task)
+
+    def send(self, data: bytes) -> None:
+        """Hand *data* to stdout; waits only while the output buffer is full."""
+        self._push(data, len(data))
+
+    def send_stderr(self, data: bytes) -> None:
+        self._push(_Stderr(data), len(data))
+
+    def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run *fn* in the request's Trio task and return its result."""
+        job = _Call(fn)
+        self._push(job, 0)
+        with self._lock:
+            while not job.done:
+                self._changed.wait()
+        if job.error is not None:
+            raise job.error
+        return cast("T", job.value)
+
+    def finish(self, result: Outcome[bytes]) -> None:
+        """The thread's ``deliver``: the application's outcome (runs in the thread)."""
+        with self._lock:
+            self._result = result
+            task, self._sleeping = self._sleeping, None
+        if task is not None:
+            self._token.run_sync_soon(trio.lowlevel.reschedule, task)
+
+    # -- the Trio side ---------------------------------------------------------------
+
+    def _disconnect(self, reason: str) -> None:
+        with self._lock:
+            if not self.disconnected:
+                self.disconnected = True
+                self._reason = reason
+            self._changed.notify_all()
+
+    def _abort(self, _raise_cancel: object) -> trio.lowlevel.Abort:
+        # Cancelled while asleep: tell the thread, keep waiting for it to return.
+        self.cancelled = True
+        self._disconnect(_ABORTED)
+        return trio.lowlevel.Abort.FAILED
+
+    async def serve(self) -> Outcome[bytes]:
+        """Send what the thread hands off until it returns; its outcome.
+
+        Cancellation (an abort) does not stop this early: the thread is told
+        (its next read or write raises :class:`ClientDisconnected`) and waited
+        for, then the cancellation is raised.
+        """
+        self.cancelled = False
+        failure: Exception | None = None
+        request = self.request
+        lock = self._lock
+        items = self._items
+        while True:
+            with lock:
+                if items:
+                    item: _Item | None = items.popleft()
+                elif self._result is not None:
+                    break
+                else:
+                    item = None
+                    self._sleeping = trio.lowlevel.current_task()
+            if item is None:
+                await trio.lowlevel.wait_task_rescheduled(self._abort)
+                continue
+            size = 0
+            succeeded = False
+            try:
+                if type(item) is bytes:
+                    size = len(item)
+                    if not self.disconnected:
+                        await request.stdout.send_all(item)
+                elif type(item) is _Stderr:
+                    size = len(item.data)
+                    if not self.disconnected:
+                        await request.stderr.send_all(item.data)
+                elif type(item) is _Call and not self.disconnected:
+                    item.value = await item.fn()
+                    succeeded = True
+            except trio.Cancelled:
+                # The request was aborted: finish the thread first (see above).
+                self.cancelled = True
+                self._disconnect(_ABORTED)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self._disconnect(f"the connection is gone: {exc}")
+            except Exception as exc:
+                if type(item) is _Call:
+                    item.error = exc  # for the application (an incomplete body)
+                else:
+                    failure = failure or exc
+                    self._disconnect(f"the request's output failed: {exc!r}")
+            with lock:
+                self._pending -= size
+                if type(item) is _Call:
+                    if not succeeded and item.error is None:
+                        item.error = ClientDisconnected(self._reason)
+                    item.done = True
+                self._changed.notify_all()
+        if failure is not None:
+            raise failure
+        assert self._result is not None
+        return self._result
 
 
 @final
 class WSGIInput:
     """``wsgi.input``: a blocking, read-only file over the request's stdin.
 
-    Reads ask the Trio side for at most what is needed, so the body streams in
-    with the FastCGI flow control; ``read()`` with no size reads to the end.
+    A body read before the application started is served from memory. Beyond
+    it, reads ask the Trio side for at most what is needed, so a long body
+    streams in with the FastCGI flow control; ``read()`` with no size reads to
+    the end.
     """
 
-    def __init__(self, bridge: _Bridge) -> None:
-        self._bridge = bridge
-        self._buffer = b""
-        self._eof = False
+    def __init__(
+        self,
+        pipe: _Pipe,
+        body: bytes = b"",
+        *,
+        complete: bool = False,
+        error: OSError | None = None,
+    ) -> None:
+        self._pipe = pipe
+        self._buffer = body
+        self._eof = complete
+        self._error = error
 
     def _fill(self, size: int) -> bool:
         """Receive one more chunk of at most *size* bytes; False at the end."""
         if self._eof:
+            error, self._error = self._error, None
+            if error is not None:
+                raise error
             return False
-        stdin = self._bridge.request.stdin
+        stdin = self._pipe.request.stdin
         try:
-            chunk = self._bridge.run(partial(stdin.receive_some, size))
+            chunk = self._pipe.call(partial(stdin.receive_some, size))
         except InputError as exc:
             # The body was cut short: that is an I/O error for the reader.
             self._eof = True
@@ -226,13 +410,12 @@ class WSGIInput:
 class WSGIErrors:
     """``wsgi.errors``: text written here goes to the FastCGI stderr stream."""
 
-    def __init__(self, bridge: _Bridge) -> None:
-        self._bridge = bridge
+    def __init__(self, pipe: _Pipe) -> None:
+        self._pipe = pipe
 
     def write(self, text: str) -> int:
-        if text and not self._bridge.disconnected:
-            data = text.encode("utf-8", "replace")
-            self._bridge.run(partial(self._bridge.request.stderr.send_all, data))
+        if text and not self._pipe.disconnected:
+            self._pipe.send_stderr(text.encode("utf-8", "replace"))
         return len(text)
 
     def writelines(self, lines: Iterable[str]) -> None:
@@ -273,13 +456,15 @@ def _check_status_and_headers(status: object, headers: object) -> None:
 
 @final
 class _Response:
-    """start_response, write() and the streaming of the body, in the app thread."""
+    """start_response, write() and the body's blocks, in the application thread."""
 
-    def __init__(self, bridge: _Bridge) -> None:
-        self._bridge = bridge
+    def __init__(self, pipe: _Pipe) -> None:
+        self._pipe = pipe
         self._status: str | None = None
         self._headers: list[tuple[str, str]] = []
         self.head_sent = False
+        self._held: list[bytes] = []
+        self._held_size = 0
 
     def start_response(
         self,
@@ -301,7 +486,13 @@ class _Response:
         self._headers = list(headers)
         return self.write
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, *, hold: bool = False) -> None:
+        """Hand *data* off to be sent (the ``write()`` callable).
+
+        With *hold* (a block of a list or tuple body, which is already
+        complete), it is kept to go out with the end of the request unless the
+        blocks kept would pass :data:`_HOLD_LIMIT`.
+        """
         if type(data) is not bytes:
             raise TypeError(f"WSGI body chunks must be bytes, not {type(data).__name__}")
         if self._status is None:
@@ -311,13 +502,27 @@ class _Response:
             data = _cgi_head(self._status, self._headers) + data
         elif not data:
             return
-        self._bridge.run(partial(self._bridge.request.stdout.send_all, data))
+        if self._held and (not hold or self._held_size + len(data) > _HOLD_LIMIT):
+            self._pipe.send(self._take_held())
+        if hold and len(data) <= _HOLD_LIMIT:
+            self._held.append(data)
+            self._held_size += len(data)
+        else:
+            self._pipe.send(data)
 
-    def finish(self) -> None:
+    def _take_held(self) -> bytes:
+        held = self._held[0] if len(self._held) == 1 else b"".join(self._held)
+        self._held = []
+        self._held_size = 0
+        return held
+
+    def finish(self) -> bytes:
+        """The response is complete: the output still held back (may be empty)."""
         if self._status is None:
             raise RuntimeError("the WSGI application returned without calling start_response()")
         if not self.head_sent:
-            self.write(b"")
+            self.write(b"", hold=True)
+        return self._take_held()
 
 
 @final
@@ -332,6 +537,8 @@ class WSGIHandler:
         web server split SCRIPT_NAME and PATH_INFO (``/app.fcgi`` for
         ``https://host/app.fcgi/page`` under mod_fcgid).
       multiprocess: the value of ``wsgi.multiprocess`` (true under ``--workers``).
+      preread_limit: a request body announced (``CONTENT_LENGTH``) at most this
+        long is read whole before the application starts; 0 turns this off.
     """
 
     def __init__(
@@ -341,22 +548,56 @@ class WSGIHandler:
         limiter: trio.CapacityLimiter | None = None,
         script_name: str | None = None,
         multiprocess: bool = False,
+        preread_limit: int = DEFAULT_PREREAD_LIMIT,
     ) -> None:
+        if preread_limit < 0:
+            raise ValueError("preread_limit must not be negative")
         self.app = app
         self.limiter = limiter if limiter is not None else trio.CapacityLimiter(DEFAULT_THREADS)
         self.script_name = script_name
         self.multiprocess = multiprocess
+        self.preread_limit = preread_limit
+
+    async def _preread(self, request: Request, pipe: _Pipe) -> WSGIInput:
+        """``wsgi.input``, with the body read first if it is short (or all here)."""
+        stdin = request.stdin
+        expected = stdin.expected_length
+        if not stdin.at_eof and (expected is None or expected > self.preread_limit):
+            return WSGIInput(pipe)
+        if stdin.at_eof and not stdin.received and not expected:
+            return WSGIInput(pipe, complete=True)  # no body at all
+        parts: list[bytes] = []
+        size = 0
+        try:
+            while size <= self.preread_limit:
+                chunk = await stdin.receive_some()
+                if not chunk:
+                    return WSGIInput(pipe, b"".join(parts), complete=True)
+                parts.append(chunk)
+                size += len(chunk)
+        except InputError as exc:
+            # Cut short: the application's read gets what came, then the error.
+            error = OSError(f"request body incomplete: {exc}")
+            error.__cause__ = exc
+            return WSGIInput(pipe, b"".join(parts), complete=True, error=error)
+        # More came than announced: the rest is read as the application asks.
+        return WSGIInput(pipe, b"".join(parts))
 
     async def __call__(self, request: Request) -> None:
-        bridge = _Bridge(request)
+        pipe = _Pipe(request)
         cgi_environ = build_environ(request, script_name=self.script_name)
+        try:
+            wsgi_input = await self._preread(request, pipe)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await trio.lowlevel.checkpoint()
+            return  # the connection is gone before the application started
         environ: dict[str, object] = dict(cgi_environ)
         environ.update(
             {
                 "wsgi.version": (1, 0),
                 "wsgi.url_scheme": _url_scheme(cgi_environ),
-                "wsgi.input": WSGIInput(bridge),
-                "wsgi.errors": WSGIErrors(bridge),
+                "wsgi.input": wsgi_input,
+                "wsgi.errors": WSGIErrors(pipe),
                 "wsgi.multithread": True,
                 "wsgi.multiprocess": self.multiprocess,
                 "wsgi.run_once": False,
@@ -366,25 +607,47 @@ class WSGIHandler:
                 "trio_fastcgi.request": request,
             }
         )
+        limiter = self.limiter
+        await limiter.acquire_on_behalf_of(pipe)
         try:
-            await trio.to_thread.run_sync(self._run_app, environ, bridge, limiter=self.limiter)
+            run = partial(contextvars.copy_context().run, self._run_app, environ, pipe)
+            trio.lowlevel.start_thread_soon(run, pipe.finish)
+            result = await pipe.serve()
+        finally:
+            limiter.release_on_behalf_of(pipe)
+        if pipe.cancelled:
+            # Aborted: the application has returned; now raise the Cancelled.
+            await trio.lowlevel.checkpoint()
+        try:
+            rest = result.unwrap()
         except Exception:
-            if not bridge.disconnected:
+            if not pipe.disconnected:
                 raise
-            # The web server gave up on the request: not the application's
-            # failure. Raises Cancelled if this request was aborted.
+            # The web server gave up on the request: not the application's failure.
             await trio.lowlevel.checkpoint()
             return
-        await request.stdout.aclose()
+        if pipe.disconnected:
+            await trio.lowlevel.checkpoint()
+            return
+        try:
+            if rest:
+                await request.stdout.send_all(rest)
+            await request.stdout.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the connection is gone
 
-    def _run_app(self, environ: dict[str, object], bridge: _Bridge) -> None:
-        response = _Response(bridge)
+    def _run_app(self, environ: dict[str, object], pipe: _Pipe) -> bytes:
+        """The application thread: returns the output not handed off yet."""
+        response = _Response(pipe)
         result = self.app(environ, response.start_response)
         try:
+            # A list or tuple body is complete: no application code runs between
+            # its blocks, so they may be sent together.
+            hold = type(result) is list or type(result) is tuple
             for chunk in result:
                 if chunk:
-                    response.write(chunk)
-            response.finish()
+                    response.write(chunk, hold=hold)
+            return response.finish()
         finally:
             close = getattr(result, "close", None)
             if close is not None:
