@@ -188,7 +188,8 @@ class _Pipe:
         self.request = request
         self._token = trio.lowlevel.current_trio_token()
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
+        # Made when the thread first has to wait (most requests never do).
+        self._changed: threading.Condition | None = None
         self._items: deque[_Item] = deque()
         self._pending = 0
         self._sleeping: trio.lowlevel.Task | None = None
@@ -204,7 +205,7 @@ class _Pipe:
     def _push(self, item: _Item, size: int) -> None:
         with self._lock:
             while self._pending >= OUTPUT_BUFFER and not self.disconnected:
-                self._changed.wait()
+                self._wait()
             if self.disconnected:
                 raise ClientDisconnected(self._reason)
             self._items.append(item)
@@ -226,10 +227,16 @@ class _Pipe:
         self._push(job, 0)
         with self._lock:
             while not job.done:
-                self._changed.wait()
+                self._wait()
         if job.error is not None:
             raise job.error
         return cast("T", job.value)
+
+    def _wait(self) -> None:
+        """Wait (holding the lock) until the Trio side changes something."""
+        if self._changed is None:
+            self._changed = threading.Condition(self._lock)
+        self._changed.wait()
 
     def finish(self, result: Outcome[bytes]) -> None:
         """The thread's ``deliver``: the application's outcome (runs in the thread)."""
@@ -246,7 +253,8 @@ class _Pipe:
             if not self.disconnected:
                 self.disconnected = True
                 self._reason = reason
-            self._changed.notify_all()
+            if self._changed is not None:
+                self._changed.notify_all()
 
     def _abort(self, _raise_cancel: object) -> trio.lowlevel.Abort:
         # Cancelled while asleep: tell the thread, keep waiting for it to return.
@@ -310,7 +318,8 @@ class _Pipe:
                     if not succeeded and item.error is None:
                         item.error = ClientDisconnected(self._reason)
                     item.done = True
-                self._changed.notify_all()
+                if self._changed is not None:
+                    self._changed.notify_all()
         if failure is not None:
             raise failure
         assert self._result is not None
@@ -426,32 +435,43 @@ class WSGIErrors:
         pass
 
 
-def _cgi_head(status: str, headers: list[tuple[str, str]]) -> bytes:
-    lines = [f"Status: {status}"]
-    for name, value in headers:
-        lines.append(f"{name}: {value}")
-    lines.append("\r\n")
-    return "\r\n".join(lines).encode("latin-1")
-
-
-def _check_status_and_headers(status: object, headers: object) -> None:
+def _cgi_head(status: object, headers: object) -> bytes:
+    """The CGI head for a WSGI status and header list, checked as PEP 3333 asks."""
     if type(status) is not str:
         raise TypeError(f"WSGI status must be a str, not {type(status).__name__}")
-    code = status.split(" ", 1)[0]
-    if len(code) != 3 or not code.isdigit() or "\r" in status or "\n" in status:
+    code = status[:3]
+    if (
+        not code.isdigit()
+        or len(code) != 3
+        or status[3:4] not in ("", " ")
+        or "\r" in status
+        or "\n" in status
+    ):
         raise ValueError(f"bad WSGI status {status!r}: expected like '200 OK'")
     if type(headers) is not list:
         raise TypeError(f"WSGI headers must be a list, not {type(headers).__name__}")
+    lines = ["Status: " + status]
     for item in headers:
         if type(item) is not tuple or len(item) != 2:
             raise TypeError(f"WSGI header {item!r} is not a (name, value) tuple")
         name, value = item
         if type(name) is not str or type(value) is not str:
             raise TypeError(f"WSGI header {item!r} must be native strings")
-        if not name or ":" in name or any(c in name or c in value for c in "\r\n"):
+        if (
+            not name
+            or ":" in name
+            or "\n" in name
+            or "\r" in name
+            or "\n" in value
+            or "\r" in value
+        ):
             raise ValueError(f"invalid WSGI header {item!r}")
-        name.encode("latin-1")
-        value.encode("latin-1")
+        lines.append(name + ": " + value)
+    lines.append("\r\n")
+    try:
+        return "\r\n".join(lines).encode("latin-1")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"WSGI status and headers must be latin-1: {exc}") from None
 
 
 @final
@@ -460,8 +480,7 @@ class _Response:
 
     def __init__(self, pipe: _Pipe) -> None:
         self._pipe = pipe
-        self._status: str | None = None
-        self._headers: list[tuple[str, str]] = []
+        self._head: bytes | None = None
         self.head_sent = False
         self._held: list[bytes] = []
         self._held_size = 0
@@ -479,11 +498,9 @@ class _Response:
                     raise exc_info[1].with_traceback(exc_info[2])
             finally:
                 exc_info = None  # no reference cycle through the traceback
-        elif self._status is not None:
+        elif self._head is not None:
             raise AssertionError("start_response called twice without exc_info")
-        _check_status_and_headers(status, headers)
-        self._status = status
-        self._headers = list(headers)
+        self._head = _cgi_head(status, headers)
         return self.write
 
     def write(self, data: bytes, *, hold: bool = False) -> None:
@@ -495,11 +512,11 @@ class _Response:
         """
         if type(data) is not bytes:
             raise TypeError(f"WSGI body chunks must be bytes, not {type(data).__name__}")
-        if self._status is None:
+        if self._head is None:
             raise AssertionError("write() before start_response()")
         if not self.head_sent:
             self.head_sent = True
-            data = _cgi_head(self._status, self._headers) + data
+            data = self._head + data
         elif not data:
             return
         if self._held and (not hold or self._held_size + len(data) > _HOLD_LIMIT):
@@ -518,7 +535,7 @@ class _Response:
 
     def finish(self) -> bytes:
         """The response is complete: the output still held back (may be empty)."""
-        if self._status is None:
+        if self._head is None:
             raise RuntimeError("the WSGI application returned without calling start_response()")
         if not self.head_sent:
             self.write(b"", hold=True)
@@ -591,24 +608,26 @@ class WSGIHandler:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             await trio.lowlevel.checkpoint()
             return  # the connection is gone before the application started
-        environ: dict[str, object] = dict(cgi_environ)
-        environ.update(
-            {
-                "wsgi.version": (1, 0),
-                "wsgi.url_scheme": _url_scheme(cgi_environ),
-                "wsgi.input": wsgi_input,
-                "wsgi.errors": WSGIErrors(pipe),
-                "wsgi.multithread": True,
-                "wsgi.multiprocess": self.multiprocess,
-                "wsgi.run_once": False,
-                # reads return b"" at the end of the body, even without
-                # CONTENT_LENGTH (chunked uploads through nginx)
-                "wsgi.input_terminated": True,
-                "trio_fastcgi.request": request,
-            }
-        )
+        environ: dict[str, object] = {
+            **cgi_environ,
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": _url_scheme(cgi_environ),
+            "wsgi.input": wsgi_input,
+            "wsgi.errors": WSGIErrors(pipe),
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": self.multiprocess,
+            "wsgi.run_once": False,
+            # reads return b"" at the end of the body, even without
+            # CONTENT_LENGTH (chunked uploads through nginx)
+            "wsgi.input_terminated": True,
+            "trio_fastcgi.request": request,
+        }
         limiter = self.limiter
-        await limiter.acquire_on_behalf_of(pipe)
+        try:
+            # serve() below is the checkpoint; a free thread needs no wait here.
+            limiter.acquire_on_behalf_of_nowait(pipe)
+        except trio.WouldBlock:
+            await limiter.acquire_on_behalf_of(pipe)
         try:
             run = partial(contextvars.copy_context().run, self._run_app, environ, pipe)
             trio.lowlevel.start_thread_soon(run, pipe.finish)
