@@ -649,6 +649,35 @@ async def test_read_timeout_closes_slow_loris(
     assert any("read_timeout" in r.getMessage() for r in caplog.records)
 
 
+async def test_read_timeout_does_not_count_time_the_handler_takes_to_read(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A slow handler keeps the stdin buffer full for longer than read_timeout
+    # while the next record is half here: the web server is not the slow one,
+    # so the connection stays open and the body arrives whole.
+    async def slow_reader(request: Request) -> None:
+        await trio.sleep(100)
+        body = await request.stdin.receive_all()
+        await request.respond(str(len(body)))
+
+    record = helpers.record(helpers.STDIN, 1, b"x" * 1000)
+    client, server = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            functools.partial(
+                serve_connection, slow_reader, server, read_timeout=60, input_buffer_size=1024
+            )
+        )
+        web = FakeWebServer(client)
+        head = helpers.begin_record(1) + helpers.params_records(1, {"CONTENT_LENGTH": "3000"})
+        await web.send(head + record * 2 + record[:500])
+        await trio.sleep(150)  # the handler read at 100; the rest comes 50 s later
+        await web.send(record[500:] + helpers.record(helpers.STDIN, 1))
+        response = await web.read_response(1)
+        assert response.body == b"3000"
+        nursery.cancel_scope.cancel()
+
+
 async def test_no_timeout_while_a_handler_runs(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
 ) -> None:

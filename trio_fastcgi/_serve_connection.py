@@ -2,9 +2,9 @@
 
 Task tree of one connection::
 
-    connection nursery
-    ├── writer task      sole caller of stream.send_all; drains the outbox
-    ├── reader task      sole caller of stream.receive_some; feeds the core
+    connection nursery   its cancel scope closes the whole connection
+    ├── writer task      sole sender on the transport; drains the outbox
+    ├── reader task      sole receiver on the transport; feeds the core
     └── request task (N) one per request, handler inside request.cancel_scope
 
 Request tasks never touch the socket: they put output events on the outbox (a
@@ -20,7 +20,6 @@ import contextlib
 import itertools
 import logging
 import math
-import socket
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final, final
 
@@ -45,7 +44,8 @@ from ._events import (
 )
 from ._exceptions import EndRequestWith, LocalProtocolError, RemoteProtocolError
 from ._request import Request, format_cgi_head
-from ._streams import queue_output
+from ._streams import InputStream, queue_output
+from ._transport import Transport
 from ._wire import ProtocolStatus
 
 if TYPE_CHECKING:
@@ -79,77 +79,15 @@ _MAX_APP_STATUS: Final = 0xFFFFFFFF
 
 
 @final
-class _Transport:
-    """The byte I/O of one connection, for its reader and its writer.
-
-    A plain :class:`trio.SocketStream` is driven through its socket: the same
-    system calls without the stream's per-call conflict detector and error
-    translating context manager, which showed up in profiles of small
-    requests. Any other stream (memory, SSL, yours) goes through its methods.
-    Failures come out as :class:`trio.BrokenResourceError`.
-    """
-
-    __slots__ = ("_sock", "stream")
-
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self.stream = stream
-        self._sock = stream.socket if type(stream) is trio.SocketStream else None
-
-    async def receive_some(self, max_bytes: int) -> bytes:
-        sock = self._sock
-        if sock is None:
-            return bytes(await self.stream.receive_some(max_bytes))
-        try:
-            return await sock.recv(max_bytes)
-        except OSError as exc:
-            raise trio.BrokenResourceError(exc) from exc
-
-    async def send_all(self, data: bytes) -> None:
-        sock = self._sock
-        if sock is None:
-            await self.stream.send_all(data)
-            return
-        try:
-            sent = await sock.send(data)
-            if sent < len(data):
-                with memoryview(data) as view:
-                    while sent < len(view):
-                        sent += await sock.send(view[sent:])
-        except OSError as exc:
-            raise trio.BrokenResourceError(exc) from exc
-
-    async def send_eof(self) -> bool:
-        """Half-close; False if the stream cannot do that."""
-        stream = self.stream
-        if not isinstance(stream, trio.abc.HalfCloseableStream):
-            return False
-        if self._sock is None:
-            await stream.send_eof()
-        else:
-            try:
-                self._sock.shutdown(socket.SHUT_WR)
-            except OSError as exc:
-                raise trio.BrokenResourceError(exc) from exc
-            await trio.lowlevel.checkpoint()
-        return True
-
-    async def close(self) -> None:
-        if self._sock is None:
-            await trio.aclose_forcefully(self.stream)
-        else:
-            self._sock.close()
-
-
-@final
 class ServedConnection:
     """Serves FastCGI on one open stream until it closes."""
 
     _ids = itertools.count(1)
 
-    def __init__(self, handler: Handler, stream: trio.abc.Stream, config: Config) -> None:
-        self.name = f"conn-{next(self._ids)}"
+    def __init__(self, handler: Handler, transport: Transport, config: Config) -> None:
+        self._number = next(self._ids)
         self._handler = handler
-        self._transport = _Transport(stream)
+        self._transport = transport
         self._config = config
         self._conn = FastCGIConnection(
             roles=config.roles,
@@ -164,9 +102,8 @@ class ServedConnection:
         # Requests whose handler runs, and ones that began but wait for params.
         self._requests: dict[int, Request] = {}
         self._pending: dict[int, BeginRequest] = {}
-        #: Cancels everything of this connection (used by graceful shutdown).
-        self.cancel_scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
+        self._cancelled = False
         self._shutting_down = False
         self._shutdown_at = math.inf
         self._begun_any = False
@@ -174,9 +111,15 @@ class ServedConnection:
         self._idle_closing = False
         self._closing = False  # the writer has half-closed; the reader drains
         self._drain_deadline = math.inf
-        self._receive_scope: trio.CancelScope | None = None
+        self._reader_scope: trio.CancelScope | None = None
+        self._carried: bytes | None = None
         self._idle_since = trio.current_time()
         self._mid_input_since: float | None = None
+
+    @property
+    def name(self) -> str:
+        """``conn-N``, how log lines name this connection."""
+        return f"conn-{self._number}"
 
     def __repr__(self) -> str:
         return f"<ServedConnection {self.name}>"
@@ -184,17 +127,24 @@ class ServedConnection:
     async def run(self) -> None:
         """Serve until the connection ends; never raises for peer behaviour."""
         try:
-            with self.cancel_scope:
-                async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
-                    nursery.start_soon(self._write_loop)
-                    await self._read_loop()
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if self._cancelled:
                     nursery.cancel_scope.cancel()
+                nursery.start_soon(self._write_loop)
+                await self._read_loop()
+                nursery.cancel_scope.cancel()
         finally:
             for request in self._requests.values():
                 request._close_input()
             await self._transport.close()
             LOGGER.debug("%s: closed", self.name)
+
+    def cancel(self) -> None:
+        """Cancel every request and close the connection now."""
+        self._cancelled = True
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
 
     def begin_shutdown(self) -> None:
         """Finish the requests in flight, then close. New requests that arrive
@@ -206,10 +156,18 @@ class ServedConnection:
         """
         self._shutting_down = True
         self._shutdown_at = trio.current_time()
-        self._update_receive_deadline()
+        self._update_reader_deadline()
         self._wake_writer()
 
     # -- reading -----------------------------------------------------------------
+    #
+    # The reader runs inside one cancel scope whose deadline is the earliest
+    # timeout that may apply (idle, read, drain, shutdown). Opening a scope per
+    # receive would cost more than the receive itself, so the deadline is lazy:
+    # it is not moved when a request begins or ends, and when it passes the
+    # reader checks what actually timed out, if anything, and carries on in a
+    # fresh scope. The reader's own waits that are not reads (a full stdin
+    # buffer, a full outbox) lift the deadline while they last.
 
     def _deadline(self) -> float:
         config = self._config
@@ -219,8 +177,6 @@ class ServedConnection:
             return math.inf  # waiting for the writer to flush and half-close
         if self._mid_input_since is not None and config.read_timeout is not None:
             return self._mid_input_since + config.read_timeout
-        # A lazy timer: armed even while requests run, and re-armed when it
-        # fires too early, so ending a request never has to move a deadline.
         deadline = (
             math.inf if config.idle_timeout is None else self._idle_since + config.idle_timeout
         )
@@ -228,70 +184,120 @@ class ServedConnection:
             deadline = min(deadline, self._shutdown_at + FIRST_REQUEST_WAIT)
         return deadline
 
-    def _update_receive_deadline(self) -> None:
-        if self._receive_scope is not None:
-            self._receive_scope.deadline = self._deadline()
-
-    async def _receive(self) -> bytes | None:
-        """Some bytes, b"" at EOF, or None if the current deadline passed."""
-        with trio.CancelScope(deadline=self._deadline()) as scope:
-            self._receive_scope = scope
-            try:
-                return await self._transport.receive_some(RECEIVE_SIZE)
-            finally:
-                self._receive_scope = None
-        return None
+    def _update_reader_deadline(self) -> None:
+        if self._reader_scope is not None:
+            self._reader_scope.deadline = self._deadline()
 
     async def _read_loop(self) -> None:
-        conn = self._conn
         while True:
-            try:
-                data = await self._receive()
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                LOGGER.debug("%s: receive failed (%r); peer is gone", self.name, exc)
-                return
-            if self._closing:
-                if not data:
-                    return  # drained to EOF (or drain timed out)
-                continue
-            if data is None:
-                if self._mid_input_since is not None:
-                    LOGGER.warning(
-                        "%s: closing connection: a record or params took longer than "
-                        "read_timeout (%s s)",
-                        self.name,
-                        self._config.read_timeout,
-                    )
+            with trio.CancelScope(deadline=self._deadline()) as scope:
+                self._reader_scope = scope
+                if await self._read_until_deadline(scope):
                     return
-                now = trio.current_time()
-                if self._requests or self._pending:
-                    self._idle_since = now  # busy, not idle: re-arm a full period
-                    continue
-                if now < self._deadline():
-                    continue  # a request ended since the timer was armed
-                LOGGER.debug(
-                    "%s: idle for idle_timeout (%s s); closing",
-                    self.name,
-                    self._config.idle_timeout,
-                )
-                self._idle_closing = True
-                self._wake_writer()
-                continue
-            now = trio.current_time()
-            self._idle_since = now
-            conn.receive_data(data)
-            try:
-                while (event := conn.next_event()) is not NEED_DATA:
-                    if await self._dispatch(event):
-                        return
-            except RemoteProtocolError as exc:
-                LOGGER.warning("%s: closing connection: %s", self.name, exc)
+            self._reader_scope = None
+            if self._carried is None and not self._deadline_passed():
                 return
-            if conn.has_partial_record or self._pending:
-                if self._mid_input_since is None:
-                    self._mid_input_since = now
+
+    async def _read_until_deadline(self, scope: trio.CancelScope) -> bool:
+        """Receive and dispatch until the connection is done (True) or the
+        deadline passed (False, or Cancelled while receiving)."""
+        transport = self._transport
+        while True:
+            data = self._carried
+            if data is None:
+                try:
+                    data = await transport.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    LOGGER.debug("%s: receive failed (%r); peer is gone", self.name, exc)
+                    return True
+                if scope.cancel_called:
+                    # The deadline passed just as data came: it is handled in a
+                    # fresh scope, where waiting for room cannot be cancelled.
+                    self._carried = data
+                    return False
             else:
-                self._mid_input_since = None
+                self._carried = None
+            if await self._received(data):
+                return True
+
+    def _deadline_passed(self) -> bool:
+        """The reader's deadline passed: act on whatever timed out. False means
+        close the connection."""
+        config = self._config
+        if self._closing:
+            return False  # the peer did not close within DRAIN_TIMEOUT
+        now = trio.current_time()
+        mid_input_since = self._mid_input_since
+        if (
+            mid_input_since is not None
+            and config.read_timeout is not None
+            and now >= mid_input_since + config.read_timeout
+        ):
+            LOGGER.warning(
+                "%s: closing connection: a record or params took longer than read_timeout (%s s)",
+                self.name,
+                config.read_timeout,
+            )
+            return False
+        if self._requests or self._pending:
+            self._idle_since = now  # busy, not idle: re-arm a full period
+        elif now >= self._deadline() and not self._idle_closing:
+            if self._shutting_down and not self._begun_any:
+                LOGGER.debug("%s: no request came after shutdown began; closing", self.name)
+            else:
+                LOGGER.debug(
+                    "%s: idle for idle_timeout (%s s); closing", self.name, config.idle_timeout
+                )
+            self._idle_closing = True
+            self._wake_writer()
+        return True
+
+    async def _received(self, data: bytes) -> bool:
+        """Feed one chunk to the core and act on its events; True means stop."""
+        if self._closing:
+            return not data  # draining: done at end of file
+        conn = self._conn
+        self._idle_since = trio.current_time()
+        conn.receive_data(data)
+        progressed = False
+        try:
+            while (event := conn.next_event()) is not NEED_DATA:
+                progressed = True
+                if await self._dispatch(event):
+                    return True
+        except RemoteProtocolError as exc:
+            LOGGER.warning("%s: closing connection: %s", self.name, exc)
+            return True
+        # read_timeout runs while a record (or a request's params) is partly
+        # here, from the last time one was completed.
+        if conn.has_partial_record or self._pending:
+            if progressed or self._mid_input_since is None:
+                self._mid_input_since = trio.current_time()
+                self._update_reader_deadline()
+        else:
+            self._mid_input_since = None  # the deadline may stay early: it is lazy
+        return False
+
+    async def _feed(self, stream: InputStream, data: bytes) -> None:
+        """Pass input to a request's stream; a full buffer lifts the deadline."""
+        if not stream._offer(data):
+            await self._without_deadline(stream._feed(data))
+
+    async def _put(self, event: OutputEvent) -> None:
+        """Queue output from the reader; a full outbox lifts the deadline."""
+        try:
+            self._outbox.send_nowait(event)
+        except trio.WouldBlock:
+            await self._without_deadline(self._outbox.send(event))
+
+    async def _without_deadline(self, wait: Awaitable[None]) -> None:
+        scope = self._reader_scope
+        assert scope is not None
+        scope.deadline = math.inf
+        try:
+            await wait
+        finally:
+            scope.deadline = self._deadline()
 
     async def _dispatch(self, event: InputEvent) -> bool:
         """Act on one input event; True means stop reading."""
@@ -299,11 +305,11 @@ class ServedConnection:
             case Stdin(request_id, data):
                 request = self._requests.get(request_id)
                 if request is not None:
-                    await request.stdin._feed(data)
+                    await self._feed(request.stdin, data)
             case Data(request_id, data):
                 request = self._requests.get(request_id)
                 if request is not None:
-                    await request.data._feed(data)
+                    await self._feed(request.data, data)
             case Params():
                 self._start_request(event)
             case BeginRequest(request_id):
@@ -322,14 +328,14 @@ class ServedConnection:
                     role,
                     protocol_status.name,
                 )
-                await queue_output(self._outbox, EndRequest(request_id, 0, protocol_status))
+                await self._put(EndRequest(request_id, 0, protocol_status))
             case GetValues(names):
-                await queue_output(self._outbox, self._conn.get_values_result(names))
+                await self._put(self._conn.get_values_result(names))
             case UnknownRecord(record_type, request_id):
                 LOGGER.debug(
                     "%s: unknown record type %d (request %d)", self.name, record_type, request_id
                 )
-                await queue_output(self._outbox, UnknownType(record_type))
+                await self._put(UnknownType(record_type))
             case ConnectionClosed():
                 if self._requests or self._pending:
                     LOGGER.debug(
@@ -362,7 +368,7 @@ class ServedConnection:
             request.cancel_scope.cancel()
         elif self._pending.pop(request_id, None) is not None:
             # Aborted before its params were complete: the handler never ran.
-            await queue_output(self._outbox, EndRequest(request_id))
+            await self._put(EndRequest(request_id))
             self._request_ended()
 
     # -- requests ----------------------------------------------------------------
@@ -465,7 +471,7 @@ class ServedConnection:
                 await transport.send_all(payload)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 LOGGER.debug("%s: send failed (%r); peer is gone", self.name, exc)
-                self.cancel_scope.cancel()
+                self.cancel()
                 return
         await self._half_close()
 
@@ -477,7 +483,7 @@ class ServedConnection:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             half_closed = False
         if not half_closed:
-            self.cancel_scope.cancel()
+            self.cancel()
             return
         self._drain_deadline = trio.current_time() + DRAIN_TIMEOUT
-        self._update_receive_deadline()
+        self._update_reader_deadline()

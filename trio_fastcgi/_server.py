@@ -6,7 +6,8 @@ import errno
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Final, TypeAlias, TypeVar, final
 
 import trio
@@ -20,6 +21,7 @@ from ._listeners import (
     remove_socket_file,
 )
 from ._serve_connection import Handler, ServedConnection
+from ._transport import Acceptor, Transport
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -52,7 +54,7 @@ async def serve_connection(
     ``grace_period``), then closes the connection.
     """
     config = Config.from_options(options)
-    connection = ServedConnection(handler, stream, config)
+    connection = ServedConnection(handler, Transport.from_stream(stream), config)
     if config.shutdown_event is None:
         await connection.run()
         return
@@ -73,7 +75,7 @@ async def _shut_down_when_set(
         connection.name,
         config.grace_period,
     )
-    connection.cancel_scope.cancel()
+    connection.cancel()
 
 
 @final
@@ -96,7 +98,14 @@ class _Server:
             connection_nursery = handler_nursery or own_nursery
             async with trio.open_nursery() as accept_nursery:
                 for listener in listeners:
-                    accept_nursery.start_soon(self._accept_loop, listener, connection_nursery)
+                    # A plain socket listener is accepted from directly; its
+                    # duplicate socket is open before serve() reports started.
+                    acceptor = None
+                    if isinstance(listener, trio.SocketListener):
+                        acceptor = Acceptor(listener)
+                    accept_nursery.start_soon(
+                        self._accept_loop, listener, acceptor, connection_nursery
+                    )
                 shutdown_event = self._config.shutdown_event
                 if shutdown_event is not None:
                     accept_nursery.start_soon(
@@ -127,50 +136,70 @@ class _Server:
             self._config.grace_period,
         )
         for connection in list(self._connections):
-            connection.cancel_scope.cancel()
+            connection.cancel()
         await self._wait_all_closed()
 
     async def _wait_all_closed(self) -> None:
         if self._connections:
             await self._all_closed.wait()
 
-    async def _accept_loop(self, listener: AnyListener, nursery: trio.Nursery) -> None:
+    async def _accept_loop(
+        self, listener: AnyListener, acceptor: Acceptor | None, nursery: trio.Nursery
+    ) -> None:
         async with listener:
-            while True:
-                if self._slots.value == 0:
-                    LOGGER.warning(
-                        "max_conns (%d) connections open; accepting again when one closes",
-                        self._config.max_conns,
-                    )
-                await self._slots.acquire()
-                try:
-                    stream = await listener.accept()
-                except OSError as exc:
-                    self._slots.release()
-                    if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
-                        raise
-                    LOGGER.error(
-                        "accept failed: %s; retrying in %s s",
-                        os.strerror(exc.errno or 0),
-                        _ACCEPT_RETRY_DELAY,
-                    )
-                    await trio.sleep(_ACCEPT_RETRY_DELAY)
-                    continue
-                except BaseException:
-                    self._slots.release()
-                    raise
-                nursery.start_soon(self._serve_one, stream)
+            if acceptor is None:
+                await self._accept_each(partial(self._accept_stream, listener), nursery)
+                return
+            try:
+                await self._accept_each(acceptor.accept, nursery)
+            finally:
+                acceptor.close()
 
-    def _peer_allowed(self, stream: trio.abc.Stream) -> bool:
+    @staticmethod
+    async def _accept_stream(listener: AnyListener) -> Transport:
+        return Transport.from_stream(await listener.accept())
+
+    async def _accept_each(
+        self, accept: Callable[[], Awaitable[Transport]], nursery: trio.Nursery
+    ) -> None:
+        slots = self._slots
+        while True:
+            try:
+                slots.acquire_nowait()
+            except trio.WouldBlock:
+                LOGGER.warning(
+                    "max_conns (%d) connections open; accepting again when one closes",
+                    self._config.max_conns,
+                )
+                await slots.acquire()
+            try:
+                transport = await accept()
+            except OSError as exc:
+                slots.release()
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                LOGGER.error(
+                    "accept failed: %s; retrying in %s s",
+                    os.strerror(exc.errno or 0),
+                    _ACCEPT_RETRY_DELAY,
+                )
+                await trio.sleep(_ACCEPT_RETRY_DELAY)
+                continue
+            except BaseException:
+                slots.release()
+                raise
+            nursery.start_soon(self._serve_one, transport)
+
+    def _peer_allowed(self, transport: Transport) -> bool:
         allowed = self._config.web_server_addrs
-        if (
-            not allowed
-            or not isinstance(stream, trio.SocketStream)
-            or stream.socket.family not in (socket.AF_INET, socket.AF_INET6)
-        ):
+        if not allowed:
+            return True
+        sock = transport.socket
+        if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
             return True
         try:
-            peer = parse_address(stream.socket.getpeername()[0])
+            address = transport.peer if transport.peer is not None else sock.getpeername()
+            peer = parse_address(address[0])  # type: ignore[index]
         except (OSError, ValueError):
             return False
         if peer in allowed:
@@ -178,12 +207,12 @@ class _Server:
         LOGGER.warning("refused connection from %s: not in FCGI_WEB_SERVER_ADDRS", peer)
         return False
 
-    async def _serve_one(self, stream: trio.abc.Stream) -> None:
-        if not self._peer_allowed(stream):
+    async def _serve_one(self, transport: Transport) -> None:
+        if not self._peer_allowed(transport):
             self._slots.release()
-            await trio.aclose_forcefully(stream)
+            await transport.close()
             return
-        connection = ServedConnection(self._handler, stream, self._config)
+        connection = ServedConnection(self._handler, transport, self._config)
         self._connections.add(connection)
         if self._shutting_down:
             connection.begin_shutdown()

@@ -168,23 +168,28 @@ class InputStream(trio.abc.ReceiveStream):
         self._eof = True
         self._readable.unpark_all()
 
-    async def _feed(self, data: bytes) -> None:
-        """Add a chunk; wait while the buffer is full (backpressure)."""
+    def _offer(self, data: bytes) -> bool:
+        """Take a chunk (``b""`` ends the stream) if the buffer has room, or if
+        input is being discarded; False means wait with :meth:`_feed`."""
         if not data:
             self._feed_eof()
-            return
-        self._received += len(data)
-        while (
-            self._buffered
-            and self._buffered + len(data) > self._buffer_size
-            and not self._discarding
-        ):
-            await self._writable.park()
+            return True
         if self._discarding:
-            return
+            self._received += len(data)
+            return True
+        buffered = self._buffered
+        if buffered and buffered + len(data) > self._buffer_size:
+            return False
+        self._received += len(data)
         self._chunks.append(data)
-        self._buffered += len(data)
+        self._buffered = buffered + len(data)
         self._readable.unpark_all()
+        return True
+
+    async def _feed(self, data: bytes) -> None:
+        """Add a chunk; wait while the buffer is full (backpressure)."""
+        while not self._offer(data):
+            await self._writable.park()
 
 
 @final

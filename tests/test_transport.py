@@ -1,0 +1,136 @@
+"""The byte I/O under a served connection: a socket driven directly, or any stream."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+
+import pytest
+import trio
+import trio.testing
+
+from trio_fastcgi._transport import EAGER_CALLS_PER_YIELD, Acceptor, Transport
+
+
+def socket_pair() -> tuple[Transport, socket.socket]:
+    ours, theirs = socket.socketpair()
+    return Transport.from_socket(ours), theirs
+
+
+async def test_transport_receives_and_sends_on_a_socket() -> None:
+    transport, peer = socket_pair()
+    with peer:
+        peer.sendall(b"request")
+        assert await transport.receive_some(100) == b"request"
+        await transport.send_all(b"response")
+        assert peer.recv(100) == b"response"
+        peer.shutdown(socket.SHUT_WR)
+        assert await transport.receive_some(100) == b""
+        await transport.close()
+        assert transport.socket is not None
+        assert transport.socket.fileno() == -1
+
+
+async def test_transport_waits_for_data_that_is_not_there_yet() -> None:
+    transport, peer = socket_pair()
+    with peer:
+        async with trio.open_nursery() as nursery:
+
+            async def send_later() -> None:
+                await trio.testing.wait_all_tasks_blocked()
+                peer.sendall(b"late")
+
+            nursery.start_soon(send_later)
+            assert await transport.receive_some(100) == b"late"
+        await transport.close()
+
+
+async def test_transport_send_all_waits_while_the_kernel_buffer_is_full() -> None:
+    transport, peer = socket_pair()
+    payload = os.urandom(8 * 1024 * 1024)  # far more than a socket buffer holds
+    received = bytearray()
+    with peer:
+        peer.setblocking(False)
+        async with trio.open_nursery() as nursery:
+
+            async def read_all() -> None:
+                while len(received) < len(payload):
+                    await trio.lowlevel.wait_readable(peer)
+                    received.extend(peer.recv(1 << 20))
+
+            nursery.start_soon(read_all)
+            await transport.send_all(payload)
+        assert bytes(received) == payload
+        await transport.close()
+
+
+async def test_transport_yields_every_so_many_receives_that_did_not_wait() -> None:
+    # A peer that keeps the socket full must not starve other tasks.
+    transport, peer = socket_pair()
+    with peer:
+        peer.sendall(b"x" * (EAGER_CALLS_PER_YIELD * 2))
+        with trio.testing.assert_no_checkpoints():
+            for _ in range(EAGER_CALLS_PER_YIELD - 1):
+                await transport.receive_some(1)
+        with trio.testing.assert_checkpoints():
+            await transport.receive_some(1)
+        await transport.close()
+
+
+async def test_transport_reset_is_broken_resource() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        client = socket.create_connection(listening.getsockname())
+        ours, _ = listening.accept()
+    transport = Transport.from_socket(ours)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()  # RST
+    with pytest.raises(trio.BrokenResourceError):
+        await transport.receive_some(100)
+    await transport.close()
+
+
+async def test_transport_takes_the_socket_of_a_plain_socket_stream() -> None:
+    a, b = trio.socket.socketpair()
+    stream = trio.SocketStream(a)
+    transport = Transport.from_stream(stream)
+    assert stream.socket.fileno() == -1  # detached: the transport owns it now
+    assert transport.socket is not None
+    with b:
+        await b.send(b"ping")
+        assert await transport.receive_some(10) == b"ping"
+        await transport.close()
+
+
+async def test_transport_drives_any_other_stream_through_its_methods() -> None:
+    client, server = trio.testing.memory_stream_pair()
+    transport = Transport.from_stream(server)
+    assert transport.socket is None
+    await client.send_all(b"ping")
+    assert await transport.receive_some(10) == b"ping"
+    await transport.send_all(b"pong")
+    assert await client.receive_some(10) == b"pong"
+    assert await transport.send_eof()
+    assert await client.receive_some(10) == b""
+    await transport.close()
+
+
+async def test_acceptor_accepts_and_leaves_the_listener_open() -> None:
+    (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listener.socket.getsockname()[1]
+    acceptor = Acceptor(listener)
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        transport = await acceptor.accept()
+        assert transport.peer == client.getsockname()
+        sock = transport.socket
+        assert sock is not None
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        client.sendall(b"hi")
+        assert await transport.receive_some(10) == b"hi"
+        await transport.close()
+    acceptor.close()
+    # The listener itself still accepts.
+    with socket.create_connection(("127.0.0.1", port)):
+        stream = await listener.accept()
+        await stream.aclose()
+    await listener.aclose()
