@@ -32,11 +32,11 @@ and body. ``scope["extensions"]["fastcgi"]["role"]`` tells the roles apart.
 
 from __future__ import annotations
 
-import contextlib
+import contextvars
 import http
 import logging
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any, Final, Literal, TypeAlias, final
 
@@ -76,13 +76,15 @@ class LifespanFailure(RuntimeError):
     ``lifespan.shutdown.failed``, or failed during lifespan with ``lifespan="on"``."""
 
 
-def _http_version(protocol: str) -> str:
-    version = protocol.partition("/")[2]
-    if version in ("2", "2.0"):
+def _http_version(protocol: bytes) -> str:
+    version = protocol.partition(b"/")[2]
+    if version in (b"1.1", b"1.0"):
+        return version.decode("ascii")
+    if version in (b"2", b"2.0"):
         return "2"
-    if version in ("3", "3.0"):
+    if version in (b"3", b"3.0"):
         return "3"
-    return version if version in ("1.0", "1.1") else "1.1"
+    return "1.1"
 
 
 def _port(value: bytes) -> int | None:
@@ -101,66 +103,109 @@ def _split(params: dict[bytes, bytes], script_name: str | None) -> tuple[bytes, 
     return b"", sent_script
 
 
+#: The ASGI header name of each param name seen so far (``HTTP_USER_AGENT`` ->
+#: ``user-agent``; ``b""`` for a param that is no header), so that each is
+#: worked out once; bounded, since the names come from clients.
+_HEADER_NAMES: Final[dict[bytes, bytes]] = {
+    b"CONTENT_TYPE": b"content-type",
+    b"CONTENT_LENGTH": b"content-length",
+}
+_HEADER_NAMES_MAX: Final = 1024
+#: Headers left out when empty (nginx sends both, empty, without a body).
+_OMIT_EMPTY: Final = frozenset({b"CONTENT_TYPE", b"CONTENT_LENGTH"})
+
+
+def _header_name(param: bytes) -> bytes:
+    name = param[5:].replace(b"_", b"-").lower() if param.startswith(b"HTTP_") else b""
+    if len(_HEADER_NAMES) < _HEADER_NAMES_MAX:
+        _HEADER_NAMES[param] = name
+    return name
+
+
 def build_scope(request: Request, *, script_name: str | None = None) -> dict[str, Any]:
     """The ASGI ``http`` scope for *request* (without ``state``)."""
-    params: dict[bytes, bytes] = dict(request.raw_params)
+    raw_params = request.raw_params
+    params: dict[bytes, bytes] = dict(raw_params)
     headers: list[tuple[bytes, bytes]] = []
-    for name, value in request.raw_params:
-        if name.startswith(b"HTTP_"):
-            headers.append((name[5:].replace(b"_", b"-").lower(), value))
-        elif name in (b"CONTENT_TYPE", b"CONTENT_LENGTH") and value:
-            headers.append((name.replace(b"_", b"-").lower(), value))
+    known = _HEADER_NAMES.get
+    for name, value in raw_params:
+        header = known(name)
+        if header is None:
+            header = _header_name(name)
+        if header and (value or name not in _OMIT_EMPTY):
+            headers.append((header, value))
+    get = params.get
     root, path = _split(params, script_name)
-    request_uri = params.get(b"REQUEST_URI")
+    request_uri = get(b"REQUEST_URI")
     raw_path = request_uri.partition(b"?")[0] if request_uri else path
-    if params.get(b"HTTPS", b"").decode("latin-1").lower() in _TRUE_VALUES:
+    https = get(b"HTTPS")
+    if https and https.decode("latin-1").lower() in _TRUE_VALUES:
         scheme = "https"
     else:
-        scheme = "https" if params.get(b"REQUEST_SCHEME", b"").lower() == b"https" else "http"
+        scheme = "https" if get(b"REQUEST_SCHEME", b"").lower() == b"https" else "http"
+    method = get(b"REQUEST_METHOD")
     scope: dict[str, Any] = {
         "type": "http",
-        "asgi": dict(_ASGI_VERSION),
-        "http_version": _http_version(params.get(b"SERVER_PROTOCOL", b"").decode("latin-1")),
-        "method": params.get(b"REQUEST_METHOD", b"GET").decode("latin-1").upper(),
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": _http_version(get(b"SERVER_PROTOCOL", b"")),
+        "method": method.decode("latin-1").upper() if method else "GET",
         "scheme": scheme,
         "path": path.decode("utf-8", "replace"),
         "raw_path": raw_path,
-        "query_string": params.get(b"QUERY_STRING", b""),
-        "root_path": root.decode("utf-8", "replace"),
+        "query_string": get(b"QUERY_STRING", b""),
+        "root_path": root.decode("utf-8", "replace") if root else "",
         "headers": headers,
         "extensions": {
             "fastcgi": {
-                "raw_params": request.raw_params,
+                "raw_params": raw_params,
                 "role": request.role.name.lower(),
                 "request_id": request.request_id,
             }
         },
     }
-    remote_port = _port(params.get(b"REMOTE_PORT", b""))
-    if b"REMOTE_ADDR" in params and remote_port is not None:
-        scope["client"] = (params[b"REMOTE_ADDR"].decode("latin-1"), remote_port)
-    server_host = params.get(b"SERVER_ADDR") or params.get(b"SERVER_NAME")
-    server_port = _port(params.get(b"SERVER_PORT", b""))
-    if server_host and server_port is not None:
-        scope["server"] = (server_host.decode("latin-1"), server_port)
+    remote_addr = get(b"REMOTE_ADDR")
+    if remote_addr is not None:
+        remote_port = _port(get(b"REMOTE_PORT", b""))
+        if remote_port is not None:
+            scope["client"] = (remote_addr.decode("latin-1"), remote_port)
+    server_host = get(b"SERVER_ADDR") or get(b"SERVER_NAME")
+    if server_host:
+        server_port = _port(get(b"SERVER_PORT", b""))
+        if server_port is not None:
+            scope["server"] = (server_host.decode("latin-1"), server_port)
     return scope
 
 
-def _cgi_head(status: int, headers: object) -> bytes:
-    try:
-        reason = http.HTTPStatus(status).phrase
-    except ValueError:
-        reason = ""
-    lines = [f"Status: {status} {reason}".rstrip().encode("latin-1")]
-    for item in headers:  # type: ignore[attr-defined]
-        name, value = item
-        name = bytes(name)
-        value = bytes(value)
-        if not name or b":" in name or any(c in name or c in value for c in (b"\r", b"\n")):
+#: ``Status:`` lines of the known status codes, made once.
+_STATUS_LINES: Final = {
+    int(status): f"Status: {int(status)} {status.phrase}".encode("latin-1")
+    for status in http.HTTPStatus
+}
+
+
+def _cgi_head(status: int, headers: Iterable[Any]) -> bytes:
+    line = _STATUS_LINES.get(status)
+    lines = [line if line is not None else f"Status: {status}".encode("latin-1")]
+    for name, value in headers:
+        if type(name) is not bytes:
+            name = bytes(name)
+        if type(value) is not bytes:
+            value = bytes(value)
+        if (
+            not name
+            or b":" in name
+            or b"\n" in name
+            or b"\r" in name
+            or b"\n" in value
+            or b"\r" in value
+        ):
             raise ValueError(f"invalid header {name!r}: {value!r}")
         lines.append(name + b": " + value)
     lines.append(b"\r\n")
     return b"\r\n".join(lines)
+
+
+_DISCONNECT: Final = "http.disconnect"
 
 
 @final
@@ -169,55 +214,90 @@ class _Exchange:
 
     def __init__(self, request: Request) -> None:
         self.request = request
-        self.disconnected = trio.Event()
+        self.disconnected = False
+        self._disconnect_event: trio.Event | None = None
+        self._reading: trio.CancelScope | None = None
         self.body_done = False
         self.response_done = False
         self.started = False
         self._head = b""
 
+    def disconnect(self) -> None:
+        """The web server gave up on the request: wake a waiting receive()."""
+        self.disconnected = True
+        if self._reading is not None:
+            self._reading.cancel()
+        if self._disconnect_event is not None:
+            self._disconnect_event.set()
+
     async def receive(self) -> Message:
-        if self.disconnected.is_set() or self.response_done:
-            return {"type": "http.disconnect"}
+        if self.disconnected or self.response_done:
+            await trio.lowlevel.checkpoint()
+            return {"type": _DISCONNECT}
         if not self.body_done:
-            chunk = await self._receive_chunk()
-            if chunk is None:
-                # Disconnected, or the body was cut short: the client is gone.
-                self.body_done = True
-                return {"type": "http.disconnect"}
-            if chunk:
-                return {"type": "http.request", "body": chunk, "more_body": True}
+            return await self._receive_body()
+        # The body was read: wait until the request ends.
+        if self._disconnect_event is None:
+            self._disconnect_event = trio.Event()
+        await self._disconnect_event.wait()
+        return {"type": _DISCONNECT}
+
+    async def _receive_body(self) -> Message:
+        stdin = self.request.stdin
+        # Once the web server ended stdin, one read takes all that is buffered.
+        ended = stdin.at_eof
+        chunk: bytes | None = None
+        try:
+            if ended:
+                chunk = await stdin.receive_some()
+            else:
+                # disconnect() cancels this scope: the read stops at once.
+                with trio.CancelScope() as self._reading:
+                    chunk = await stdin.receive_some()
+                self._reading = None
+        except (InputError, trio.ClosedResourceError):
+            pass  # cut short, or the connection is gone: chunk stays None
+        if chunk is None or self.disconnected:
+            # Disconnected, or the body was cut short: the client is gone.
+            self.body_done = True
+            return {"type": _DISCONNECT}
+        if not chunk:
             self.body_done = True
             return {"type": "http.request", "body": b"", "more_body": False}
-        await self.disconnected.wait()
-        return {"type": "http.disconnect"}
-
-    async def _receive_chunk(self) -> bytes | None:
-        """The next stdin chunk, or None once the request is disconnected or
-        the body turned out incomplete."""
-        result: bytes | None = None
-        async with trio.open_nursery() as nursery:
-
-            async def read() -> None:
-                nonlocal result
-                # Cut short (IncompleteInput): result stays None.
-                with contextlib.suppress(InputError):
-                    result = await self.request.stdin.receive_some()
-                nursery.cancel_scope.cancel()
-
-            async def watch() -> None:
-                await self.disconnected.wait()
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(read)
-            nursery.start_soon(watch)
-        return result
+        expected = stdin.expected_length
+        if ended and (expected is None or expected == stdin.received):
+            self.body_done = True  # that was all of it
+            return {"type": "http.request", "body": chunk, "more_body": False}
+        return {"type": "http.request", "body": chunk, "more_body": True}
 
     async def send(self, message: Message) -> None:
-        if self.disconnected.is_set():
+        if self.disconnected:
             raise ClientDisconnected("the web server aborted the request")
         kind = message["type"]
-        stdout = self.request.stdout
-        if kind == "http.response.start":
+        if kind == "http.response.body":
+            if not self.started:
+                raise RuntimeError("http.response.body before http.response.start")
+            if self.response_done:
+                raise RuntimeError("http.response.body after the response was complete")
+            body = message.get("body", b"")
+            if type(body) is not bytes:
+                body = bytes(body)
+            if self._head:
+                data = self._head + body
+                self._head = b""
+            else:
+                data = body
+            stdout = self.request.stdout
+            try:
+                if data:
+                    await stdout.send_all(data)
+                if not message.get("more_body", False):
+                    self.response_done = True
+                    await stdout.aclose()
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self.disconnect()
+                raise ClientDisconnected(f"the connection is gone: {exc}") from None
+        elif kind == "http.response.start":
             if self.started:
                 raise RuntimeError("http.response.start sent twice")
             status = message["status"]
@@ -225,23 +305,6 @@ class _Exchange:
                 raise ValueError(f"bad ASGI status {status!r}")
             self._head = _cgi_head(status, message.get("headers", ()))
             self.started = True
-        elif kind == "http.response.body":
-            if not self.started:
-                raise RuntimeError("http.response.body before http.response.start")
-            if self.response_done:
-                raise RuntimeError("http.response.body after the response was complete")
-            body = bytes(message.get("body", b""))
-            more = bool(message.get("more_body", False))
-            data, self._head = self._head + body, b""
-            try:
-                if data:
-                    await stdout.send_all(data)
-                if not more:
-                    self.response_done = True
-                    await stdout.aclose()
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self.disconnected.set()
-                raise ClientDisconnected(f"the connection is gone: {exc}") from None
         else:
             raise ValueError(f"unexpected ASGI message type {kind!r} in an http scope")
 
@@ -275,7 +338,7 @@ class ASGIHandler:
         scope["state"] = dict(self.state)
         exchange = _Exchange(request)
         failure: BaseException | None = None
-        app_scope = trio.CancelScope(shield=True)
+        app_scope = trio.CancelScope()
         app_done = trio.Event()
 
         async def run_app() -> None:
@@ -283,26 +346,34 @@ class ASGIHandler:
             try:
                 with app_scope:
                     await self.app(scope, exchange.receive, exchange.send)
-            except Exception as exc:
+            except trio.Cancelled:
+                raise  # only when the whole run ends
+            except BaseException as exc:  # raised again in the request's task
                 failure = exc
             finally:
                 app_done.set()
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(run_app)
-            try:
+        # The application runs in a task of its own so that an abort reaches
+        # this task first: the application is told and gets DISCONNECT_GRACE
+        # seconds. A system task (with this task's context) spares the
+        # nursery; this task always waits for it to end.
+        trio.lowlevel.spawn_system_task(
+            run_app, name="trio_fastcgi.asgi application", context=contextvars.copy_context()
+        )
+        try:
+            await app_done.wait()
+        except trio.Cancelled:
+            # Aborted by the web server, or the connection closed: tell the
+            # application, give it a moment, then stop it.
+            exchange.disconnect()
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(DISCONNECT_GRACE):
+                    await app_done.wait()
+                app_scope.cancel()
                 await app_done.wait()
-            except trio.Cancelled:
-                # Aborted by the web server, or the connection closed: tell the
-                # application, give it a moment, then stop it.
-                exchange.disconnected.set()
-                with trio.CancelScope(shield=True):
-                    with trio.move_on_after(DISCONNECT_GRACE):
-                        await app_done.wait()
-                    app_scope.cancel()
-                raise
+            raise
         if failure is not None:
-            if exchange.disconnected.is_set() and isinstance(failure, OSError):
+            if exchange.disconnected and isinstance(failure, OSError):
                 return
             raise failure
         if not exchange.started:

@@ -1,0 +1,97 @@
+"""CPU per request of the WSGI/ASGI adapters alone: no sockets, no core loop.
+
+Each iteration makes a :class:`trio_fastcgi.Request` for ``/hello`` with the
+params nginx sends, calls the handler in the current task, and drops the
+output records from an unbounded outbox. Compared with the benchmark's native
+handler, the difference is the adapter's own cost per request.
+
+Usage: ``PYTHONPATH=.:benchmarks/backends python benchmarks/adapters_micro.py``
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import statistics
+import sys
+from collections.abc import Awaitable, Callable
+
+import trio
+from common import asgi_app, wsgi_app
+from trio_native import handler as native_handler
+
+from trio_fastcgi import Request, Role
+from trio_fastcgi.asgi import ASGIHandler
+from trio_fastcgi.wsgi import WSGIHandler
+
+PARAMS = (
+    (b"SCRIPT_FILENAME", b"/srv/app"),
+    (b"QUERY_STRING", b""),
+    (b"REQUEST_METHOD", b"GET"),
+    (b"CONTENT_TYPE", b""),
+    (b"CONTENT_LENGTH", b""),
+    (b"SCRIPT_NAME", b""),
+    (b"PATH_INFO", b"/hello"),
+    (b"REQUEST_URI", b"/hello"),
+    (b"DOCUMENT_URI", b"/hello"),
+    (b"DOCUMENT_ROOT", b"/usr/share/nginx/html"),
+    (b"SERVER_PROTOCOL", b"HTTP/1.1"),
+    (b"REQUEST_SCHEME", b"http"),
+    (b"GATEWAY_INTERFACE", b"CGI/1.1"),
+    (b"SERVER_SOFTWARE", b"nginx/1.22.1"),
+    (b"REMOTE_ADDR", b"127.0.0.1"),
+    (b"REMOTE_PORT", b"40000"),
+    (b"SERVER_ADDR", b"127.0.0.1"),
+    (b"SERVER_PORT", b"8080"),
+    (b"SERVER_NAME", b"localhost"),
+    (b"REDIRECT_STATUS", b"200"),
+    (b"HTTP_HOST", b"127.0.0.1:8080"),
+    (b"HTTP_CONNECTION", b"keep-alive"),
+)
+Handler = Callable[[Request], Awaitable[object]]
+
+
+def cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def per_request(handler: Handler, count: int) -> float:
+    send, receive = trio.open_memory_channel[object](math.inf)
+    start = cpu()
+    for _ in range(count):
+        request = Request(
+            request_id=1,
+            role=Role.RESPONDER,
+            keep_conn=True,
+            raw_params=PARAMS,
+            outbox=send,  # type: ignore[arg-type]
+            input_buffer_size=256 * 1024,
+        )
+        request.stdin._feed_eof()
+        await handler(request)
+        while True:
+            try:
+                receive.receive_nowait()
+            except trio.WouldBlock:
+                break
+    return (cpu() - start) / count * 1e6
+
+
+async def main() -> None:
+    count = int(sys.argv[1]) if len(sys.argv) > 1 else 3000
+    handlers: dict[str, Handler] = {
+        "native": native_handler,
+        "asgi": ASGIHandler(asgi_app),
+        "wsgi": WSGIHandler(wsgi_app),
+    }
+    results: dict[str, list[float]] = {name: [] for name in handlers}
+    for _ in range(5):
+        for name, handler in handlers.items():
+            results[name].append(await per_request(handler, count))
+    for name, values in results.items():
+        print(f"{name:8} cpu us/request min {min(values):6.1f} median {statistics.median(values):6.1f}")
+
+
+if __name__ == "__main__":
+    trio.run(main)
