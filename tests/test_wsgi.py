@@ -564,3 +564,216 @@ async def test_wsgi_input_read_all_after_partial_reads(nursery: trio.Nursery) ->
     await web.request(1, params={**GET, "CONTENT_LENGTH": str(len(body))}, stdin=body)
     await web.read_response(1)
     assert results == [b"", body[:11], body[11:]]
+
+
+# -- the body read before the application, and the hand-off of output ----------------
+
+
+@pytest.mark.parametrize("preread_limit", [0, 100])
+async def test_wsgi_input_short_body_is_an_oserror_either_way(
+    nursery: trio.Nursery, preread_limit: int
+) -> None:
+    # CONTENT_LENGTH 100: read before the application (limit 100) or as it asks (0).
+    seen: list[object] = []
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        stream = environ["wsgi.input"]
+        seen.append(stream.read(4))  # type: ignore[attr-defined]
+        try:
+            stream.read()  # type: ignore[attr-defined]
+        except OSError as exc:
+            seen.append(type(exc))
+        seen.append(stream.read())  # type: ignore[attr-defined]
+        start_response("400 Bad Request", [])
+        return []
+
+    web = await serve(nursery, WSGIHandler(app, preread_limit=preread_limit))
+    await web.request(1, params={**GET, "CONTENT_LENGTH": "100"}, stdin=b"only ten b")
+    response = await web.read_response(1)
+    assert response.head == b"Status: 400 Bad Request"
+    assert seen == [b"only", OSError, b""]
+
+
+async def test_wsgi_short_body_read_before_the_application_starts(nursery: trio.Nursery) -> None:
+    seen: list[int] = []
+    body = bytes(range(256)) * 40  # 10 KiB, in two records sent apart
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        request = environ["trio_fastcgi.request"]
+        seen.append(request.stdin.received)  # type: ignore[attr-defined]
+        data = environ["wsgi.input"].read()  # type: ignore[attr-defined]
+        start_response("200 OK", [])
+        return [str(len(data)).encode(), b" ", data[-3:]]
+
+    web = await serve(nursery, WSGIHandler(app, preread_limit=len(body)))
+    params = {**GET, "REQUEST_METHOD": "POST", "CONTENT_LENGTH": str(len(body))}
+    await web.send(begin_record(1) + params_records(1, params) + record(STDIN, 1, body[:100]))
+    await trio.testing.wait_all_tasks_blocked()
+    assert seen == []  # still waiting for the rest of the body
+    await web.send(record(STDIN, 1, body[100:]) + record(STDIN, 1))
+    response = await web.read_response(1)
+    assert seen == [len(body)]  # all of it was in before the application ran
+    assert response.body == f"{len(body)} ".encode() + body[-3:]
+
+
+async def test_wsgi_body_over_the_preread_limit_streams(nursery: trio.Nursery) -> None:
+    started = threading.Event()
+    seen: list[int] = []
+    body = b"x" * 300
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        started.set()
+        seen.append(environ["trio_fastcgi.request"].stdin.received)  # type: ignore[attr-defined]
+        data = environ["wsgi.input"].read(len(body))  # type: ignore[attr-defined]
+        start_response("200 OK", [])
+        return [data]
+
+    web = await serve(nursery, WSGIHandler(app, preread_limit=len(body) - 1))
+    params = {**GET, "REQUEST_METHOD": "POST", "CONTENT_LENGTH": str(len(body))}
+    await web.send(begin_record(1) + params_records(1, params) + record(STDIN, 1, body[:10]))
+    # The application starts without the rest of the body, then reads it.
+    assert await trio.to_thread.run_sync(started.wait, 10)
+    await web.send(record(STDIN, 1, body[10:]) + record(STDIN, 1))
+    response = await web.read_response(1)
+    assert seen[0] < len(body)
+    assert response.body == body
+
+
+def test_wsgi_preread_limit_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="preread_limit"):
+        WSGIHandler(capture_environ([]), preread_limit=-1)
+
+
+async def test_wsgi_many_small_chunks_in_order(nursery: trio.Nursery) -> None:
+    def app(environ: Environ, start_response: StartResponse) -> Iterator[bytes]:
+        start_response("200 OK", [])
+        for i in range(2000):
+            yield b"%d," % i
+
+    web = await serve(nursery, WSGIHandler(app))
+    await web.request(1, params=GET)
+    response = await web.read_response(1)
+    assert response.body == b"".join(b"%d," % i for i in range(2000))
+    assert response.app_status == 0
+
+
+async def test_wsgi_list_body_goes_out_with_the_end(nursery: trio.Nursery) -> None:
+    big = b"y" * (100 * 1024)  # over the size kept back: handed off on its own
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        start_response("200 OK", [("X-A", "1")])
+        return [b"a", b"", b"b", big, b"c"]
+
+    web = await serve(nursery, WSGIHandler(app))
+    await web.request(1, params=GET)
+    response = await web.read_response(1)
+    assert response.head == b"Status: 200 OK\r\nX-A: 1"
+    assert response.body == b"ab" + big + b"c"
+    # The head and the small blocks before the big one went out as one write.
+    first = next(r for r in response.records if r.type == STDOUT)
+    assert first.content == b"Status: 200 OK\r\nX-A: 1\r\n\r\nab"
+
+
+class _WaitRecorder:
+    """Stands in for the ``threading`` module in trio_fastcgi.wsgi: sets
+    *blocked* whenever the application thread waits for room."""
+
+    def __init__(self, blocked: threading.Event) -> None:
+        self.Lock = threading.Lock
+        blocked_event = blocked
+
+        class Condition(threading.Condition):
+            def wait(self, timeout: float | None = None) -> bool:
+                blocked_event.set()
+                return super().wait(timeout)
+
+        self.Condition = Condition
+
+
+BLOCK = b"z" * (64 * 1024)
+BLOCKS = 128  # 8 MiB: far more than the adapter and the core may hold
+
+
+def producing_app(
+    produced: list[int], closed: list[bool], raised: list[BaseException], *, use_write: bool
+) -> Callable[[Environ, StartResponse], Iterable[bytes]]:
+    """Makes 8 MiB of body in 64 KiB blocks, yielded or passed to write()."""
+
+    class Body:
+        def __iter__(self) -> Iterator[bytes]:
+            for _ in range(BLOCKS):
+                yield BLOCK
+                produced[0] += len(BLOCK)
+
+        def close(self) -> None:
+            closed.append(True)
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        write = start_response("200 OK", [])
+        if not use_write:
+            return Body()
+        try:
+            for _ in range(BLOCKS):
+                write(BLOCK)
+                produced[0] += len(BLOCK)
+        except ClientDisconnected as exc:
+            raised.append(exc)
+            raise
+        return Body()
+
+    return app
+
+
+async def test_wsgi_output_handed_off_is_bounded(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trio_fastcgi import wsgi
+
+    blocked = threading.Event()
+    monkeypatch.setattr(wsgi, "threading", _WaitRecorder(blocked))
+    produced, closed, raised = [0], [], []  # type: ignore[var-annotated]
+    client, server = trio.testing.lockstep_stream_pair()
+    nursery.start_soon(
+        trio_fastcgi.serve_connection,
+        WSGIHandler(producing_app(produced, closed, raised, use_write=False)),
+        server,
+    )
+    web = FakeWebServer(client)
+    await web.request(1, params=GET)
+    # Nothing is read: the application must come to wait for room.
+    assert await trio.to_thread.run_sync(blocked.wait, 10)
+    # What it got out: the hand-off buffer, the core's outbox (32 writes) and
+    # the writes in progress; not the 8 MiB it would make.
+    assert produced[0] <= wsgi.OUTPUT_BUFFER + 40 * len(BLOCK)
+    response = await web.read_response(1)
+    assert len(response.body) == BLOCKS * len(BLOCK)
+    assert (closed, raised) == ([True], [])
+
+
+@pytest.mark.parametrize("use_write", [True, False])
+async def test_wsgi_abort_while_output_waits_for_room(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, use_write: bool
+) -> None:
+    from trio_fastcgi import wsgi
+
+    blocked = threading.Event()
+    monkeypatch.setattr(wsgi, "threading", _WaitRecorder(blocked))
+    produced, closed, raised = [0], [], []  # type: ignore[var-annotated]
+    client, server = trio.testing.lockstep_stream_pair()
+    nursery.start_soon(
+        trio_fastcgi.serve_connection,
+        WSGIHandler(producing_app(produced, closed, raised, use_write=use_write)),
+        server,
+    )
+    web = FakeWebServer(client)
+    await web.request(1, params=GET)
+    assert await trio.to_thread.run_sync(blocked.wait, 10)
+    await web.send(record(ABORT, 1))
+    with trio.fail_after(10):
+        response = await web.read_response(1)
+    # A waiting write() raises ClientDisconnected in the application; a
+    # waiting block of the iterable gets it closed. The request ended without
+    # the rest of the body.
+    assert (len(raised), closed) == ((1, []) if use_write else (0, [True]))
+    assert len(response.body) < BLOCKS * len(BLOCK)
+    assert produced[0] < BLOCKS * len(BLOCK)
