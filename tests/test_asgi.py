@@ -396,3 +396,113 @@ async def test_asgi_short_body_is_a_disconnect(nursery: trio.Nursery) -> None:
     assert messages[0] == {"type": "http.request", "body": b"only ten b", "more_body": True}
     assert messages[-1] == {"type": "http.disconnect"}
     assert response.app_status == 0
+
+
+# -- receive() without a task of its own, the app's task -------------------------------
+
+
+async def test_asgi_body_already_in_comes_as_one_message(nursery: trio.Nursery) -> None:
+    received: list[Message] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        received.append(await receive())
+        await send({"type": "http.response.start", "status": 204})
+        await send({"type": "http.response.body"})
+
+    web = await serve(nursery, ASGIHandler(app))
+    params = {**GET, "CONTENT_LENGTH": "6"}
+    # The whole body and its end arrive before the application asks.
+    await web.send(
+        begin_record(1)
+        + params_records(1, params)
+        + record(STDIN, 1, b"abc")
+        + record(STDIN, 1, b"def")
+        + record(STDIN, 1)
+    )
+    await web.read_response(1)
+    assert received == [{"type": "http.request", "body": b"abcdef", "more_body": False}]
+
+
+async def test_asgi_abort_while_receive_waits_for_body(nursery: trio.Nursery) -> None:
+    received: list[Message] = []
+    finished = trio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            received.append(message)
+            if message["type"] == "http.disconnect":
+                break
+        finished.set()
+
+    web = await serve(nursery, ASGIHandler(app))
+    params = {**GET, "CONTENT_LENGTH": "100"}
+    await web.send(begin_record(1) + params_records(1, params) + record(STDIN, 1, b"part"))
+    await trio.testing.wait_all_tasks_blocked()  # the app waits for more body
+    await web.send(record(ABORT, 1))
+    with trio.fail_after(5):
+        response = await web.read_response(1)
+    assert finished.is_set()
+    assert received == [
+        {"type": "http.request", "body": b"part", "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    assert response.stdout == b""
+
+
+async def test_asgi_connection_closed_while_receive_waits(nursery: trio.Nursery) -> None:
+    received: list[Message] = []
+    finished = trio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        received.append(await receive())
+        received.append(await receive())
+        finished.set()
+
+    client, server = trio.testing.memory_stream_pair()
+    nursery.start_soon(trio_fastcgi.serve_connection, ASGIHandler(app), server)
+    web = FakeWebServer(client)
+    await web.send(begin_record(1) + params_records(1, {**GET, "CONTENT_LENGTH": "9"}))
+    await web.send(record(STDIN, 1, b"abc"))
+    await trio.testing.wait_all_tasks_blocked()
+    await client.aclose()
+    with trio.fail_after(5):
+        await finished.wait()
+    assert received[-1] == {"type": "http.disconnect"}
+
+
+async def test_asgi_app_runs_in_the_request_context(nursery: trio.Nursery) -> None:
+    import contextvars
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(var.get())
+        var.set("changed by the app")
+        await send({"type": "http.response.start", "status": 204})
+        await send({"type": "http.response.body"})
+
+    inner = ASGIHandler(app)
+
+    async def handler(request: Request) -> None:
+        var.set(f"request {request.request_id}")
+        await inner(request)
+        seen.append(var.get())  # the app's changes stay in its own copy
+
+    client, server = trio.testing.memory_stream_pair()
+    nursery.start_soon(trio_fastcgi.serve_connection, handler, server)
+    web = FakeWebServer(client)
+    await web.request(4, params=GET)
+    await web.read_response(4)
+    assert seen == ["request 4", "request 4"]
+
+
+async def test_build_scope_header_names_cache_is_bounded() -> None:
+    from trio_fastcgi import asgi
+
+    params = [(f"HTTP_X_{i}".encode(), b"v") for i in range(asgi._HEADER_NAMES_MAX + 50)]
+    scope = build_scope(make_request([*params, (b"CONTENT_LENGTH", b"")]))
+    assert len(scope["headers"]) == len(params)  # content-length is empty: left out
+    assert scope["headers"][-1] == (f"x-{len(params) - 1}".encode(), b"v")
+    assert len(asgi._HEADER_NAMES) <= asgi._HEADER_NAMES_MAX
