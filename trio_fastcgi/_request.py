@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import http
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Final, final
 
 import trio
 
@@ -30,13 +30,14 @@ def _length_param(value: str | bytes | None) -> int | None:
     return int(value)
 
 
+_STATUS_LINES: Final = {
+    status.value: f"Status: {status.value} {status.phrase}" for status in http.HTTPStatus
+}
+
+
 def format_cgi_head(status: int, headers: HeaderItems) -> bytes:
     """A CGI response head: a ``Status:`` line, headers, a blank line."""
-    try:
-        reason = http.HTTPStatus(status).phrase
-    except ValueError:
-        reason = ""
-    lines = [f"Status: {status} {reason}".rstrip()]
+    lines = [_STATUS_LINES.get(status) or f"Status: {status}"]
     items = headers.items() if isinstance(headers, Mapping) else headers
     for name, value in items:
         if "\n" in name or "\r" in name or "\n" in value or "\r" in value or ":" in name:

@@ -131,7 +131,7 @@ class ServedConnection:
                 self._nursery = nursery
                 if self._cancelled:
                     nursery.cancel_scope.cancel()
-                nursery.start_soon(self._write_loop)
+                nursery.start_soon(self._write_loop, name="trio_fastcgi.writer")
                 await self._read_loop()
                 nursery.cancel_scope.cancel()
         finally:
@@ -306,15 +306,15 @@ class ServedConnection:
                 request = self._requests.get(request_id)
                 if request is not None:
                     await self._feed(request.stdin, data)
-            case Data(request_id, data):
-                request = self._requests.get(request_id)
-                if request is not None:
-                    await self._feed(request.data, data)
             case Params():
                 self._start_request(event)
             case BeginRequest(request_id):
                 self._pending[request_id] = event
                 self._begun_any = True
+            case Data(request_id, data):
+                request = self._requests.get(request_id)
+                if request is not None:
+                    await self._feed(request.data, data)
             case AbortRequest(request_id):
                 await self._abort(request_id)
             case RequestRejected(request_id, protocol_status, role):
@@ -358,7 +358,7 @@ class ServedConnection:
         )
         self._requests[event.request_id] = request
         assert self._nursery is not None
-        self._nursery.start_soon(self._run_request, request)
+        self._nursery.start_soon(self._run_request, request, name="trio_fastcgi.request")
 
     async def _abort(self, request_id: int) -> None:
         request = self._requests.get(request_id)

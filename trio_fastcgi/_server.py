@@ -188,7 +188,7 @@ class _Server:
             except BaseException:
                 slots.release()
                 raise
-            nursery.start_soon(self._serve_one, transport)
+            nursery.start_soon(self._serve_one, transport, name="trio_fastcgi.connection")
 
     def _peer_allowed(self, transport: Transport) -> bool:
         allowed = self._config.web_server_addrs

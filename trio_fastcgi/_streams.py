@@ -120,7 +120,8 @@ class InputStream(trio.abc.ReceiveStream):
                     size += len(parts[-1])
                 data = b"".join(parts)
         self._buffered -= len(data)
-        self._writable.unpark_all()
+        if self._writable:
+            self._writable.unpark_all()
         return data
 
     async def receive_all(self, max_size: int = DEFAULT_MAX_BODY_SIZE) -> bytes:
@@ -153,7 +154,8 @@ class InputStream(trio.abc.ReceiveStream):
     def _close(self) -> None:
         self._closed = True
         self._discard()
-        self._readable.unpark_all()
+        if self._readable:
+            self._readable.unpark_all()
 
     # -- the connection's side ---------------------------------------------------
 
@@ -162,11 +164,13 @@ class InputStream(trio.abc.ReceiveStream):
         self._discarding = True
         self._chunks.clear()
         self._buffered = 0
-        self._writable.unpark_all()
+        if self._writable:
+            self._writable.unpark_all()
 
     def _feed_eof(self) -> None:
         self._eof = True
-        self._readable.unpark_all()
+        if self._readable:
+            self._readable.unpark_all()
 
     def _offer(self, data: bytes) -> bool:
         """Take a chunk (``b""`` ends the stream) if the buffer has room, or if
@@ -183,7 +187,8 @@ class InputStream(trio.abc.ReceiveStream):
         self._received += len(data)
         self._chunks.append(data)
         self._buffered = buffered + len(data)
-        self._readable.unpark_all()
+        if self._readable:
+            self._readable.unpark_all()
         return True
 
     async def _feed(self, data: bytes) -> None:
