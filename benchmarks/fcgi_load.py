@@ -222,9 +222,11 @@ async def hold_idle_connections(
     measure: Callable[[], dict[str, Any]],
     time_limit: float,
     parallel: int = 256,
+    settle: float = 1.0,
 ) -> dict[str, Any]:
     """Open *count* connections, serve one keep-alive request on each, hold them
-    all idle and call *measure* (which samples the server); then close all."""
+    all idle for *settle* seconds and call *measure* (which samples the
+    server); then close all."""
     request = encode_request(1, "/hello", keep_conn=True)
     streams: list[trio.SocketStream] = []
     failures = 0
@@ -257,7 +259,7 @@ async def hold_idle_connections(
         result["timed_out"] = scope.cancelled_caught
         result["open"] = len(streams)
         result["failures"] = failures
-        await trio.sleep(1.0)  # let the server settle (no request is in flight)
+        await trio.sleep(settle)  # no request is in flight any more
         result.update(measure())
     finally:
         for stream in streams:

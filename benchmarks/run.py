@@ -1011,6 +1011,9 @@ def extra_idle(backends: dict[str, Backend], work: Path, count: int) -> Result:
                     expect=HELLO,
                     measure=sample,
                     time_limit=120,
+                    # Idle for longer than trio-fastcgi's HIBERNATE_AFTER (2 s),
+                    # so what is measured is idle connections, not fresh ones.
+                    settle=IDLE_SETTLE_SECONDS,
                 )
             )
             if "rss_mib" in result:
@@ -1021,6 +1024,10 @@ def extra_idle(backends: dict[str, Backend], work: Path, count: int) -> Result:
         log(f"  {count} idle keep-alive connections, {backend.label}:")
         log(f"    {fmt_result(result)}")
     return results
+
+
+#: How long the idle connections stay idle before the server's RSS is sampled.
+IDLE_SETTLE_SECONDS = 4.0
 
 
 def extra_upload(backends: dict[str, Backend], work: Path, size: int) -> Result:

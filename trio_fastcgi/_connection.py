@@ -115,6 +115,17 @@ class FastCGIConnection(RecordProtocol[InputEvent]):
         :class:`RemoteProtocolError`.
     """
 
+    __slots__ = (
+        "_keep_alive",
+        "_max_conns",
+        "_max_params_size",
+        "_max_reqs",
+        "_mpxs_conns",
+        "_rejected",
+        "_requests",
+        "_roles",
+    )
+
     def __init__(
         self,
         *,
@@ -126,19 +137,17 @@ class FastCGIConnection(RecordProtocol[InputEvent]):
     ) -> None:
         if max_reqs < 1 or max_conns < 1 or max_params_size < 0:
             raise ValueError("max_reqs and max_conns must be >= 1, max_params_size >= 0")
-        self._roles = frozenset(roles)
+        self._roles = roles if isinstance(roles, frozenset) else frozenset(roles)
+        self._max_conns = max_conns
         self._max_reqs = max_reqs
         self._mpxs_conns = mpxs_conns
         self._max_params_size = max_params_size
-        self._values: dict[bytes, bytes] = {
-            b"FCGI_MAX_CONNS": str(max_conns).encode(),
-            b"FCGI_MAX_REQS": str(max_reqs).encode(),
-            b"FCGI_MPXS_CONNS": b"1" if mpxs_conns else b"0",
-        }
         super().__init__()
         self._requests: dict[int, _Request] = {}
-        # Ids refused at BEGIN_REQUEST whose END_REQUEST has not been sent yet.
-        self._rejected: set[int] = set()
+        # Ids refused at BEGIN_REQUEST whose END_REQUEST has not been sent yet
+        # (a dict as an ordered set: an empty one is a third of an empty set's
+        # size, and every idle connection has one).
+        self._rejected: dict[int, None] = {}
         self._keep_alive = True
 
     # -- state ---------------------------------------------------------------
@@ -238,7 +247,7 @@ class FastCGIConnection(RecordProtocol[InputEvent]):
         elif len(self._requests) >= self._max_reqs:
             status = ProtocolStatus.OVERLOADED
         if status is not None:
-            self._rejected.add(request_id)
+            self._rejected[request_id] = None
             if not keep_conn:
                 self._keep_alive = False
             return RequestRejected(request_id, status, role_number)
@@ -299,7 +308,11 @@ class FastCGIConnection(RecordProtocol[InputEvent]):
 
     def get_values_result(self, names: Iterable[bytes]) -> GetValuesResult:
         """The answer to ``FCGI_GET_VALUES``: the names asked that we know, in order."""
-        values = self._values
+        values = {
+            b"FCGI_MAX_CONNS": str(self._max_conns).encode(),
+            b"FCGI_MAX_REQS": str(self._max_reqs).encode(),
+            b"FCGI_MPXS_CONNS": b"1" if self._mpxs_conns else b"0",
+        }
         return GetValuesResult(tuple((name, values[name]) for name in names if name in values))
 
     def _active(self, request_id: int, what: str) -> _Request:
@@ -329,7 +342,7 @@ class FastCGIConnection(RecordProtocol[InputEvent]):
     def _send_end(self, event: EndRequest) -> bytes:
         request_id = event.request_id
         if request_id in self._rejected:
-            self._rejected.discard(request_id)
+            del self._rejected[request_id]
             return encode_end_request(request_id, event.app_status, event.protocol_status)
         request = self._active(request_id, "FCGI_END_REQUEST")
         del self._requests[request_id]

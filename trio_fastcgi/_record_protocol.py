@@ -20,6 +20,8 @@ class RecordProtocol(Generic[EventT]):
     raise (``_error_type``) and how a record becomes an event.
     """
 
+    __slots__ = ("_error", "_reader")
+
     _error_type: type[RemoteProtocolError] = RemoteProtocolError
 
     def __init__(self) -> None:

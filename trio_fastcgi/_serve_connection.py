@@ -17,9 +17,11 @@ knows always matches what went on the wire.
 from __future__ import annotations
 
 import contextlib
+import enum
 import itertools
 import logging
 import math
+import socket
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final, final
 
@@ -78,14 +80,57 @@ _ERROR_RESPONSE: Final = (
 _MAX_APP_STATUS: Final = 0xFFFFFFFF
 
 
+class _After(enum.Enum):
+    """What the reader does once its deadline has passed."""
+
+    CONTINUE = "continue"
+    CLOSE = "close"
+    HIBERNATE = "hibernate"
+
+
 @final
 class ServedConnection:
     """Serves FastCGI on one open stream until it closes."""
 
+    __slots__ = (
+        "_begun_any",
+        "_cancelled",
+        "_carried",
+        "_closing",
+        "_config",
+        "_conn",
+        "_drain_deadline",
+        "_handler",
+        "_hibernate_after",
+        "_idle_closing",
+        "_idle_since",
+        "_mid_input_since",
+        "_number",
+        "_nursery",
+        "_outbox",
+        "_outbox_receiver",
+        "_pending",
+        "_reader_scope",
+        "_refusals",
+        "_requests",
+        "_shutdown_at",
+        "_shutting_down",
+        "_transport",
+        "_writer_done",
+    )
+
     _ids = itertools.count(1)
 
-    def __init__(self, handler: Handler, transport: Transport, config: Config) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        transport: Transport,
+        config: Config,
+        *,
+        hibernate_after: float | None = None,
+    ) -> None:
         self._number = next(self._ids)
+        self._hibernate_after = hibernate_after if transport.socket is not None else None
         self._handler = handler
         self._transport = transport
         self._config = config
@@ -96,14 +141,14 @@ class ServedConnection:
             mpxs_conns=config.mpxs_conns,
             max_params_size=config.max_params_size,
         )
-        self._outbox, self._outbox_receiver = trio.open_memory_channel[OutputEvent | None](
-            OUTBOX_SIZE
-        )
+        # The outbox (self._outbox, self._outbox_receiver) exists while the
+        # connection runs: run() makes it, hibernation drops it.
         # Requests whose handler runs, and ones that began but wait for params.
         self._requests: dict[int, Request] = {}
         self._pending: dict[int, BeginRequest] = {}
         self._nursery: trio.Nursery | None = None
         self._cancelled = False
+        self._writer_done = False
         self._shutting_down = False
         self._shutdown_at = math.inf
         self._begun_any = False
@@ -124,21 +169,54 @@ class ServedConnection:
     def __repr__(self) -> str:
         return f"<ServedConnection {self.name}>"
 
-    async def run(self) -> None:
-        """Serve until the connection ends; never raises for peer behaviour."""
+    async def run(self) -> bool:
+        """Serve until the connection ends (False), or until it has been idle
+        for ``hibernate_after`` seconds (True): then its tasks end and the
+        connection stays open, to be run again when its socket is readable
+        or its next deadline (:meth:`wake_deadline`) comes. Never raises for
+        peer behaviour."""
+        hibernating = wants_sleep = False
         try:
             async with trio.open_nursery() as nursery:
+                self._outbox, self._outbox_receiver = trio.open_memory_channel[OutputEvent | None](
+                    OUTBOX_SIZE
+                )
                 self._nursery = nursery
+                self._writer_done = False
                 if self._cancelled:
                     nursery.cancel_scope.cancel()
                 nursery.start_soon(self._write_loop, name="trio_fastcgi.writer")
-                await self._read_loop()
-                nursery.cancel_scope.cancel()
+                wants_sleep = await self._read_loop()
+                if not self._writer_done or self._requests:
+                    nursery.cancel_scope.cancel()
+            hibernating = wants_sleep and not self._cancelled
         finally:
-            for request in self._requests.values():
-                request._close_input()
-            await self._transport.close()
-            LOGGER.debug("%s: closed", self.name)
+            self._nursery = None
+            if not hibernating:
+                for request in self._requests.values():
+                    request._close_input()
+                await self._transport.close()
+                LOGGER.debug("%s: closed", self.name)
+        if hibernating:
+            del self._outbox, self._outbox_receiver  # empty, and made anew by run()
+            LOGGER.debug("%s: idle; hibernating", self.name)
+        return hibernating
+
+    @property
+    def socket(self) -> socket.socket | None:
+        """The connection's socket, if it is driven directly."""
+        return self._transport.socket
+
+    def wake_deadline(self) -> float:
+        """When a hibernating connection must run again to act on a timeout."""
+        return self._timeout_deadline()
+
+    def abandon(self) -> None:
+        """Close a hibernating connection at once (its server is going away)."""
+        sock = self._transport.socket
+        if sock is not None and sock.fileno() != -1:
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
 
     def cancel(self) -> None:
         """Cancel every request and close the connection now."""
@@ -170,6 +248,13 @@ class ServedConnection:
     # buffer, a full outbox) lift the deadline while they last.
 
     def _deadline(self) -> float:
+        deadline = self._timeout_deadline()
+        if self._hibernate_after is not None and not self._shutting_down:
+            # Lazy like the rest: checked by _deadline_passed when it comes.
+            deadline = min(deadline, self._idle_since + self._hibernate_after)
+        return deadline
+
+    def _timeout_deadline(self) -> float:
         config = self._config
         if self._closing:
             return self._drain_deadline
@@ -188,15 +273,19 @@ class ServedConnection:
         if self._reader_scope is not None:
             self._reader_scope.deadline = self._deadline()
 
-    async def _read_loop(self) -> None:
+    async def _read_loop(self) -> bool:
+        """Read until the connection is done (False) or may hibernate (True)."""
         while True:
             with trio.CancelScope(deadline=self._deadline()) as scope:
                 self._reader_scope = scope
                 if await self._read_until_deadline(scope):
-                    return
+                    return False
             self._reader_scope = None
-            if self._carried is None and not self._deadline_passed():
-                return
+            if self._carried is not None:
+                continue
+            after = self._deadline_passed()
+            if after is not _After.CONTINUE:
+                return after is _After.HIBERNATE
 
     async def _read_until_deadline(self, scope: trio.CancelScope) -> bool:
         """Receive and dispatch until the connection is done (True) or the
@@ -220,12 +309,11 @@ class ServedConnection:
             if await self._received(data):
                 return True
 
-    def _deadline_passed(self) -> bool:
-        """The reader's deadline passed: act on whatever timed out. False means
-        close the connection."""
+    def _deadline_passed(self) -> _After:
+        """The reader's deadline passed: act on whatever timed out."""
         config = self._config
         if self._closing:
-            return False  # the peer did not close within DRAIN_TIMEOUT
+            return _After.CLOSE  # the peer did not close within DRAIN_TIMEOUT
         now = trio.current_time()
         mid_input_since = self._mid_input_since
         if (
@@ -238,10 +326,12 @@ class ServedConnection:
                 self.name,
                 config.read_timeout,
             )
-            return False
+            return _After.CLOSE
         if self._requests or self._pending:
             self._idle_since = now  # busy, not idle: re-arm a full period
-        elif now >= self._deadline() and not self._idle_closing:
+        elif self._idle_closing:
+            pass
+        elif now >= self._timeout_deadline():
             if self._shutting_down and not self._begun_any:
                 LOGGER.debug("%s: no request came after shutdown began; closing", self.name)
             else:
@@ -250,7 +340,26 @@ class ServedConnection:
                 )
             self._idle_closing = True
             self._wake_writer()
-        return True
+        elif self._may_hibernate(now):
+            return _After.HIBERNATE
+        return _After.CONTINUE
+
+    def _may_hibernate(self, now: float) -> bool:
+        after = self._hibernate_after
+        return (
+            after is not None
+            and now >= self._idle_since + after
+            and not self._shutting_down
+            and self._mid_input_since is None
+            and not self._conn.has_partial_record
+            and self._conn.idle
+            and self._writer_is_waiting()
+        )
+
+    def _writer_is_waiting(self) -> bool:
+        """True if the writer has sent everything and waits for more."""
+        statistics = self._outbox_receiver.statistics()
+        return statistics.current_buffer_used == 0 and statistics.tasks_waiting_receive == 1
 
     async def _received(self, data: bytes) -> bool:
         """Feed one chunk to the core and act on its events; True means stop."""
@@ -424,6 +533,8 @@ class ServedConnection:
     # -- writing -----------------------------------------------------------------
 
     def _wake_writer(self) -> None:
+        if self._nursery is None:
+            return  # not running: the writer checks for closing when it starts
         try:
             self._outbox.send_nowait(None)
         except trio.WouldBlock:
@@ -440,6 +551,12 @@ class ServedConnection:
         return self._idle_closing or (self._shutting_down and self._begun_any)
 
     async def _write_loop(self) -> None:
+        try:
+            await self._write_until_closing()
+        finally:
+            self._writer_done = True
+
+    async def _write_until_closing(self) -> None:
         conn = self._conn
         receiver = self._outbox_receiver
         transport = self._transport

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Final, TypeAlias, TypeVar, final
 import trio
 
 from ._config import Config, parse_address
+from ._hibernation import HIBERNATE_AFTER, Hibernation, hibernation_supported
 from ._listeners import (
     FCGI_LISTENSOCK_FILENO,
     inherited_listener,
@@ -87,6 +88,7 @@ class _Server:
         self._slots = trio.Semaphore(config.max_conns)
         self._all_closed = trio.Event()
         self._shutting_down = False
+        self._hibernation: Hibernation | None = None
 
     async def serve(
         self,
@@ -96,6 +98,12 @@ class _Server:
     ) -> None:
         async with trio.open_nursery() as own_nursery:
             connection_nursery = handler_nursery or own_nursery
+            if hibernation_supported():
+                self._hibernation = Hibernation(
+                    wake=partial(self._wake, connection_nursery),
+                    abandon=self._connection_closed,
+                )
+                own_nursery.start_soon(self._hibernation.watch, name="trio_fastcgi.hibernation")
             async with trio.open_nursery() as accept_nursery:
                 for listener in listeners:
                     # A plain socket listener is accepted from directly; its
@@ -114,6 +122,7 @@ class _Server:
                 task_status.started(list(listeners))
             # Only a graceful shutdown gets here: the listeners are closed.
             await self._drain()
+            own_nursery.cancel_scope.cancel()  # only the hibernation watcher is left
 
     async def _stop_accepting_on(self, event: trio.Event, accepting: trio.CancelScope) -> None:
         await event.wait()
@@ -127,6 +136,8 @@ class _Server:
     async def _drain(self) -> None:
         for connection in list(self._connections):
             connection.begin_shutdown()
+        if self._hibernation is not None:
+            self._hibernation.wake_all()
         with trio.move_on_after(self._config.grace_period):
             await self._wait_all_closed()
             return
@@ -212,20 +223,38 @@ class _Server:
             self._slots.release()
             await transport.close()
             return
-        connection = ServedConnection(self._handler, transport, self._config)
+        connection = ServedConnection(
+            self._handler,
+            transport,
+            self._config,
+            hibernate_after=None if self._hibernation is None else HIBERNATE_AFTER,
+        )
         self._connections.add(connection)
         if self._shutting_down:
             connection.begin_shutdown()
+        await self._run(connection)
+
+    def _wake(self, nursery: trio.Nursery, connection: ServedConnection) -> None:
+        nursery.start_soon(self._run, connection, name="trio_fastcgi.connection")
+
+    async def _run(self, connection: ServedConnection) -> None:
+        hibernating = False
         try:
-            await connection.run()
+            hibernating = await connection.run()
         except Exception:
             LOGGER.exception("%s: internal error; connection closed", connection.name)
         finally:
-            self._slots.release()
-            self._connections.discard(connection)
-            if not self._connections:
-                self._all_closed.set()
-                self._all_closed = trio.Event()
+            if hibernating and self._hibernation is not None:
+                self._hibernation.add(connection)
+            else:
+                self._connection_closed(connection)
+
+    def _connection_closed(self, connection: ServedConnection) -> None:
+        self._slots.release()
+        self._connections.discard(connection)
+        if not self._connections:
+            self._all_closed.set()
+            self._all_closed = trio.Event()
 
 
 async def serve_listeners(
