@@ -18,8 +18,13 @@ if TYPE_CHECKING:
 HeaderItems = Iterable[tuple[str, str]] | Mapping[str, str]
 
 
-def _decode(raw: bytes) -> str:
-    return raw.decode("utf-8", "surrogateescape")
+def _header_items(headers: HeaderItems) -> Iterable[tuple[str, str]]:
+    # type() first: an isinstance() check against an ABC is slow, and a dict
+    # or list is what nearly every caller passes.
+    kind = type(headers)
+    if kind is list or kind is tuple:
+        return headers  # type: ignore[return-value]
+    return headers.items() if isinstance(headers, Mapping) else headers
 
 
 def _length_param(value: str | bytes | None) -> int | None:
@@ -38,7 +43,7 @@ _STATUS_LINES: Final = {
 def format_cgi_head(status: int, headers: HeaderItems) -> bytes:
     """A CGI response head: a ``Status:`` line, headers, a blank line."""
     lines = [_STATUS_LINES.get(status) or f"Status: {status}"]
-    items = headers.items() if isinstance(headers, Mapping) else headers
+    items = _header_items(headers)
     for name, value in items:
         if "\n" in name or "\r" in name or "\n" in value or "\r" in value or ":" in name:
             raise ValueError(f"invalid header {name!r}: {value!r}")
@@ -152,7 +157,10 @@ class Request:
         value; :attr:`raw_params` has them all."""
         params = self._params
         if params is None:
-            params = self._params = {_decode(k): _decode(v) for k, v in self.raw_params}
+            params = self._params = {
+                k.decode("utf-8", "surrogateescape"): v.decode("utf-8", "surrogateescape")
+                for k, v in self.raw_params
+            }
         return params
 
     @property
@@ -188,7 +196,7 @@ class Request:
         A ``str`` body is encoded as UTF-8. *content_type* is added unless it
         is None or *headers* already name a Content-Type.
         """
-        items = list(headers.items() if isinstance(headers, Mapping) else headers)
+        items = list(_header_items(headers))
         if content_type is not None and not any(
             name.lower() == "content-type" for name, _ in items
         ):
