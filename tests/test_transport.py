@@ -134,3 +134,38 @@ async def test_acceptor_accepts_and_leaves_the_listener_open() -> None:
         stream = await listener.accept()
         await stream.aclose()
     await listener.aclose()
+
+
+async def test_transport_send_parts_writes_every_piece_in_order() -> None:
+    # More pieces than one sendmsg takes, more bytes than a socket buffer
+    # holds: partial writes that end inside a piece and between pieces.
+    transport, peer = socket_pair()
+    pieces: list[bytes | memoryview] = [os.urandom(size) for size in range(1, 3000, 3)]
+    pieces[500] = memoryview(os.urandom(4 * 1024 * 1024))[7:]
+    expected = b"".join(pieces)
+    received = bytearray()
+    with peer:
+        peer.setblocking(False)
+        async with trio.open_nursery() as nursery:
+
+            async def read_all() -> None:
+                while len(received) < len(expected):
+                    await trio.lowlevel.wait_readable(peer)
+                    received.extend(peer.recv(1 << 20))
+
+            nursery.start_soon(read_all)
+            parts: list[bytes | memoryview] = list(pieces)
+            await transport.send_parts(parts)
+            assert parts == []  # consumed
+        assert bytes(received) == expected
+        await transport.close()
+
+
+async def test_transport_send_parts_joins_them_for_any_other_stream() -> None:
+    client, server = trio.testing.memory_stream_pair()
+    transport = Transport.from_stream(server)
+    parts: list[bytes | memoryview] = [b"a", memoryview(b"bcd")[1:], b"e"]
+    await transport.send_parts(parts)
+    assert parts == []
+    assert await client.receive_some(10) == b"acde"
+    await transport.close()

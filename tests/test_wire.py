@@ -19,6 +19,7 @@ from trio_fastcgi._wire import (
     encode_pairs,
     encode_record,
     encode_stream,
+    stream_records,
 )
 
 
@@ -78,6 +79,16 @@ def test_encode_stream_splits_into_aligned_records(size: int) -> None:
     assert [len(r.content) == 0 for r in records] == (
         [True] if size == 0 else [False] * len(records)
     )
+
+
+@pytest.mark.parametrize("size", [0, 5, 65528, 200_001])
+def test_stream_records_are_the_stream_in_pieces_without_copying_the_data(size: int) -> None:
+    data = bytes(i % 251 for i in range(size))
+    parts = stream_records(RecordType.STDOUT, 300, data)
+    assert b"".join(parts) == encode_stream(RecordType.STDOUT, 300, data)
+    # The data travels as the caller's object or views of it, never a copy.
+    content = [p for p in parts if len(p) > 8]
+    assert all(p is data or (isinstance(p, memoryview) and p.obj is data) for p in content)
 
 
 pairs_strategy = st.lists(st.tuples(st.binary(max_size=300), st.binary(max_size=300)), max_size=8)

@@ -45,6 +45,7 @@ from ._wire import (
     encode_pairs,
     encode_record,
     encode_stream,
+    stream_records,
 )
 
 DEFAULT_MAX_CONNS: Final = 1024
@@ -287,23 +288,32 @@ class FastCGIConnection(RecordProtocol[InputEvent]):
           LocalProtocolError: the event is not allowed now, e.g. output for a
             request that has ended or whose params are not complete yet.
         """
+        return b"".join(self.send_parts(event))
+
+    def send_parts(self, event: OutputEvent) -> list[bytes | memoryview]:
+        """Like :meth:`send`, as pieces to write in order (for a scatter-gather
+        write): the data of ``Stdout`` and ``Stderr`` events is not copied."""
         event_type = type(event)
         if event_type is Stdout or event_type is Stderr:
             return self._send_output(event)  # type: ignore[arg-type]
         if event_type is EndRequest:
-            return self._send_end(event)  # type: ignore[arg-type]
+            return [self._send_end(event)]  # type: ignore[arg-type]
         if event_type is GetValuesResult:
-            return encode_record(
-                RecordType.GET_VALUES_RESULT,
-                NULL_REQUEST_ID,
-                encode_pairs(event.values),  # type: ignore[union-attr]
-            )
+            return [
+                encode_record(
+                    RecordType.GET_VALUES_RESULT,
+                    NULL_REQUEST_ID,
+                    encode_pairs(event.values),  # type: ignore[union-attr]
+                )
+            ]
         if event_type is UnknownType:
-            return encode_record(
-                RecordType.UNKNOWN_TYPE,
-                NULL_REQUEST_ID,
-                UNKNOWN_TYPE_BODY.pack(event.record_type),  # type: ignore[union-attr]
-            )
+            return [
+                encode_record(
+                    RecordType.UNKNOWN_TYPE,
+                    NULL_REQUEST_ID,
+                    UNKNOWN_TYPE_BODY.pack(event.record_type),  # type: ignore[union-attr]
+                )
+            ]
         raise TypeError(f"cannot send {event!r}")
 
     def get_values_result(self, names: Iterable[bytes]) -> GetValuesResult:
@@ -321,7 +331,7 @@ class FastCGIConnection(RecordProtocol[InputEvent]):
             raise LocalProtocolError(f"{what} for request {request_id}, which is not active")
         return request
 
-    def _send_output(self, event: Stdout | Stderr) -> bytes:
+    def _send_output(self, event: Stdout | Stderr) -> list[bytes | memoryview]:
         is_stdout = type(event) is Stdout
         name = "FCGI_STDOUT" if is_stdout else "FCGI_STDERR"
         request = self._active(event.request_id, name)
@@ -333,11 +343,11 @@ class FastCGIConnection(RecordProtocol[InputEvent]):
                 raise LocalProtocolError(f"{name} of request {event.request_id} is closed")
             if not data:
                 request.stdout_open = False
-            return encode_stream(RecordType.STDOUT, event.request_id, data)
+            return stream_records(RecordType.STDOUT, event.request_id, data)
         if request.stderr == _STDERR_CLOSED:
             raise LocalProtocolError(f"{name} of request {event.request_id} is closed")
         request.stderr = _STDERR_OPEN if data else _STDERR_CLOSED
-        return encode_stream(RecordType.STDERR, event.request_id, data)
+        return stream_records(RecordType.STDERR, event.request_id, data)
 
     def _send_end(self, event: EndRequest) -> bytes:
         request_id = event.request_id

@@ -64,6 +64,9 @@ RECEIVE_SIZE: Final = 256 * 1024
 OUTBOX_SIZE: Final = 32
 #: The writer stops gathering queued records into one send at this many bytes.
 COALESCE_LIMIT: Final = 256 * 1024
+#: Below this many bytes the writer joins what it gathered and sends it; above,
+#: it hands the pieces to one scatter-gather write instead of copying them.
+GATHER_THRESHOLD: Final = 64 * 1024
 #: After our half-close, how long we read and discard what the web server still
 #: sends before closing: closing with unread input makes the kernel send RST,
 #: and the web server may then drop the response it has not read yet.
@@ -560,20 +563,21 @@ class ServedConnection:
         conn = self._conn
         receiver = self._outbox_receiver
         transport = self._transport
-        parts: list[bytes] = []
+        parts: list[bytes | memoryview] = []
         while not self._should_close():
             item = await receiver.receive()
             size = 0
             while True:
                 if item is not None:
                     try:
-                        data = conn.send(item)
+                        pieces = conn.send_parts(item)
                     except LocalProtocolError as exc:
                         # Output from a task outside the request, racing its end.
                         LOGGER.debug("%s: dropped output: %s", self.name, exc)
                     else:
-                        parts.append(data)
-                        size += len(data)
+                        parts += pieces
+                        for piece in pieces:
+                            size += len(piece)
                 if size >= COALESCE_LIMIT:
                     break
                 try:
@@ -582,10 +586,14 @@ class ServedConnection:
                     break
             if not parts:
                 continue
-            payload = parts[0] if len(parts) == 1 else b"".join(parts)
-            parts.clear()
             try:
-                await transport.send_all(payload)
+                if size < GATHER_THRESHOLD:
+                    payload = b"".join(parts)
+                    parts.clear()
+                    await transport.send_all(payload)
+                else:
+                    # Large output goes out without being copied into one buffer.
+                    await transport.send_parts(parts)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 LOGGER.debug("%s: send failed (%r); peer is gone", self.name, exc)
                 self.cancel()

@@ -29,6 +29,9 @@ import trio
 #: many such calls in a row, the caller yields anyway.
 EAGER_CALLS_PER_YIELD: Final = 16
 
+#: Pieces handed to one sendmsg(2); Linux takes at most 1,024 (IOV_MAX).
+MAX_PARTS_PER_SEND: Final = 512
+
 # accept(2) errors that concern only the connection being accepted (it was
 # reset or refused on the way), as in trio's SocketListener: try the next one.
 _SKIPPABLE_ACCEPT_ERRNOS: Final = frozenset(
@@ -148,6 +151,34 @@ class Transport:
                     await trio.lowlevel.wait_writable(sock)
                     with contextlib.suppress(BlockingIOError):
                         sent += sock.send(view[sent:])
+        except OSError as exc:
+            raise trio.BrokenResourceError(exc) from exc
+
+    async def send_parts(self, parts: list[bytes | memoryview]) -> None:
+        """Send the concatenation of *parts* (consumed) without joining them
+        first: one scatter-gather write per wait on a socket."""
+        sock = self._sock
+        if sock is None:
+            assert self._stream is not None
+            payload = b"".join(parts)
+            parts.clear()
+            await self._stream.send_all(payload)
+            return
+        try:
+            while parts:
+                try:
+                    sent = sock.sendmsg(parts[:MAX_PARTS_PER_SEND])
+                except BlockingIOError:
+                    sent = 0
+                done = 0
+                while done < len(parts) and sent >= len(parts[done]):
+                    sent -= len(parts[done])
+                    done += 1
+                del parts[:done]
+                if parts:
+                    if sent:
+                        parts[0] = memoryview(parts[0])[sent:]
+                    await trio.lowlevel.wait_writable(sock)
         except OSError as exc:
             raise trio.BrokenResourceError(exc) from exc
 

@@ -80,8 +80,12 @@ def encode_record(record_type: int, request_id: int, content: bytes = b"") -> by
     return b"".join((header, content, _PADDING[:padding]))
 
 
-def encode_stream(record_type: int, request_id: int, data: bytes | memoryview) -> bytes:
-    """*data* as as many records as it takes, each aligned and at most 65,528 bytes.
+def stream_records(
+    record_type: int, request_id: int, data: bytes | memoryview
+) -> list[bytes | memoryview]:
+    """*data* as as many records as it takes, each aligned and at most 65,528
+    bytes, as pieces to send in order: headers, views of *data* (not copies)
+    and padding.
 
     Empty *data* gives one empty record, which ends the stream.
     """
@@ -89,7 +93,7 @@ def encode_stream(record_type: int, request_id: int, data: bytes | memoryview) -
     if length <= MAX_ALIGNED_CONTENT_LEN:
         padding = -length & 7
         header = HEADER.pack(FCGI_VERSION_1, record_type, request_id, length, padding)
-        return b"".join((header, data, _PADDING[:padding]))
+        return [header, data, _PADDING[:padding]] if padding else [header, data]
     view = memoryview(data)
     parts: list[bytes | memoryview] = []
     full_header = HEADER.pack(FCGI_VERSION_1, record_type, request_id, MAX_ALIGNED_CONTENT_LEN, 0)
@@ -102,8 +106,14 @@ def encode_stream(record_type: int, request_id: int, data: bytes | memoryview) -
     padding = -rest & 7
     parts.append(HEADER.pack(FCGI_VERSION_1, record_type, request_id, rest, padding))
     parts.append(view[start:])
-    parts.append(_PADDING[:padding])
-    return b"".join(parts)
+    if padding:
+        parts.append(_PADDING[:padding])
+    return parts
+
+
+def encode_stream(record_type: int, request_id: int, data: bytes | memoryview) -> bytes:
+    """:func:`stream_records` joined into bytes."""
+    return b"".join(stream_records(record_type, request_id, data))
 
 
 def encode_begin_request_body(role: int, flags: int) -> bytes:
@@ -239,7 +249,10 @@ class RecordReader:
             end = pos + HEADER_LEN + length
             if available >= HEADER_LEN + length + padding:
                 self._pos = end + padding
-                return record_type, request_id, bytes(buffer[pos + HEADER_LEN : end])
+                # One copy: slicing the bytearray itself would make two.
+                with memoryview(buffer) as view:
+                    content = bytes(view[pos + HEADER_LEN : end])
+                return record_type, request_id, content
         if self._eof and available:
             raise WireError(
                 f"connection closed in the middle of a record ({available} bytes of it received)"
