@@ -12,13 +12,15 @@ Usage (from the repo root)::
     PYTHONPATH=. python benchmarks/adapters_load.py trio_wsgi fcgisgi_wsgi \
         --path /hello --runs 5 --seconds 3
 
-Paths: ``/hello``, ``/1m``, ``/post`` (a 256 KiB body). Linux only.
+Paths: ``/hello``, ``/1m``, ``/post`` (a 256 KiB body). Linux only. A client
+that gets no answer for 10 s fails the run instead of hanging it.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -68,7 +70,7 @@ def client(port: int, path: str, stop_at: float, counts: list[int], slot: int) -
     else:
         request = encode_request(1, path)
     expect = EXPECT[path]
-    with socket.create_connection(("127.0.0.1", port)) as sock:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         reader = RecordReader()
         while time.monotonic() < stop_at:
@@ -85,8 +87,7 @@ def one_run(pid: int, port: int, path: str, conns: int, seconds: float) -> float
     stop_at = time.monotonic() + seconds
     before = cpu_seconds(pid)
     threads = [
-        threading.Thread(target=client, args=(port, path, stop_at, counts, i))
-        for i in range(conns)
+        threading.Thread(target=client, args=(port, path, stop_at, counts, i)) for i in range(conns)
     ]
     for thread in threads:
         thread.start()
@@ -104,15 +105,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--conns", type=int, default=4)
     args = parser.parse_args()
+    # Stop the backends on SIGTERM (a `timeout` around this script) too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE / "backends")])}
     procs: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
     try:
         for name in args.backends:
             port = free_port()
-            proc = subprocess.Popen(
-                [sys.executable, str(HERE / "backends" / f"{name}.py"), "--port", str(port)],
-                env=env,
-            )
+            # A name, or the path of a script taking the backends' arguments.
+            script = Path(name) if name.endswith(".py") else HERE / "backends" / f"{name}.py"
+            proc = subprocess.Popen([sys.executable, str(script), "--port", str(port)], env=env)
             wait_port(port, time.monotonic() + 20)
             procs[name] = (proc, port)
         results: dict[str, list[float]] = {name: [] for name in procs}

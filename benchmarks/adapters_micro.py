@@ -65,7 +65,7 @@ async def per_request(handler: Handler, count: int) -> float:
             role=Role.RESPONDER,
             keep_conn=True,
             raw_params=PARAMS,
-            outbox=send,  # type: ignore[arg-type]
+            outbox=send,
             input_buffer_size=256 * 1024,
         )
         request.stdin._feed_eof()
@@ -90,7 +90,8 @@ async def main() -> None:
         for name, handler in handlers.items():
             results[name].append(await per_request(handler, count))
     for name, values in results.items():
-        print(f"{name:8} cpu us/request min {min(values):6.1f} median {statistics.median(values):6.1f}")
+        median = statistics.median(values)
+        print(f"{name:8} cpu us/request min {min(values):6.1f} median {median:6.1f}")
 
 
 if __name__ == "__main__":
