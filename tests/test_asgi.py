@@ -506,3 +506,63 @@ async def test_build_scope_header_names_cache_is_bounded() -> None:
     assert len(scope["headers"]) == len(params)  # content-length is empty: left out
     assert scope["headers"][-1] == (f"x-{len(params) - 1}".encode(), b"v")
     assert len(asgi._HEADER_NAMES) <= asgi._HEADER_NAMES_MAX
+
+
+async def test_asgi_last_block_goes_out_before_the_app_returns(nursery: trio.Nursery) -> None:
+    proceed = trio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"done"})
+        await proceed.wait()  # background work after the response, set once it is out
+
+    web = await serve(nursery, ASGIHandler(app))
+    await web.request(1, params=GET)
+    with trio.fail_after(5):
+        while 1 not in web.responses or not web.responses[1].stdout_closed:
+            await web._read_more()
+    assert web.responses[1].body == b"done"
+    assert web.responses[1].app_status is None  # the request is still on
+    proceed.set()
+    response = await web.read_response(1)
+    assert response.app_status == 0
+
+
+async def test_asgi_failure_after_the_last_block_keeps_the_response(
+    nursery: trio.Nursery,
+) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 201})
+        await send({"type": "http.response.body", "body": b"made"})
+        raise ValueError("after the response")
+
+    web = await serve(nursery, ASGIHandler(app))
+    await web.request(1, params=GET)
+    response = await web.read_response(1)
+    assert (response.head, response.body) == (b"Status: 201 Created", b"made")
+    assert response.stdout_closed
+    assert response.app_status == 1
+
+
+async def test_asgi_short_response_is_one_write(nursery: trio.Nursery) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"hello"})
+
+    client, server = trio.testing.memory_stream_pair()
+    writes: list[bytes] = []
+    original = server.send_stream.send_all
+
+    async def counting_send_all(data: bytes | bytearray | memoryview) -> None:
+        writes.append(bytes(data))
+        await original(data)
+
+    server.send_stream.send_all = counting_send_all  # type: ignore[method-assign]
+    nursery.start_soon(trio_fastcgi.serve_connection, ASGIHandler(app), server)
+    web = FakeWebServer(client)
+    for rid in range(1, 21):
+        await web.request(rid, params=GET)
+        response = await web.read_response(rid)
+        assert response.body == b"hello"
+    # Stdout, its end and END_REQUEST of each request in one write.
+    assert len(writes) == 20

@@ -221,6 +221,10 @@ class _Exchange:
         self.response_done = False
         self.started = False
         self._head = b""
+        #: The response's last block, left for the request's own task to send
+        #: with the end of stdout (see ASGIHandler.__call__).
+        self.last: bytes | None = None
+        self.last_ready = trio.Event()
 
     def disconnect(self) -> None:
         """The web server gave up on the request: wake a waiting receive()."""
@@ -287,13 +291,14 @@ class _Exchange:
                 self._head = b""
             else:
                 data = body
-            stdout = self.request.stdout
+            if not message.get("more_body", False):
+                self.response_done = True
+                self.last = data
+                self.last_ready.set()
+                return
             try:
                 if data:
-                    await stdout.send_all(data)
-                if not message.get("more_body", False):
-                    self.response_done = True
-                    await stdout.aclose()
+                    await self.request.stdout.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self.disconnect()
                 raise ClientDisconnected(f"the connection is gone: {exc}") from None
@@ -352,6 +357,7 @@ class ASGIHandler:
                 failure = exc
             finally:
                 app_done.set()
+                exchange.last_ready.set()
 
         # The application runs in a task of its own so that an abort reaches
         # this task first: the application is told and gets DISCONNECT_GRACE
@@ -361,7 +367,15 @@ class ASGIHandler:
             run_app, name="trio_fastcgi.asgi application", context=contextvars.copy_context()
         )
         try:
-            await app_done.wait()
+            # The last block is sent from here, not from the application's task:
+            # when the application returns at once (the usual case), the block,
+            # the end of stdout and END_REQUEST are queued in one step and go
+            # out in one write.
+            while not app_done.is_set():
+                if exchange.last is not None:
+                    await self._send_last(exchange)
+                await exchange.last_ready.wait()
+                exchange.last_ready = trio.Event()
         except trio.Cancelled:
             # Aborted by the web server, or the connection closed: tell the
             # application, give it a moment, then stop it.
@@ -372,6 +386,8 @@ class ASGIHandler:
                 app_scope.cancel()
                 await app_done.wait()
             raise
+        if exchange.last is not None:
+            await self._send_last(exchange)
         if failure is not None:
             if exchange.disconnected and isinstance(failure, OSError):
                 return
@@ -384,6 +400,17 @@ class ASGIHandler:
                 request.request_id,
             )
             await request.stdout.aclose()
+
+    @staticmethod
+    async def _send_last(exchange: _Exchange) -> None:
+        last, exchange.last = exchange.last, None
+        stdout = exchange.request.stdout
+        try:
+            if last:
+                await stdout.send_all(last)
+            await stdout.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            exchange.disconnect()  # the connection is gone
 
     @asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
