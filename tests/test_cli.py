@@ -211,6 +211,7 @@ def test_server_options_map_every_core_knob() -> None:
             "--input-buffer-size=8192",
             "--idle-timeout=0",
             "--read-timeout=2.5",
+            "--write-timeout=9",
             "--roles=responder,authorizer",
             "--graceful-timeout=4",
         ]
@@ -225,6 +226,7 @@ def test_server_options_map_every_core_knob() -> None:
         "input_buffer_size": 8192,
         "idle_timeout": None,
         "read_timeout": 2.5,
+        "write_timeout": 9.0,
         "grace_period": 4.0,
         "web_server_addrs": ["127.0.0.1", "::1"],
     }

@@ -678,6 +678,37 @@ async def test_read_timeout_does_not_count_time_the_handler_takes_to_read(
         nursery.cancel_scope.cancel()
 
 
+async def test_write_timeout_closes_a_connection_whose_web_server_stopped_reading(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    outcome: list[str] = []
+
+    async def flood(request: Request) -> None:
+        try:
+            while True:
+                await request.stdout.send_all(bytes(65536))
+        except trio.Cancelled:
+            outcome.append("cancelled")
+            raise
+
+    ours, theirs = trio.socket.socketpair()
+    web = FakeWebServer(trio.SocketStream(theirs))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            functools.partial(serve_connection, flood, trio.SocketStream(ours), write_timeout=20)
+        )
+        await web.request(1)  # and read nothing of the response for a while
+        await trio.sleep(19)
+        assert outcome == []
+        await trio.sleep(2)
+        assert outcome == ["cancelled"]
+        # What was sent before is still there, then the end of the connection.
+        while await web.stream.receive_some(1 << 20):
+            pass
+    assert any("write_timeout (20 s)" in r.getMessage() for r in caplog.records)
+    await web.stream.aclose()
+
+
 async def test_no_timeout_while_a_handler_runs(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
 ) -> None:

@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from trio_fastcgi._transport import EAGER_CALLS_PER_YIELD, Acceptor, Transport
+from trio_fastcgi._transport import EAGER_CALLS_PER_YIELD, Acceptor, Transport, WriteTimeout
 
 
 def socket_pair() -> tuple[Transport, socket.socket]:
@@ -169,3 +169,30 @@ async def test_transport_send_parts_joins_them_for_any_other_stream() -> None:
     assert parts == []
     assert await client.receive_some(10) == b"acde"
     await transport.close()
+
+
+async def test_transport_send_gives_up_when_the_peer_stops_reading(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    transport, peer = socket_pair()
+    transport.write_timeout = 30
+    with peer:
+        started = trio.current_time()
+        with pytest.raises(WriteTimeout):
+            await transport.send_all(bytes(16 * 1024 * 1024))  # nobody reads it
+        assert trio.current_time() - started == pytest.approx(30)
+        with pytest.raises(WriteTimeout):
+            await transport.send_parts([bytes(16 * 1024 * 1024)])
+        await transport.close()
+
+
+async def test_transport_write_timeout_bounds_a_generic_stream_too(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    client, server = trio.testing.lockstep_stream_pair()  # a send waits for a reader
+    transport = Transport.from_stream(server)
+    transport.write_timeout = 30
+    with pytest.raises(WriteTimeout):
+        await transport.send_all(b"nobody reads this")
+    await transport.close()
+    await client.aclose()

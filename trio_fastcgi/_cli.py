@@ -25,6 +25,7 @@ from ._config import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_INPUT_BUFFER_SIZE,
     DEFAULT_READ_TIMEOUT,
+    DEFAULT_WRITE_TIMEOUT,
     Config,
     ServerOptions,
     parse_address,
@@ -245,6 +246,7 @@ def server_options(args: argparse.Namespace, environ: Mapping[str, str]) -> Serv
         "mpxs_conns": args.mpxs_conns,
         "idle_timeout": args.idle_timeout,
         "read_timeout": args.read_timeout,
+        "write_timeout": args.write_timeout,
         "grace_period": args.graceful_timeout,
     }
     if args.max_conns is not None:
@@ -443,6 +445,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="longest a started record or a request's params may take; 0 = no limit "
         f"(default {DEFAULT_READ_TIMEOUT:g})",
+    )
+    group.add_argument(
+        "--write-timeout",
+        type=_timeout,
+        default=DEFAULT_WRITE_TIMEOUT,
+        metavar="SECONDS",
+        help="longest the web server may take none of the output waiting for it; "
+        f"0 = no limit (default {DEFAULT_WRITE_TIMEOUT:g})",
     )
     group.add_argument(
         "--roles",

@@ -23,6 +23,7 @@ DEFAULT_INPUT_BUFFER_SIZE: Final = 256 * 1024
 #: than the web server avoids racing it on a connection it is about to reuse.
 DEFAULT_IDLE_TIMEOUT: Final = 300.0
 DEFAULT_READ_TIMEOUT: Final = 60.0
+DEFAULT_WRITE_TIMEOUT: Final = 60.0
 DEFAULT_GRACE_PERIOD: Final = 30.0
 
 
@@ -40,6 +41,7 @@ class ServerOptions(TypedDict, total=False):
     input_buffer_size: int
     idle_timeout: float | None
     read_timeout: float | None
+    write_timeout: float | None
     grace_period: float
     shutdown_event: trio.Event | None
     web_server_addrs: Collection[str] | None
@@ -105,6 +107,10 @@ class Config:
       read_timeout: seconds a record (or a request's params) may take to arrive
         once it has started; stops slow-loris peers. None waits forever.
         Default 60.
+      write_timeout: seconds the web server may go without taking any of the
+        output while it is waiting to be sent (it stopped reading): then the
+        connection is closed and its requests cancelled. None waits forever.
+        Default 60.
       grace_period: on graceful shutdown, seconds in-flight requests get to
         finish before they are cancelled. Default 30.
       shutdown_event: setting this :class:`trio.Event` starts a graceful
@@ -125,6 +131,7 @@ class Config:
     input_buffer_size: int = attrs.field(default=DEFAULT_INPUT_BUFFER_SIZE, validator=_positive)
     idle_timeout: float | None = attrs.field(default=DEFAULT_IDLE_TIMEOUT, validator=_timeout)
     read_timeout: float | None = attrs.field(default=DEFAULT_READ_TIMEOUT, validator=_timeout)
+    write_timeout: float | None = attrs.field(default=DEFAULT_WRITE_TIMEOUT, validator=_timeout)
     grace_period: float = attrs.field(default=DEFAULT_GRACE_PERIOD)
     shutdown_event: trio.Event | None = None
     web_server_addrs: frozenset[IPAddress] = attrs.field(default=None, converter=_web_server_addrs)

@@ -47,7 +47,7 @@ from ._events import (
 from ._exceptions import EndRequestWith, LocalProtocolError, RemoteProtocolError
 from ._request import Request, format_cgi_head
 from ._streams import InputStream, queue_output
-from ._transport import Transport
+from ._transport import Transport, WriteTimeout
 from ._wire import ProtocolStatus
 
 if TYPE_CHECKING:
@@ -136,6 +136,7 @@ class ServedConnection:
         self._hibernate_after = hibernate_after if transport.socket is not None else None
         self._handler = handler
         self._transport = transport
+        transport.write_timeout = config.write_timeout
         self._config = config
         self._conn = FastCGIConnection(
             roles=config.roles,
@@ -594,6 +595,15 @@ class ServedConnection:
                 else:
                     # Large output goes out without being copied into one buffer.
                     await transport.send_parts(parts)
+            except WriteTimeout:
+                LOGGER.warning(
+                    "%s: closing connection: the web server took none of the output "
+                    "for write_timeout (%s s)",
+                    self.name,
+                    self._config.write_timeout,
+                )
+                self.cancel()
+                return
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 LOGGER.debug("%s: send failed (%r); peer is gone", self.name, exc)
                 self.cancel()

@@ -56,6 +56,7 @@ _SKIPPABLE_ACCEPT_ERRNOS: Final = frozenset(
     if hasattr(errno, name)
 )
 _INET_FAMILIES: Final = (socket.AF_INET, socket.AF_INET6)
+_Socket = socket.socket  # Transport.socket shadows the module in the class body
 
 
 def _prepare(sock: socket.socket) -> socket.socket:
@@ -66,11 +67,19 @@ def _prepare(sock: socket.socket) -> socket.socket:
     return sock
 
 
+class WriteTimeout(trio.BrokenResourceError):
+    """The peer took none of our output for the transport's write_timeout."""
+
+
 @final
 class Transport:
-    """Receive, send, half-close and close for one connection."""
+    """Receive, send, half-close and close for one connection.
 
-    __slots__ = ("_eager", "_sock", "_stream", "peer")
+    A send that cannot make progress for ``write_timeout`` seconds (the peer
+    stopped reading) raises :class:`WriteTimeout`.
+    """
+
+    __slots__ = ("_eager", "_sock", "_stream", "peer", "write_timeout")
 
     def __init__(
         self,
@@ -83,6 +92,8 @@ class Transport:
         self._eager = 0
         #: The peer's address as accept(2) gave it, if known.
         self.peer = peer
+        #: Seconds a send may wait for the peer to take data; None: forever.
+        self.write_timeout: float | None = None
 
     @classmethod
     def from_socket(cls, sock: socket.socket, peer: object = None) -> Transport:
@@ -137,7 +148,7 @@ class Transport:
         sock = self._sock
         if sock is None:
             assert self._stream is not None
-            await self._stream.send_all(data)
+            await self._stream_send_all(data)
             return
         try:
             try:
@@ -148,7 +159,7 @@ class Transport:
                 return
             with memoryview(data) as view:
                 while sent < len(view):
-                    await trio.lowlevel.wait_writable(sock)
+                    await self._wait_writable(sock)
                     with contextlib.suppress(BlockingIOError):
                         sent += sock.send(view[sent:])
         except OSError as exc:
@@ -162,7 +173,7 @@ class Transport:
             assert self._stream is not None
             payload = b"".join(parts)
             parts.clear()
-            await self._stream.send_all(payload)
+            await self._stream_send_all(payload)
             return
         try:
             while parts:
@@ -178,9 +189,31 @@ class Transport:
                 if parts:
                     if sent:
                         parts[0] = memoryview(parts[0])[sent:]
-                    await trio.lowlevel.wait_writable(sock)
+                    await self._wait_writable(sock)
         except OSError as exc:
             raise trio.BrokenResourceError(exc) from exc
+
+    async def _wait_writable(self, sock: _Socket) -> None:
+        # Only the slow path (the kernel's buffer is full) pays for a scope.
+        if self.write_timeout is None:
+            await trio.lowlevel.wait_writable(sock)
+            return
+        with trio.move_on_after(self.write_timeout):
+            await trio.lowlevel.wait_writable(sock)
+            return
+        raise WriteTimeout(f"the peer took no data for {self.write_timeout:g} s")
+
+    async def _stream_send_all(self, data: bytes) -> None:
+        assert self._stream is not None
+        if self.write_timeout is None:
+            await self._stream.send_all(data)
+            return
+        # A generic stream cannot say when it would block: the whole send is
+        # bounded, which is write_timeout for a peer that stopped reading.
+        with trio.move_on_after(self.write_timeout):
+            await self._stream.send_all(data)
+            return
+        raise WriteTimeout(f"the peer took no data for {self.write_timeout:g} s")
 
     async def send_eof(self) -> bool:
         """Half-close; False if the stream cannot do that."""
