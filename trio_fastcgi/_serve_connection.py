@@ -47,7 +47,7 @@ from ._events import (
 from ._exceptions import EndRequestWith, LocalProtocolError, RemoteProtocolError
 from ._request import Request, format_cgi_head
 from ._streams import InputStream, queue_output
-from ._transport import Transport, WriteTimeout
+from ._transport import Transport, WriteTimeout, close_socket
 from ._wire import ProtocolStatus
 
 if TYPE_CHECKING:
@@ -218,9 +218,8 @@ class ServedConnection:
     def abandon(self) -> None:
         """Close a hibernating connection at once (its server is going away)."""
         sock = self._transport.socket
-        if sock is not None and sock.fileno() != -1:
-            trio.lowlevel.notify_closing(sock)
-            sock.close()
+        if sock is not None:
+            close_socket(sock)
 
     def cancel(self) -> None:
         """Cancel every request and close the connection now."""

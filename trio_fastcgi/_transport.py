@@ -59,6 +59,13 @@ _INET_FAMILIES: Final = (socket.AF_INET, socket.AF_INET6)
 _Socket = socket.socket  # Transport.socket shadows the module in the class body
 
 
+def close_socket(sock: socket.socket) -> None:
+    """Close *sock* (if still open) the way trio wants: waiters woken first."""
+    if sock.fileno() != -1:
+        trio.lowlevel.notify_closing(sock)
+        sock.close()
+
+
 def _prepare(sock: socket.socket) -> socket.socket:
     sock.setblocking(False)
     if sock.family in _INET_FAMILIES:
@@ -237,9 +244,7 @@ class Transport:
             assert self._stream is not None
             await trio.aclose_forcefully(self._stream)
             return
-        if sock.fileno() != -1:
-            trio.lowlevel.notify_closing(sock)
-            sock.close()
+        close_socket(sock)
 
 
 @final
@@ -291,6 +296,4 @@ class Acceptor:
 
     def close(self) -> None:
         """Close the duplicate listening socket."""
-        if self._sock.fileno() != -1:
-            trio.lowlevel.notify_closing(self._sock)
-            self._sock.close()
+        close_socket(self._sock)
