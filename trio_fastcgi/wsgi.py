@@ -17,7 +17,10 @@ request's Trio task and the thread share one bounded hand-off queue:
 - ``wsgi.errors`` writes to the FastCGI stderr stream, which the web server
   logs.
 
-A simple request thus costs one trip to a worker thread and back.
+A simple request thus costs one trip to a worker thread and back. The worker
+threads are not :func:`trio.to_thread.run_sync` threads, so
+:mod:`trio.from_thread` is not available in the application (WSGI
+applications are synchronous and have no use for it).
 
 If the web server aborts the request (``FCGI_ABORT_REQUEST`` or a closed
 connection), the application's next read or write raises
