@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 from collections.abc import Callable
 
 import pytest
@@ -13,6 +14,10 @@ from tests.fuzz.connection_harness import count_tasks
 from tests.helpers import FakeWebServer
 from trio_fastcgi import Request, serve_tcp
 from trio_fastcgi import _server as server_module
+from trio_fastcgi._config import Config
+from trio_fastcgi._hibernation import Hibernation
+from trio_fastcgi._serve_connection import ServedConnection
+from trio_fastcgi._transport import Transport
 
 #: Short enough for tests to wait out, long next to a loopback round trip.
 HIBERNATE_AFTER = 0.05
@@ -128,3 +133,22 @@ async def test_hibernation_cancelled_server_closes_hibernating_connections() -> 
     await web.read_eof()
     await web.stream.aclose()
     assert open_fds() == fds
+
+
+async def test_hibernation_after_the_watcher_stopped_closes_the_connection() -> None:
+    # A connection that decides to hibernate just as its server is cancelled
+    # is closed, not handed to a watcher that is gone.
+
+    from trio_fastcgi._serve_connection import ServedConnection
+
+    closed: list[ServedConnection] = []
+    hibernation = Hibernation(wake=lambda c: None, abandon=closed.append)
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await hibernation.watch()
+    ours, theirs = socket.socketpair()
+    connection = ServedConnection(echo, Transport.from_socket(ours), Config(), hibernate_after=1)
+    hibernation.add(connection)
+    assert closed == [connection]
+    assert ours.fileno() == -1
+    theirs.close()

@@ -62,12 +62,18 @@ class Hibernation:
         self._deadlines: list[tuple[float, int, ServedConnection]] = []
         self._order = itertools.count()
         self._scope: trio.CancelScope | None = None
+        self._stopped = False
 
     def __len__(self) -> int:
         return len(self._sleeping)
 
     def add(self, connection: ServedConnection) -> None:
-        """Watch a connection whose tasks just ended."""
+        """Watch a connection whose tasks just ended (or close it, if the
+        watcher has stopped)."""
+        if self._stopped:
+            connection.abandon()
+            self._abandon(connection)
+            return
         sock = connection.socket
         assert sock is not None
         deadline = connection.wake_deadline()
@@ -113,6 +119,7 @@ class Hibernation:
                     if self._sleeping.get(connection) == when:
                         self.wake(connection)
         finally:
+            self._stopped = True
             for connection in list(self._sleeping):
                 del self._sleeping[connection]
                 self._selector.unregister(connection.socket)  # type: ignore[arg-type]
