@@ -64,9 +64,6 @@ class Hibernation:
         self._scope: trio.CancelScope | None = None
         self._stopped = False
 
-    def __len__(self) -> int:
-        return len(self._sleeping)
-
     def add(self, connection: ServedConnection) -> None:
         """Watch a connection whose tasks just ended (or close it, if the
         watcher has stopped)."""
