@@ -16,13 +16,15 @@ reader and writer), which is what lets the socket path skip trio's checks.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import socket
-from typing import Final, final
+from collections.abc import Awaitable, Callable
+from typing import Final, TypeVar, final
 
 import trio
+
+_T = TypeVar("_T")
 
 #: A receive (or accept) that succeeds without waiting is not a schedule point,
 #: so a peer that keeps the socket full could starve other tasks: every this
@@ -56,7 +58,6 @@ _SKIPPABLE_ACCEPT_ERRNOS: Final = frozenset(
     if hasattr(errno, name)
 )
 _INET_FAMILIES: Final = (socket.AF_INET, socket.AF_INET6)
-_Socket = socket.socket  # Transport.socket shadows the module in the class body
 
 
 def close_socket(sock: socket.socket) -> None:
@@ -154,33 +155,25 @@ class Transport:
         """Send all of *data*; waits only while the kernel's buffer is full."""
         sock = self._sock
         if sock is None:
-            assert self._stream is not None
-            await self._stream_send_all(data)
+            await self._within_write_timeout(self._stream_send_all, data)
             return
         try:
-            try:
-                sent = sock.send(data)
-            except BlockingIOError:
-                sent = 0
-            if sent == len(data):
-                return
-            with memoryview(data) as view:
-                while sent < len(view):
-                    await self._wait_writable(sock)
-                    with contextlib.suppress(BlockingIOError):
-                        sent += sock.send(view[sent:])
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
         except OSError as exc:
             raise trio.BrokenResourceError(exc) from exc
+        if sent < len(data):
+            await self.send_parts([memoryview(data)[sent:]])
 
     async def send_parts(self, parts: list[bytes | memoryview]) -> None:
         """Send the concatenation of *parts* (consumed) without joining them
         first: one scatter-gather write per wait on a socket."""
         sock = self._sock
         if sock is None:
-            assert self._stream is not None
             payload = b"".join(parts)
             parts.clear()
-            await self._stream_send_all(payload)
+            await self._within_write_timeout(self._stream_send_all, payload)
             return
         try:
             while parts:
@@ -196,29 +189,28 @@ class Transport:
                 if parts:
                     if sent:
                         parts[0] = memoryview(parts[0])[sent:]
-                    await self._wait_writable(sock)
+                    # Only this slow path (the kernel's buffer is full) pays
+                    # for the timeout's cancel scope.
+                    await self._within_write_timeout(trio.lowlevel.wait_writable, sock)
         except OSError as exc:
             raise trio.BrokenResourceError(exc) from exc
 
-    async def _wait_writable(self, sock: _Socket) -> None:
-        # Only the slow path (the kernel's buffer is full) pays for a scope.
-        if self.write_timeout is None:
-            await trio.lowlevel.wait_writable(sock)
-            return
-        with trio.move_on_after(self.write_timeout):
-            await trio.lowlevel.wait_writable(sock)
-            return
-        raise WriteTimeout(f"the peer took no data for {self.write_timeout:g} s")
-
     async def _stream_send_all(self, data: bytes) -> None:
         assert self._stream is not None
+        await self._stream.send_all(data)
+
+    async def _within_write_timeout(
+        self, wait: Callable[[_T], Awaitable[None]], argument: _T
+    ) -> None:
+        """``await wait(argument)``, a send or a wait for room;
+        :class:`WriteTimeout` if it takes longer than write_timeout. A generic
+        stream cannot say when it would block, so its whole send is bounded,
+        which comes to the same for a peer that stopped reading."""
         if self.write_timeout is None:
-            await self._stream.send_all(data)
+            await wait(argument)
             return
-        # A generic stream cannot say when it would block: the whole send is
-        # bounded, which is write_timeout for a peer that stopped reading.
         with trio.move_on_after(self.write_timeout):
-            await self._stream.send_all(data)
+            await wait(argument)
             return
         raise WriteTimeout(f"the peer took no data for {self.write_timeout:g} s")
 
