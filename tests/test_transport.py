@@ -18,6 +18,14 @@ def socket_pair() -> tuple[Transport, socket.socket]:
     return Transport.from_socket(ours), theirs
 
 
+async def read_into(peer: socket.socket, received: bytearray, size: int) -> None:
+    """Read *size* bytes from *peer* into *received*, as trio would."""
+    peer.setblocking(False)
+    while len(received) < size:
+        await trio.lowlevel.wait_readable(peer)
+        received.extend(peer.recv(1 << 20))
+
+
 async def test_transport_receives_and_sends_on_a_socket() -> None:
     transport, peer = socket_pair()
     with peer:
@@ -51,15 +59,8 @@ async def test_transport_send_all_waits_while_the_kernel_buffer_is_full() -> Non
     payload = os.urandom(8 * 1024 * 1024)  # far more than a socket buffer holds
     received = bytearray()
     with peer:
-        peer.setblocking(False)
         async with trio.open_nursery() as nursery:
-
-            async def read_all() -> None:
-                while len(received) < len(payload):
-                    await trio.lowlevel.wait_readable(peer)
-                    received.extend(peer.recv(1 << 20))
-
-            nursery.start_soon(read_all)
+            nursery.start_soon(read_into, peer, received, len(payload))
             await transport.send_all(payload)
         assert bytes(received) == payload
         await transport.close()
@@ -145,15 +146,8 @@ async def test_transport_send_parts_writes_every_piece_in_order() -> None:
     expected = b"".join(pieces)
     received = bytearray()
     with peer:
-        peer.setblocking(False)
         async with trio.open_nursery() as nursery:
-
-            async def read_all() -> None:
-                while len(received) < len(expected):
-                    await trio.lowlevel.wait_readable(peer)
-                    received.extend(peer.recv(1 << 20))
-
-            nursery.start_soon(read_all)
+            nursery.start_soon(read_into, peer, received, len(expected))
             parts: list[bytes | memoryview] = list(pieces)
             await transport.send_parts(parts)
             assert parts == []  # consumed
