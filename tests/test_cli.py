@@ -212,6 +212,7 @@ def test_server_options_map_every_core_knob() -> None:
             "--idle-timeout=0",
             "--read-timeout=2.5",
             "--write-timeout=9",
+            "--hibernate-after=off",
             "--roles=responder,authorizer",
             "--graceful-timeout=4",
         ]
@@ -227,6 +228,7 @@ def test_server_options_map_every_core_knob() -> None:
         "idle_timeout": None,
         "read_timeout": 2.5,
         "write_timeout": 9.0,
+        "hibernate_after": None,
         "grace_period": 4.0,
         "web_server_addrs": ["127.0.0.1", "::1"],
     }
@@ -238,6 +240,7 @@ def test_server_options_defaults_allow_every_peer() -> None:
     assert options["web_server_addrs"] == []
     assert options["mpxs_conns"] is True
     assert options["roles"] == frozenset({Role.RESPONDER})
+    assert options["hibernate_after"] == 2.0
 
 
 def test_server_options_reject_a_bad_web_server_address() -> None:

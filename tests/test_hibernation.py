@@ -7,25 +7,18 @@ import os
 import socket
 from collections.abc import Callable
 
-import pytest
 import trio
 
 from tests.fuzz.connection_harness import count_tasks
 from tests.helpers import FakeWebServer
 from trio_fastcgi import Request, serve_tcp
-from trio_fastcgi import _server as server_module
 from trio_fastcgi._config import Config
 from trio_fastcgi._hibernation import Hibernation
 from trio_fastcgi._serve_connection import ServedConnection
-from trio_fastcgi._transport import Transport
+from trio_fastcgi._transport import SocketTransport
 
 #: Short enough for tests to wait out, long next to a loopback round trip.
 HIBERNATE_AFTER = 0.05
-
-
-@pytest.fixture(autouse=True)
-def quick_hibernation(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(server_module, "HIBERNATE_AFTER", HIBERNATE_AFTER)
 
 
 def open_fds() -> int:
@@ -47,7 +40,14 @@ async def echo(request: Request) -> None:
 
 async def start(nursery: trio.Nursery, **options: object) -> int:
     listeners = await nursery.start(
-        functools.partial(serve_tcp, echo, 0, host="127.0.0.1", **options)  # type: ignore[arg-type]
+        functools.partial(
+            serve_tcp,
+            echo,
+            0,
+            host="127.0.0.1",
+            hibernate_after=HIBERNATE_AFTER,
+            **options,  # type: ignore[arg-type]
+        )
     )
     return int(listeners[0].socket.getsockname()[1])
 
@@ -135,20 +135,64 @@ async def test_hibernation_cancelled_server_closes_hibernating_connections() -> 
     assert open_fds() == fds
 
 
-async def test_hibernation_after_the_watcher_stopped_closes_the_connection() -> None:
+async def test_hibernation_a_stopped_watcher_takes_no_connection() -> None:
     # A connection that decides to hibernate just as its server is cancelled
-    # is closed, not handed to a watcher that is gone.
-
-    from trio_fastcgi._serve_connection import ServedConnection
-
-    closed: list[ServedConnection] = []
-    hibernation = Hibernation(wake=lambda c: None, abandon=closed.append)
+    # is told so (and stays open for its server to decide), not handed to a
+    # watcher that is gone.
+    stopped: list[ServedConnection] = []
+    hibernation = Hibernation(wake=lambda c: None, stopped=stopped.append)
     with trio.CancelScope() as scope:
         scope.cancel()
         await hibernation.watch()
     ours, theirs = socket.socketpair()
-    connection = ServedConnection(echo, Transport.from_socket(ours), Config(), hibernate_after=1)
-    hibernation.add(connection)
-    assert closed == [connection]
-    assert ours.fileno() == -1
+    connection = ServedConnection(echo, SocketTransport(ours), Config(), hibernates=True)
+    assert not hibernation.add(connection)
+    assert stopped == []
+    assert ours.fileno() != -1
+    ours.close()
     theirs.close()
+
+
+async def test_hibernation_option_none_never_hibernates(nursery: trio.Nursery) -> None:
+    listeners = await nursery.start(
+        functools.partial(serve_tcp, echo, 0, host="127.0.0.1", hibernate_after=None)
+    )
+    tasks = count_tasks()
+    web = await connect(int(listeners[0].socket.getsockname()[1]))
+    await web.request(1, stdin=b"x")
+    await web.read_response(1)
+    await trio.sleep(HIBERNATE_AFTER * 6)
+    assert count_tasks() == tasks + 2  # reader and writer still there
+    await web.stream.aclose()
+
+
+async def test_hibernation_handler_nursery_connections_outlive_a_cancelled_server() -> None:
+    # With handler_nursery, cancelling serve_tcp stops accepting only: the
+    # connections it accepted go on serving in the caller's nursery, the
+    # hibernating one woken and the awake one no longer hibernating.
+    async with trio.open_nursery() as handlers:
+        with trio.CancelScope() as server_scope:
+            async with trio.open_nursery() as server_nursery:
+                port = await start(server_nursery, handler_nursery=handlers)
+                tasks = count_tasks()
+                asleep = await connect(port)
+                await asleep.request(1, stdin=b"a")
+                await asleep.read_response(1)
+                await wait_until(lambda: count_tasks() == tasks)  # hibernating
+                awake = await connect(port)
+                await awake.request(1, stdin=b"b")
+                await awake.read_response(1)
+                server_scope.cancel()
+        # Both served again, long after hibernate_after, on the same connections.
+        for _ in range(2):
+            await trio.sleep(HIBERNATE_AFTER * 4)
+            for web, body in ((asleep, b"again a"), (awake, b"again b")):
+                await web.request(1, stdin=body)
+                assert (await web.read_response(1)).body == body
+        with trio.fail_after(5):
+            for web in (asleep, awake):
+                await web.stream.send_eof()  # type: ignore[attr-defined]
+                await web.read_eof()
+                await web.stream.aclose()
+    # The handler nursery exited by itself: the connections closed when their
+    # web server closed them.

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import struct
+from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 import trio
 import trio.testing
 
-from trio_fastcgi._transport import EAGER_CALLS_PER_YIELD, Acceptor, Transport, WriteTimeout
+from trio_fastcgi._transport import (
+    EAGER_CALLS_PER_YIELD,
+    Acceptor,
+    SocketTransport,
+    StreamTransport,
+    Transport,
+    WriteTimeout,
+    open_transport,
+)
 
 
-def socket_pair() -> tuple[Transport, socket.socket]:
+def socket_pair() -> tuple[SocketTransport, socket.socket]:
     ours, theirs = socket.socketpair()
-    return Transport.from_socket(ours), theirs
+    return SocketTransport(ours), theirs
 
 
 async def read_into(peer: socket.socket, received: bytearray, size: int) -> None:
@@ -83,7 +93,7 @@ async def test_transport_reset_is_broken_resource() -> None:
     with socket.create_server(("127.0.0.1", 0)) as listening:
         client = socket.create_connection(listening.getsockname())
         ours, _ = listening.accept()
-    transport = Transport.from_socket(ours)
+    transport = SocketTransport(ours)
     client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     client.close()  # RST
     with pytest.raises(trio.BrokenResourceError):
@@ -94,7 +104,7 @@ async def test_transport_reset_is_broken_resource() -> None:
 async def test_transport_takes_the_socket_of_a_plain_socket_stream() -> None:
     a, b = trio.socket.socketpair()
     stream = trio.SocketStream(a)
-    transport = Transport.from_stream(stream)
+    transport = open_transport(stream)
     assert stream.socket.fileno() == -1  # detached: the transport owns it now
     assert transport.socket is not None
     with b:
@@ -105,7 +115,7 @@ async def test_transport_takes_the_socket_of_a_plain_socket_stream() -> None:
 
 async def test_transport_drives_any_other_stream_through_its_methods() -> None:
     client, server = trio.testing.memory_stream_pair()
-    transport = Transport.from_stream(server)
+    transport = open_transport(server)
     assert transport.socket is None
     await client.send_all(b"ping")
     assert await transport.receive_some(10) == b"ping"
@@ -157,7 +167,7 @@ async def test_transport_send_parts_writes_every_piece_in_order() -> None:
 
 async def test_transport_send_parts_joins_them_for_any_other_stream() -> None:
     client, server = trio.testing.memory_stream_pair()
-    transport = Transport.from_stream(server)
+    transport = open_transport(server)
     parts: list[bytes | memoryview] = [b"a", memoryview(b"bcd")[1:], b"e"]
     await transport.send_parts(parts)
     assert parts == []
@@ -184,9 +194,92 @@ async def test_transport_write_timeout_bounds_a_generic_stream_too(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     client, server = trio.testing.lockstep_stream_pair()  # a send waits for a reader
-    transport = Transport.from_stream(server)
+    transport = open_transport(server)
     transport.write_timeout = 30
     with pytest.raises(WriteTimeout):
         await transport.send_all(b"nobody reads this")
     await transport.close()
     await client.aclose()
+
+
+@pytest.fixture
+def peers() -> Iterator[list[socket.socket]]:
+    opened: list[socket.socket] = []
+    yield opened
+    for sock in opened:
+        sock.close()
+
+
+def transport_pair(
+    kind: str, peers: list[socket.socket]
+) -> tuple[Transport, Callable[[bytes], Awaitable[None]]]:
+    """A transport of *kind*, and how the peer sends to it."""
+    if kind == "socket":
+        ours, theirs = socket.socketpair()
+        peers.append(theirs)
+
+        async def send_socket(data: bytes) -> None:
+            theirs.sendall(data)
+            await trio.lowlevel.checkpoint()
+
+        return SocketTransport(ours), send_socket
+    client, server = trio.testing.memory_stream_pair()
+    return StreamTransport(server), client.send_all
+
+
+@pytest.mark.parametrize("kind", ["socket", "stream"])
+async def test_receive_deadline_passes_with_nothing_received(
+    kind: str, autojump_clock: trio.testing.MockClock, peers: list[socket.socket]
+) -> None:
+    transport, send = transport_pair(kind, peers)
+    start = trio.current_time()
+    assert await transport.receive_some(100, start + 5) is None
+    assert trio.current_time() == start + 5
+    await send(b"later")  # nothing was taken: the next receive gets it all
+    assert await transport.receive_some(100, trio.current_time() + 5) == b"later"
+    await transport.close()
+
+
+@pytest.mark.parametrize("kind", ["socket", "stream"])
+async def test_receive_with_a_passed_deadline_still_returns_what_is_there(
+    kind: str, autojump_clock: trio.testing.MockClock, peers: list[socket.socket]
+) -> None:
+    # Data that is already waiting is returned even if the deadline passed
+    # (a socket is read without waiting); if the deadline wins instead, the
+    # data stays for the next receive. Either way nothing is lost.
+    transport, send = transport_pair(kind, peers)
+    await send(b"waiting")
+    data = await transport.receive_some(100, trio.current_time() - 1)
+    if data is None:
+        assert kind == "stream"
+        data = await transport.receive_some(100)
+    assert data == b"waiting"
+    await transport.close()
+
+
+@pytest.mark.parametrize("kind", ["socket", "stream"])
+async def test_move_receive_deadline_moves_the_waiting_receive(
+    kind: str, autojump_clock: trio.testing.MockClock, peers: list[socket.socket]
+) -> None:
+    transport, send = transport_pair(kind, peers)
+    transport.move_receive_deadline(0)  # no receive waiting: nothing happens
+    results: list[bytes | None] = []
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+
+        async def receive() -> None:
+            results.append(await transport.receive_some(100, start + 100))
+
+        nursery.start_soon(receive)
+        await trio.testing.wait_all_tasks_blocked()
+        transport.move_receive_deadline(start + 3)
+    assert results == [None]
+    assert trio.current_time() == start + 3
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(receive)
+        await trio.testing.wait_all_tasks_blocked()
+        transport.move_receive_deadline(math.inf)
+        await trio.sleep(1000)
+        await send(b"in time")
+    assert results == [None, b"in time"]
+    await transport.close()

@@ -22,6 +22,7 @@ import trio
 from ._bind import Bind, BindError, BoundSocket, default_binds, open_binds, parse_bind
 from ._config import (
     DEFAULT_GRACE_PERIOD,
+    DEFAULT_HIBERNATE_AFTER,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_INPUT_BUFFER_SIZE,
     DEFAULT_READ_TIMEOUT,
@@ -247,6 +248,7 @@ def server_options(args: argparse.Namespace, environ: Mapping[str, str]) -> Serv
         "idle_timeout": args.idle_timeout,
         "read_timeout": args.read_timeout,
         "write_timeout": args.write_timeout,
+        "hibernate_after": args.hibernate_after,
         "grace_period": args.graceful_timeout,
     }
     if args.max_conns is not None:
@@ -453,6 +455,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="longest the web server may take none of the output waiting for it; "
         f"0 = no limit (default {DEFAULT_WRITE_TIMEOUT:g})",
+    )
+    group.add_argument(
+        "--hibernate-after",
+        type=_timeout,
+        default=DEFAULT_HIBERNATE_AFTER,
+        metavar="SECONDS",
+        help="an idle connection gives up its tasks after this long; 0 = never "
+        f"(default {DEFAULT_HIBERNATE_AFTER:g})",
     )
     group.add_argument(
         "--roles",

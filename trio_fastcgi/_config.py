@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Final, TypeAlias, TypedDict
 import attrs
 
 from ._connection import DEFAULT_MAX_CONNS, DEFAULT_MAX_PARAMS_SIZE, DEFAULT_MAX_REQS
+from ._lifecycle import TimeoutPolicy
 from ._wire import Role
 
 if TYPE_CHECKING:
@@ -25,6 +26,9 @@ DEFAULT_IDLE_TIMEOUT: Final = 300.0
 DEFAULT_READ_TIMEOUT: Final = 60.0
 DEFAULT_WRITE_TIMEOUT: Final = 60.0
 DEFAULT_GRACE_PERIOD: Final = 30.0
+#: A connection in steady use never goes this long without a request; waking
+#: one costs about what a new connection costs.
+DEFAULT_HIBERNATE_AFTER: Final = 2.0
 
 
 class ServerOptions(TypedDict, total=False):
@@ -42,6 +46,7 @@ class ServerOptions(TypedDict, total=False):
     idle_timeout: float | None
     read_timeout: float | None
     write_timeout: float | None
+    hibernate_after: float | None
     grace_period: float
     shutdown_event: trio.Event | None
     web_server_addrs: Collection[str] | None
@@ -111,6 +116,13 @@ class Config:
         output while it is waiting to be sent (it stopped reading): then the
         connection is closed and its requests cancelled. None waits forever.
         Default 60.
+      hibernate_after: seconds a connection with nothing in flight, no partial
+        input and nothing left to send waits before it *hibernates*: its
+        tasks end, and one watcher per server wakes it when the web server
+        sends more or a timeout is due, so idle keep-alive connections cost a
+        few KB each. Only connections on sockets accepted by a ``serve_*``
+        listener hibernate (not :func:`serve_connection`'s). None: never.
+        Default 2.
       grace_period: on graceful shutdown, seconds in-flight requests get to
         finish before they are cancelled. Default 30.
       shutdown_event: setting this :class:`trio.Event` starts a graceful
@@ -132,6 +144,7 @@ class Config:
     idle_timeout: float | None = attrs.field(default=DEFAULT_IDLE_TIMEOUT, validator=_timeout)
     read_timeout: float | None = attrs.field(default=DEFAULT_READ_TIMEOUT, validator=_timeout)
     write_timeout: float | None = attrs.field(default=DEFAULT_WRITE_TIMEOUT, validator=_timeout)
+    hibernate_after: float | None = attrs.field(default=DEFAULT_HIBERNATE_AFTER, validator=_timeout)
     grace_period: float = attrs.field(default=DEFAULT_GRACE_PERIOD)
     shutdown_event: trio.Event | None = None
     web_server_addrs: frozenset[IPAddress] = attrs.field(default=None, converter=_web_server_addrs)
@@ -140,6 +153,14 @@ class Config:
     def _check_grace_period(self, attribute: attrs.Attribute[float], value: float) -> None:
         if not value >= 0:
             raise ValueError(f"grace_period must be >= 0, not {value!r}")
+
+    def timeout_policy(self) -> TimeoutPolicy:
+        """The timeouts that connections served with these options follow."""
+        return TimeoutPolicy(
+            idle_timeout=self.idle_timeout,
+            read_timeout=self.read_timeout,
+            hibernate_after=self.hibernate_after,
+        )
 
     @classmethod
     def from_options(cls, options: ServerOptions) -> Config:

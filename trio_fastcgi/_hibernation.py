@@ -2,8 +2,8 @@
 
 A served connection costs two tasks (reader and writer), a nursery and a few
 cancel scopes: some kilobytes that an idle keep-alive connection does nothing
-with. Once a connection has been idle for a while (``HIBERNATE_AFTER``) its
-tasks end and it is handed to the server's :class:`Hibernation`, which watches
+with. Once a connection has been idle for a while (the ``hibernate_after``
+option) its tasks end and it is handed to the server's :class:`Hibernation`, which watches
 every such socket with one selector from one task. When a socket becomes
 readable (a new request, or the web server closing) or the connection's next
 timeout comes (idle_timeout), the connection is run again exactly where it
@@ -17,17 +17,12 @@ import itertools
 import math
 import selectors
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, final
+from typing import TYPE_CHECKING, final
 
 import trio
 
 if TYPE_CHECKING:
     from ._serve_connection import ServedConnection
-
-#: Seconds without any input or request before a connection hibernates. A
-#: connection in steady use never does; waking one costs about what a new
-#: connection costs.
-HIBERNATE_AFTER: Final = 2.0
 
 
 def hibernation_supported() -> bool:
@@ -44,18 +39,19 @@ def hibernation_supported() -> bool:
 class Hibernation:
     """The hibernating connections of one server.
 
-    *wake* is called with a connection that must run again, *abandon* with one
-    that is closed because the server stops.
+    *wake* is called with a connection that must run again; *stopped* with each
+    connection still hibernating when the watcher stops (cancelled with its
+    server).
     """
 
     def __init__(
         self,
         wake: Callable[[ServedConnection], None],
-        abandon: Callable[[ServedConnection], None],
+        stopped: Callable[[ServedConnection], None],
     ) -> None:
         self._selector = selectors.DefaultSelector()
         self._wake = wake
-        self._abandon = abandon
+        self._stopped_with = stopped
         self._sleeping: dict[ServedConnection, float] = {}
         # (deadline, tie-breaker, connection); entries of connections that woke
         # early stay until they come up or the heap is rebuilt.
@@ -64,13 +60,11 @@ class Hibernation:
         self._scope: trio.CancelScope | None = None
         self._stopped = False
 
-    def add(self, connection: ServedConnection) -> None:
-        """Watch a connection whose tasks just ended (or close it, if the
-        watcher has stopped)."""
+    def add(self, connection: ServedConnection) -> bool:
+        """Watch a connection whose tasks just ended; False (and nothing
+        done) if the watcher has stopped."""
         if self._stopped:
-            connection.abandon()
-            self._abandon(connection)
-            return
+            return False
         sock = connection.socket
         assert sock is not None
         deadline = connection.wake_deadline()
@@ -85,6 +79,7 @@ class Hibernation:
             heapq.heappush(self._deadlines, (deadline, next(self._order), connection))
         if self._scope is not None and deadline < self._scope.deadline:
             self._scope.deadline = deadline
+        return True
 
     def wake(self, connection: ServedConnection) -> None:
         """Run a hibernating connection again now (no-op if it is awake)."""
@@ -100,7 +95,7 @@ class Hibernation:
 
     async def watch(self) -> None:
         """Wake connections as their sockets or deadlines require; on exit
-        (cancellation) close the ones still hibernating."""
+        (cancellation) hand each one still hibernating to *stopped*."""
         try:
             while True:
                 deadline = self._deadlines[0][0] if self._deadlines else math.inf
@@ -120,8 +115,7 @@ class Hibernation:
             for connection in list(self._sleeping):
                 del self._sleeping[connection]
                 self._selector.unregister(connection.socket)  # type: ignore[arg-type]
-                connection.abandon()
-                self._abandon(connection)
+                self._stopped_with(connection)
             self._deadlines.clear()
             trio.lowlevel.notify_closing(self._selector)
             self._selector.close()

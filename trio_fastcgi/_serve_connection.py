@@ -11,16 +11,18 @@ Request tasks never touch the socket: they put output events on the outbox (a
 bounded memory channel), and the writer turns each into whole records with the
 sans-IO core and coalesces everything queued into one ``send_all``. Because the
 core's per-request state is only changed by the writer, in outbox order, what it
-knows always matches what went on the wire.
+knows always matches what went on the wire. When the writer ends, it closes the
+outbox: every later send raises :class:`trio.BrokenResourceError` at once.
+
+The connection's phase and every timeout rule live in :mod:`._lifecycle`; the
+reader's receives wait until its deadline, and nothing else runs under one.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import itertools
 import logging
-import math
 import socket
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final, final
@@ -45,6 +47,7 @@ from ._events import (
     UnknownType,
 )
 from ._exceptions import EndRequestWith, LocalProtocolError, RemoteProtocolError
+from ._lifecycle import Expiry, Lifecycle, Phase, TimeoutPolicy
 from ._request import Request, format_cgi_head
 from ._streams import InputStream, queue_output
 from ._transport import Transport, WriteTimeout, close_socket
@@ -67,13 +70,6 @@ COALESCE_LIMIT: Final = 256 * 1024
 #: Below this many bytes the writer joins what it gathered and sends it; above,
 #: it hands the pieces to one scatter-gather write instead of copying them.
 GATHER_THRESHOLD: Final = 64 * 1024
-#: After our half-close, how long we read and discard what the web server still
-#: sends before closing: closing with unread input makes the kernel send RST,
-#: and the web server may then drop the response it has not read yet.
-DRAIN_TIMEOUT: Final = 5.0
-#: On graceful shutdown, how long a connection that has not begun a request yet
-#: (accepted just before the shutdown) waits for its first one before closing.
-FIRST_REQUEST_WAIT: Final = 2.0
 #: Sent when a handler fails before writing anything, so the client gets a
 #: clean 500 instead of the web server's "upstream closed prematurely" 502.
 _ERROR_RESPONSE: Final = (
@@ -83,43 +79,27 @@ _ERROR_RESPONSE: Final = (
 _MAX_APP_STATUS: Final = 0xFFFFFFFF
 
 
-class _After(enum.Enum):
-    """What the reader does once its deadline has passed."""
-
-    CONTINUE = "continue"
-    CLOSE = "close"
-    HIBERNATE = "hibernate"
-
-
 @final
 class ServedConnection:
-    """Serves FastCGI on one open stream until it closes."""
+    """Serves FastCGI on one open stream until it closes.
+
+    Its phase and timeout rules are a :class:`~trio_fastcgi._lifecycle.Lifecycle`;
+    this class only carries them out.
+    """
 
     __slots__ = (
-        "_begun_any",
-        "_cancelled",
-        "_carried",
-        "_closing",
         "_config",
         "_conn",
-        "_drain_deadline",
         "_handler",
-        "_hibernate_after",
-        "_idle_closing",
-        "_idle_since",
-        "_mid_input_since",
+        "_life",
         "_number",
         "_nursery",
         "_outbox",
         "_outbox_receiver",
         "_pending",
-        "_reader_scope",
         "_refusals",
         "_requests",
-        "_shutdown_at",
-        "_shutting_down",
         "_transport",
-        "_writer_done",
     )
 
     _ids = itertools.count(1)
@@ -130,14 +110,19 @@ class ServedConnection:
         transport: Transport,
         config: Config,
         *,
-        hibernate_after: float | None = None,
+        policy: TimeoutPolicy | None = None,
+        hibernates: bool = False,
     ) -> None:
         self._number = next(self._ids)
-        self._hibernate_after = hibernate_after if transport.socket is not None else None
         self._handler = handler
         self._transport = transport
         transport.write_timeout = config.write_timeout
         self._config = config
+        self._life = Lifecycle(
+            policy or config.timeout_policy(),
+            trio.current_time(),
+            hibernates=hibernates and transport.socket is not None,
+        )
         self._conn = FastCGIConnection(
             roles=config.roles,
             max_conns=config.max_conns,
@@ -151,19 +136,7 @@ class ServedConnection:
         self._requests: dict[int, Request] = {}
         self._pending: dict[int, BeginRequest] = {}
         self._nursery: trio.Nursery | None = None
-        self._cancelled = False
-        self._writer_done = False
-        self._shutting_down = False
-        self._shutdown_at = math.inf
-        self._begun_any = False
         self._refusals = 0
-        self._idle_closing = False
-        self._closing = False  # the writer has half-closed; the reader drains
-        self._drain_deadline = math.inf
-        self._reader_scope: trio.CancelScope | None = None
-        self._carried: bytes | None = None
-        self._idle_since = trio.current_time()
-        self._mid_input_since: float | None = None
 
     @property
     def name(self) -> str:
@@ -171,7 +144,12 @@ class ServedConnection:
         return f"conn-{self._number}"
 
     def __repr__(self) -> str:
-        return f"<ServedConnection {self.name}>"
+        return f"<ServedConnection {self.name} {self._life.phase.value}>"
+
+    @property
+    def phase(self) -> Phase:
+        """Where the connection is in its life."""
+        return self._life.phase
 
     async def run(self) -> bool:
         """Serve until the connection ends (False), or until it has been idle
@@ -186,17 +164,19 @@ class ServedConnection:
                     OUTBOX_SIZE
                 )
                 self._nursery = nursery
-                self._writer_done = False
-                if self._cancelled:
-                    nursery.cancel_scope.cancel()
+                if self._life.phase is Phase.CLOSED:
+                    self._stop_tasks()
                 nursery.start_soon(self._write_loop, name="trio_fastcgi.writer")
                 wants_sleep = await self._read_loop()
-                if not self._writer_done or self._requests:
-                    nursery.cancel_scope.cancel()
-            hibernating = wants_sleep and not self._cancelled
+                # Only a drain that ran to the web server's EOF leaves nothing
+                # behind: the writer has half-closed and no request is left.
+                if self._life.phase is not Phase.DRAINING:
+                    self._stop_tasks()
+            hibernating = wants_sleep and self._life.phase is not Phase.CLOSED
         finally:
             self._nursery = None
             if not hibernating:
+                self._life.close(trio.current_time())
                 for request in self._requests.values():
                     request._close_input()
                 await self._transport.close()
@@ -213,19 +193,32 @@ class ServedConnection:
 
     def wake_deadline(self) -> float:
         """When a hibernating connection must run again to act on a timeout."""
-        return self._timeout_deadline()
+        return self._life.wake_deadline()
+
+    def stay_awake(self) -> None:
+        """Never hibernate from now on (the server's watcher has stopped)."""
+        self._life.hibernates = False
 
     def abandon(self) -> None:
         """Close a hibernating connection at once (its server is going away)."""
+        self._life.close(trio.current_time())
         sock = self._transport.socket
         if sock is not None:
             close_socket(sock)
 
     def cancel(self) -> None:
         """Cancel every request and close the connection now."""
-        self._cancelled = True
+        self._life.close(trio.current_time())
         if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
+            self._stop_tasks()
+
+    def _stop_tasks(self) -> None:
+        """Cancel the connection's tasks. The outbox closes first, so that no
+        request task (one in a shielded scope, say) can queue output that
+        will never be sent: its sends raise BrokenResourceError from now on."""
+        assert self._nursery is not None
+        self._outbox_receiver.close()
+        self._nursery.cancel_scope.cancel()
 
     def begin_shutdown(self) -> None:
         """Finish the requests in flight, then close. New requests that arrive
@@ -235,129 +228,67 @@ class ServedConnection:
         its first request is on the way: it gets FIRST_REQUEST_WAIT seconds to
         arrive before the connection is closed, so that it is not refused.
         """
-        self._shutting_down = True
-        self._shutdown_at = trio.current_time()
-        self._update_reader_deadline()
+        life = self._life
+        life.begin_shutdown(trio.current_time())
+        self._transport.move_receive_deadline(life.deadline())
         self._wake_writer()
 
     # -- reading -----------------------------------------------------------------
     #
-    # The reader runs inside one cancel scope whose deadline is the earliest
-    # timeout that may apply (idle, read, drain, shutdown). Opening a scope per
-    # receive would cost more than the receive itself, so the deadline is lazy:
-    # it is not moved when a request begins or ends, and when it passes the
-    # reader checks what actually timed out, if anything, and carries on in a
-    # fresh scope. The reader's own waits that are not reads (a full stdin
-    # buffer, a full outbox) lift the deadline while they last.
-
-    def _deadline(self) -> float:
-        deadline = self._timeout_deadline()
-        if self._hibernate_after is not None and not self._shutting_down:
-            # Lazy like the rest: checked by _deadline_passed when it comes.
-            deadline = min(deadline, self._idle_since + self._hibernate_after)
-        return deadline
-
-    def _timeout_deadline(self) -> float:
-        config = self._config
-        if self._closing:
-            return self._drain_deadline
-        if self._idle_closing:
-            return math.inf  # waiting for the writer to flush and half-close
-        if self._mid_input_since is not None and config.read_timeout is not None:
-            return self._mid_input_since + config.read_timeout
-        deadline = (
-            math.inf if config.idle_timeout is None else self._idle_since + config.idle_timeout
-        )
-        if self._shutting_down and not self._begun_any:
-            deadline = min(deadline, self._shutdown_at + FIRST_REQUEST_WAIT)
-        return deadline
-
-    def _update_reader_deadline(self) -> None:
-        if self._reader_scope is not None:
-            self._reader_scope.deadline = self._deadline()
+    # Each receive waits at most until the lifecycle's deadline, and nothing
+    # else the reader does (dispatching input, waiting for room in a request's
+    # buffer or in the outbox) runs under a deadline, so input that arrived is
+    # always dispatched. Whoever changes the lifecycle from another task moves
+    # the waiting receive's deadline (Transport.move_receive_deadline).
 
     async def _read_loop(self) -> bool:
         """Read until the connection is done (False) or may hibernate (True)."""
-        while True:
-            with trio.CancelScope(deadline=self._deadline()) as scope:
-                self._reader_scope = scope
-                if await self._read_until_deadline(scope):
-                    return False
-            self._reader_scope = None
-            if self._carried is not None:
-                continue
-            after = self._deadline_passed()
-            if after is not _After.CONTINUE:
-                return after is _After.HIBERNATE
-
-    async def _read_until_deadline(self, scope: trio.CancelScope) -> bool:
-        """Receive and dispatch until the connection is done (True) or the
-        deadline passed (False, or Cancelled while receiving)."""
         transport = self._transport
-        while True:
-            data = self._carried
-            if data is None:
-                try:
-                    data = await transport.receive_some(RECEIVE_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    LOGGER.debug("%s: receive failed (%r); peer is gone", self.name, exc)
-                    return True
-                if scope.cancel_called:
-                    # The deadline passed just as data came: it is handled in a
-                    # fresh scope, where waiting for room cannot be cancelled.
-                    self._carried = data
+        life = self._life
+        try:
+            while True:
+                data = await transport.receive_some(RECEIVE_SIZE, life.deadline())
+                if data is None:
+                    expiry = life.expire(trio.current_time())
+                    if expiry is not Expiry.NOTHING:
+                        stop = self._expired(expiry)
+                        if stop is not None:
+                            return stop
+                elif await self._received(data):
                     return False
-            else:
-                self._carried = None
-            if await self._received(data):
-                return True
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            LOGGER.debug("%s: receive or queue failed (%r); peer is gone", self.name, exc)
+            return False
 
-    def _deadline_passed(self) -> _After:
-        """The reader's deadline passed: act on whatever timed out."""
+    def _expired(self, expiry: Expiry) -> bool | None:
+        """Act on a timeout: None to read on, False to close now, True to hibernate."""
         config = self._config
-        if self._closing:
-            return _After.CLOSE  # the peer did not close within DRAIN_TIMEOUT
-        now = trio.current_time()
-        mid_input_since = self._mid_input_since
-        if (
-            mid_input_since is not None
-            and config.read_timeout is not None
-            and now >= mid_input_since + config.read_timeout
-        ):
-            LOGGER.warning(
-                "%s: closing connection: a record or params took longer than read_timeout (%s s)",
-                self.name,
-                config.read_timeout,
-            )
-            return _After.CLOSE
-        if self._requests or self._pending:
-            self._idle_since = now  # busy, not idle: re-arm a full period
-        elif self._idle_closing:
-            pass
-        elif now >= self._timeout_deadline():
-            if self._shutting_down and not self._begun_any:
-                LOGGER.debug("%s: no request came after shutdown began; closing", self.name)
-            else:
+        match expiry:
+            case Expiry.HIBERNATE:
+                conn = self._conn
+                if conn.idle and not conn.has_partial_record and self._writer_is_waiting():
+                    return True
+                self._life.postpone(trio.current_time())  # output is still leaving
+            case Expiry.IDLE_TIMEOUT:
                 LOGGER.debug(
                     "%s: idle for idle_timeout (%s s); closing", self.name, config.idle_timeout
                 )
-            self._idle_closing = True
-            self._wake_writer()
-        elif self._may_hibernate(now):
-            return _After.HIBERNATE
-        return _After.CONTINUE
-
-    def _may_hibernate(self, now: float) -> bool:
-        after = self._hibernate_after
-        return (
-            after is not None
-            and now >= self._idle_since + after
-            and not self._shutting_down
-            and self._mid_input_since is None
-            and not self._conn.has_partial_record
-            and self._conn.idle
-            and self._writer_is_waiting()
-        )
+                self._wake_writer()
+            case Expiry.NO_FIRST_REQUEST:
+                LOGGER.debug("%s: no request came after shutdown began; closing", self.name)
+                self._wake_writer()
+            case Expiry.READ_TIMEOUT:
+                LOGGER.warning(
+                    "%s: closing connection: a record or params took longer than "
+                    "read_timeout (%s s)",
+                    self.name,
+                    config.read_timeout,
+                )
+                return False
+            case Expiry.DRAIN_TIMEOUT:
+                LOGGER.debug("%s: the web server did not close after our half-close", self.name)
+                return False
+        return None
 
     def _writer_is_waiting(self) -> bool:
         """True if the writer has sent everything and waits for more."""
@@ -366,10 +297,10 @@ class ServedConnection:
 
     async def _received(self, data: bytes) -> bool:
         """Feed one chunk to the core and act on its events; True means stop."""
-        if self._closing:
-            return not data  # draining: done at end of file
+        life = self._life
+        if life.phase is Phase.DRAINING:
+            return not data  # done at the web server's end of file
         conn = self._conn
-        self._idle_since = trio.current_time()
         conn.receive_data(data)
         progressed = False
         try:
@@ -380,36 +311,25 @@ class ServedConnection:
         except RemoteProtocolError as exc:
             LOGGER.warning("%s: closing connection: %s", self.name, exc)
             return True
-        # read_timeout runs while a record (or a request's params) is partly
-        # here, from the last time one was completed.
-        if conn.has_partial_record or self._pending:
-            if progressed or self._mid_input_since is None:
-                self._mid_input_since = trio.current_time()
-                self._update_reader_deadline()
-        else:
-            self._mid_input_since = None  # the deadline may stay early: it is lazy
+        life.received(
+            trio.current_time(),
+            partial=conn.has_partial_record or bool(self._pending),
+            progressed=progressed,
+        )
         return False
 
     async def _feed(self, stream: InputStream, data: bytes) -> None:
-        """Pass input to a request's stream; a full buffer lifts the deadline."""
+        """Pass input to a request's stream; waits while its buffer is full."""
         if not stream._offer(data):
-            await self._without_deadline(stream._feed(data))
+            await stream._feed(data)
 
     async def _put(self, event: OutputEvent) -> None:
-        """Queue output from the reader; a full outbox lifts the deadline."""
+        """Queue output from the reader; waits while the outbox is full.
+        BrokenResourceError: the writer has ended."""
         try:
             self._outbox.send_nowait(event)
         except trio.WouldBlock:
-            await self._without_deadline(self._outbox.send(event))
-
-    async def _without_deadline(self, wait: Awaitable[None]) -> None:
-        scope = self._reader_scope
-        assert scope is not None
-        scope.deadline = math.inf
-        try:
-            await wait
-        finally:
-            scope.deadline = self._deadline()
+            await self._outbox.send(event)
 
     async def _dispatch(self, event: InputEvent) -> bool:
         """Act on one input event; True means stop reading."""
@@ -422,7 +342,7 @@ class ServedConnection:
                 self._start_request(event)
             case BeginRequest(request_id):
                 self._pending[request_id] = event
-                self._begun_any = True
+                self._life.request_began()
             case Data(request_id, data):
                 request = self._requests.get(request_id)
                 if request is not None:
@@ -480,8 +400,8 @@ class ServedConnection:
             request.cancel_scope.cancel()
         elif self._pending.pop(request_id, None) is not None:
             # Aborted before its params were complete: the handler never ran.
-            await self._put(EndRequest(request_id))
             self._request_ended()
+            await self._put(EndRequest(request_id))
 
     # -- requests ----------------------------------------------------------------
 
@@ -505,10 +425,12 @@ class ServedConnection:
         finally:
             del self._requests[request.request_id]
             request._finish()
-        await queue_output(
-            self._outbox, EndRequest(request.request_id, app_status, protocol_status)
-        )
         self._request_ended()
+        # Broken: the writer has ended, and the connection with it.
+        with contextlib.suppress(trio.BrokenResourceError):
+            await queue_output(
+                self._outbox, EndRequest(request.request_id, app_status, protocol_status)
+            )
 
     def _app_status(self, result: object) -> int:
         if result is None:
@@ -528,14 +450,17 @@ class ServedConnection:
             await stdout.send_all(_ERROR_RESPONSE)
 
     def _request_ended(self) -> None:
-        if not self._requests and not self._pending:
-            self._idle_since = trio.current_time()
-        if self._shutting_down:
-            self._wake_writer()
+        """Count a request as ended, before its END_REQUEST is queued: the
+        writer, which may close once that is sent, then sees it ended."""
+        life = self._life
+        life.request_ended(trio.current_time())
+        if not life.in_flight:
+            self._transport.move_receive_deadline(life.deadline())
 
     # -- writing -----------------------------------------------------------------
 
     def _wake_writer(self) -> None:
+        """Make the writer check whether it should close now."""
         if self._nursery is None:
             return  # not running: the writer checks for closing when it starts
         try:
@@ -543,21 +468,18 @@ class ServedConnection:
         except trio.WouldBlock:
             pass  # the writer is busy and checks for closing after this batch
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+            pass  # the writer has ended
 
     def _should_close(self) -> bool:
         conn = self._conn
-        if conn.should_close:
-            return True
-        if not conn.idle or self._requests or self._pending:
-            return False
-        return self._idle_closing or (self._shutting_down and self._begun_any)
+        return conn.should_close or (conn.idle and self._life.closes_when_idle)
 
     async def _write_loop(self) -> None:
         try:
             await self._write_until_closing()
         finally:
-            self._writer_done = True
+            # Every later send on the outbox raises BrokenResourceError at once.
+            self._outbox_receiver.close()
 
     async def _write_until_closing(self) -> None:
         conn = self._conn
@@ -565,7 +487,10 @@ class ServedConnection:
         transport = self._transport
         parts: list[bytes | memoryview] = []
         while not self._should_close():
-            item = await receiver.receive()
+            try:
+                item = await receiver.receive()
+            except trio.ClosedResourceError:
+                return  # the connection is stopping (_stop_tasks)
             size = 0
             while True:
                 if item is not None:
@@ -584,6 +509,8 @@ class ServedConnection:
                     item = receiver.receive_nowait()
                 except trio.WouldBlock:
                     break
+                except trio.ClosedResourceError:
+                    return  # closed while this task waited to run
             if not parts:
                 continue
             try:
@@ -611,7 +538,8 @@ class ServedConnection:
 
     async def _half_close(self) -> None:
         """Send EOF, then let the reader drain until the peer closes too."""
-        self._closing = True
+        life = self._life
+        life.half_closed(trio.current_time())  # from now on input is discarded
         try:
             half_closed = await self._transport.send_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -619,5 +547,4 @@ class ServedConnection:
         if not half_closed:
             self.cancel()
             return
-        self._drain_deadline = trio.current_time() + DRAIN_TIMEOUT
-        self._update_reader_deadline()
+        self._transport.move_receive_deadline(life.deadline())

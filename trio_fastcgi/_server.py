@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Final, TypeAlias, TypeVar, final
 import trio
 
 from ._config import Config, parse_address
-from ._hibernation import HIBERNATE_AFTER, Hibernation, hibernation_supported
+from ._hibernation import Hibernation, hibernation_supported
 from ._listeners import (
     FCGI_LISTENSOCK_FILENO,
     inherited_listener,
@@ -22,7 +22,7 @@ from ._listeners import (
     remove_socket_file,
 )
 from ._serve_connection import Handler, ServedConnection
-from ._transport import Acceptor, Transport
+from ._transport import Acceptor, Transport, open_transport
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -55,7 +55,7 @@ async def serve_connection(
     ``grace_period``), then closes the connection.
     """
     config = Config.from_options(options)
-    connection = ServedConnection(handler, Transport.from_stream(stream), config)
+    connection = ServedConnection(handler, open_transport(stream), config)
     if config.shutdown_event is None:
         await connection.run()
         return
@@ -88,6 +88,7 @@ class _Server:
         self._slots = trio.Semaphore(config.max_conns)
         self._all_closed = trio.Event()
         self._shutting_down = False
+        self._policy = config.timeout_policy()
         self._hibernation: Hibernation | None = None
 
     async def serve(
@@ -98,10 +99,10 @@ class _Server:
     ) -> None:
         async with trio.open_nursery() as own_nursery:
             connection_nursery = handler_nursery or own_nursery
-            if hibernation_supported():
+            if self._config.hibernate_after is not None and hibernation_supported():
                 self._hibernation = Hibernation(
                     wake=partial(self._wake, connection_nursery),
-                    abandon=self._connection_closed,
+                    stopped=partial(self._watcher_stopped, handler_nursery),
                 )
                 own_nursery.start_soon(self._hibernation.watch, name="trio_fastcgi.hibernation")
             async with trio.open_nursery() as accept_nursery:
@@ -168,7 +169,7 @@ class _Server:
 
     @staticmethod
     async def _accept_stream(listener: AnyListener) -> Transport:
-        return Transport.from_stream(await listener.accept())
+        return open_transport(await listener.accept())
 
     async def _accept_each(
         self, accept: Callable[[], Awaitable[Transport]], nursery: trio.Nursery
@@ -227,7 +228,8 @@ class _Server:
             self._handler,
             transport,
             self._config,
-            hibernate_after=None if self._hibernation is None else HIBERNATE_AFTER,
+            policy=self._policy,
+            hibernates=self._hibernation is not None,
         )
         self._connections.add(connection)
         if self._shutting_down:
@@ -237,16 +239,36 @@ class _Server:
     def _wake(self, nursery: trio.Nursery, connection: ServedConnection) -> None:
         nursery.start_soon(self._run, connection, name="trio_fastcgi.connection")
 
+    def _watcher_stopped(
+        self, handler_nursery: trio.Nursery | None, connection: ServedConnection
+    ) -> None:
+        """The server was cancelled while *connection* hibernated. In the
+        server's own nursery it closes with the rest; in the caller's
+        handler_nursery it goes on serving there, awake from now on."""
+        if handler_nursery is not None:
+            connection.stay_awake()
+            try:
+                self._wake(handler_nursery, connection)
+            except RuntimeError:
+                pass  # that nursery is closed: nothing can serve it any more
+            else:
+                return
+        connection.abandon()
+        self._connection_closed(connection)
+
     async def _run(self, connection: ServedConnection) -> None:
-        hibernating = False
+        asleep = False
         try:
-            hibernating = await connection.run()
+            while await connection.run():
+                hibernation = self._hibernation
+                asleep = hibernation is not None and hibernation.add(connection)
+                if asleep:
+                    return
+                connection.stay_awake()  # the watcher has stopped
         except Exception:
             LOGGER.exception("%s: internal error; connection closed", connection.name)
         finally:
-            if hibernating and self._hibernation is not None:
-                self._hibernation.add(connection)
-            else:
+            if not asleep:
                 self._connection_closed(connection)
 
     def _connection_closed(self, connection: ServedConnection) -> None:
@@ -268,8 +290,9 @@ async def serve_listeners(
     """Serve FastCGI on already-open *listeners* until cancelled or shut down.
 
     ``await nursery.start(serve_listeners, handler, listeners)`` returns the
-    listeners once they are all being served. Each connection is served by
-    :func:`serve_connection` in *handler_nursery* (default: an internal one).
+    listeners once they are all being served. Each connection is served in
+    *handler_nursery* (default: an internal one), as in
+    :func:`trio.serve_listeners`.
 
     Each request calls ``await handler(request)``. Its return value (an int, or
     None for 0) is the appStatus of ``FCGI_END_REQUEST``. Raising
@@ -279,9 +302,13 @@ async def serve_listeners(
     handler wrote nothing yet, a plain 500 response); the connection and its
     other requests carry on.
 
-    Cancelling this function closes the listeners and cancels every connection
-    and request at once. Setting the ``shutdown_event`` option instead stops
-    gracefully (see :class:`Config`), after which this function returns.
+    Cancelling this function closes the listeners and, without
+    *handler_nursery*, cancels every connection and request at once. With a
+    *handler_nursery*, the connections already accepted go on serving in it
+    (idle ones included: they stop hibernating) until that nursery is
+    cancelled or the web server closes them. Setting the ``shutdown_event``
+    option instead stops gracefully (see :class:`Config`), after which this
+    function returns.
     """
     config = Config.from_options(options)
     protect_std_fds()

@@ -4,10 +4,16 @@ Trio's :class:`trio.SocketStream` wraps every call in a conflict detector, an
 error-translating context manager and a full checkpoint; for a FastCGI request
 of a few hundred bytes those cost more than the system calls themselves. A
 connection on a real socket therefore owns a plain non-blocking
-:class:`socket.socket` and waits with :func:`trio.lowlevel.wait_readable` /
-:func:`~trio.lowlevel.wait_writable` only when the kernel says it would block.
-Any other stream (memory streams in tests, TLS, your own) goes through its
-methods unchanged.
+:class:`socket.socket` (:class:`SocketTransport`) and waits with
+:func:`trio.lowlevel.wait_readable` / :func:`~trio.lowlevel.wait_writable` only
+when the kernel says it would block. Any other stream (memory streams in tests,
+TLS, your own) goes through its methods unchanged (:class:`StreamTransport`).
+
+Timeouts belong to the waits: :meth:`Transport.receive_some` takes the deadline
+by which some input must have come, and a send that can make no progress for
+``write_timeout`` seconds fails. A scope is opened only around an actual wait,
+so a receive that times out has received nothing, and bytes that were received
+are always returned.
 
 Both kinds raise :class:`trio.BrokenResourceError` when the connection fails.
 Only one task may receive and one task may send at a time (the connection's
@@ -16,7 +22,9 @@ reader and writer), which is what lets the socket path skip trio's checks.
 
 from __future__ import annotations
 
+import abc
 import errno
+import math
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -67,68 +75,95 @@ def close_socket(sock: socket.socket) -> None:
         sock.close()
 
 
-def _prepare(sock: socket.socket) -> socket.socket:
-    sock.setblocking(False)
-    if sock.family in _INET_FAMILIES:
-        # Responses leave in one send each; streamed ones must not wait for ACKs.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
-
-
 class WriteTimeout(trio.BrokenResourceError):
     """The peer took none of our output for the transport's write_timeout."""
 
 
-@final
-class Transport:
+class Transport(abc.ABC):
     """Receive, send, half-close and close for one connection.
 
-    A send that cannot make progress for ``write_timeout`` seconds (the peer
-    stopped reading) raises :class:`WriteTimeout`.
+    A send that cannot make progress for :attr:`write_timeout` seconds (the
+    peer stopped reading) raises :class:`WriteTimeout`.
     """
 
-    __slots__ = ("_eager", "_sock", "_stream", "peer", "write_timeout")
+    __slots__ = ("_receive_scope", "peer", "write_timeout")
 
-    def __init__(
-        self,
-        sock: socket.socket | None = None,
-        stream: trio.abc.Stream | None = None,
-        peer: object = None,
-    ) -> None:
-        self._sock = sock
-        self._stream = stream
-        self._eager = 0
+    def __init__(self, peer: object = None) -> None:
         #: The peer's address as accept(2) gave it, if known.
         self.peer = peer
         #: Seconds a send may wait for the peer to take data; None: forever.
         self.write_timeout: float | None = None
-
-    @classmethod
-    def from_socket(cls, sock: socket.socket, peer: object = None) -> Transport:
-        """Own a connected stream socket (made non-blocking here)."""
-        return cls(sock=_prepare(sock), peer=peer)
-
-    @classmethod
-    def from_stream(cls, stream: trio.abc.Stream) -> Transport:
-        """Drive *stream*; a plain :class:`trio.SocketStream` gives up its socket."""
-        if type(stream) is trio.SocketStream:
-            trio_sock = stream.socket
-            family, type_, proto = trio_sock.family, trio_sock.type, trio_sock.proto
-            sock = socket.socket(family, type_, proto, fileno=trio_sock.detach())
-            return cls.from_socket(sock)
-        return cls(stream=stream)
+        # The scope of the receive that is waiting now, if one is.
+        self._receive_scope: trio.CancelScope | None = None
 
     @property
     def socket(self) -> socket.socket | None:
         """The socket driven directly, or None for a generic stream."""
+        return None
+
+    @abc.abstractmethod
+    async def receive_some(self, max_bytes: int, deadline: float = math.inf) -> bytes | None:
+        """Some bytes, ``b""`` at end of file, or None if *deadline* (trio
+        time) came first, in which case nothing was received."""
+
+    def move_receive_deadline(self, deadline: float) -> None:
+        """Change the deadline of the receive that is waiting now, if any."""
+        scope = self._receive_scope
+        if scope is not None:
+            scope.deadline = deadline
+
+    @abc.abstractmethod
+    async def send_all(self, data: bytes) -> None:
+        """Send all of *data*."""
+
+    @abc.abstractmethod
+    async def send_parts(self, parts: list[bytes | memoryview]) -> None:
+        """Send the concatenation of *parts* (the list is consumed)."""
+
+    @abc.abstractmethod
+    async def send_eof(self) -> bool:
+        """Half-close; False if the stream cannot do that."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Close the connection (at once: no task may be using it any more)."""
+
+    async def _within_write_timeout(
+        self, wait: Callable[[_T], Awaitable[None]], argument: _T
+    ) -> None:
+        """``await wait(argument)``, a send or a wait for room;
+        :class:`WriteTimeout` if it takes longer than write_timeout."""
+        if self.write_timeout is None:
+            await wait(argument)
+            return
+        with trio.move_on_after(self.write_timeout):
+            await wait(argument)
+            return
+        raise WriteTimeout(f"the peer took no data for {self.write_timeout:g} s")
+
+
+@final
+class SocketTransport(Transport):
+    """A connected stream socket, driven directly (made non-blocking here)."""
+
+    __slots__ = ("_eager", "_sock")
+
+    def __init__(self, sock: socket.socket, peer: object = None) -> None:
+        super().__init__(peer)
+        sock.setblocking(False)
+        if sock.family in _INET_FAMILIES:
+            # Responses leave in one send each; streamed ones must not wait for ACKs.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._sock = sock
+        self._eager = 0
+
+    @property
+    def socket(self) -> socket.socket:
+        """The socket."""
         return self._sock
 
-    async def receive_some(self, max_bytes: int) -> bytes:
-        """Some bytes, or ``b""`` at end of file."""
+    async def receive_some(self, max_bytes: int, deadline: float = math.inf) -> bytes | None:
         sock = self._sock
-        if sock is None:
-            assert self._stream is not None
-            return bytes(await self._stream.receive_some(max_bytes))
         try:
             data = sock.recv(max_bytes)
         except BlockingIOError:
@@ -142,23 +177,26 @@ class Transport:
                 await trio.lowlevel.checkpoint()
             return data
         self._eager = 0
-        while True:
-            await trio.lowlevel.wait_readable(sock)
+        # Cancellation can only strike inside wait_readable, before recv: a
+        # receive that timed out has taken nothing from the socket.
+        with trio.CancelScope(deadline=deadline) as self._receive_scope:
             try:
-                return sock.recv(max_bytes)
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                raise trio.BrokenResourceError(exc) from exc
+                while True:
+                    await trio.lowlevel.wait_readable(sock)
+                    try:
+                        return sock.recv(max_bytes)
+                    except BlockingIOError:
+                        continue
+                    except OSError as exc:
+                        raise trio.BrokenResourceError(exc) from exc
+            finally:
+                self._receive_scope = None
+        return None
 
     async def send_all(self, data: bytes) -> None:
         """Send all of *data*; waits only while the kernel's buffer is full."""
-        sock = self._sock
-        if sock is None:
-            await self._within_write_timeout(self._stream_send_all, data)
-            return
         try:
-            sent = sock.send(data)
+            sent = self._sock.send(data)
         except BlockingIOError:
             sent = 0
         except OSError as exc:
@@ -168,13 +206,8 @@ class Transport:
 
     async def send_parts(self, parts: list[bytes | memoryview]) -> None:
         """Send the concatenation of *parts* (consumed) without joining them
-        first: one scatter-gather write per wait on a socket."""
+        first: one scatter-gather write per wait."""
         sock = self._sock
-        if sock is None:
-            payload = b"".join(parts)
-            parts.clear()
-            await self._within_write_timeout(self._stream_send_all, payload)
-            return
         try:
             while parts:
                 try:
@@ -195,48 +228,65 @@ class Transport:
         except OSError as exc:
             raise trio.BrokenResourceError(exc) from exc
 
-    async def _stream_send_all(self, data: bytes) -> None:
-        assert self._stream is not None
-        await self._stream.send_all(data)
-
-    async def _within_write_timeout(
-        self, wait: Callable[[_T], Awaitable[None]], argument: _T
-    ) -> None:
-        """``await wait(argument)``, a send or a wait for room;
-        :class:`WriteTimeout` if it takes longer than write_timeout. A generic
-        stream cannot say when it would block, so its whole send is bounded,
-        which comes to the same for a peer that stopped reading."""
-        if self.write_timeout is None:
-            await wait(argument)
-            return
-        with trio.move_on_after(self.write_timeout):
-            await wait(argument)
-            return
-        raise WriteTimeout(f"the peer took no data for {self.write_timeout:g} s")
-
     async def send_eof(self) -> bool:
-        """Half-close; False if the stream cannot do that."""
-        sock = self._sock
-        if sock is None:
-            stream = self._stream
-            if not isinstance(stream, trio.abc.HalfCloseableStream):
-                return False
-            await stream.send_eof()
-            return True
         try:
-            sock.shutdown(socket.SHUT_WR)
+            self._sock.shutdown(socket.SHUT_WR)
         except OSError as exc:
             raise trio.BrokenResourceError(exc) from exc
         return True
 
     async def close(self) -> None:
-        """Close the connection (at once: no task may be using it any more)."""
-        sock = self._sock
-        if sock is None:
-            assert self._stream is not None
-            await trio.aclose_forcefully(self._stream)
-            return
-        close_socket(sock)
+        close_socket(self._sock)
+
+
+@final
+class StreamTransport(Transport):
+    """Any :class:`trio.abc.Stream`, through its own methods. It cannot say
+    when it would block, so each whole send is bounded by write_timeout, which
+    comes to the same for a peer that stopped reading."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        super().__init__()
+        self._stream = stream
+
+    async def receive_some(self, max_bytes: int, deadline: float = math.inf) -> bytes | None:
+        # trio's streams take nothing from their buffer when a receive is
+        # cancelled, so a receive that timed out has received nothing.
+        with trio.CancelScope(deadline=deadline) as self._receive_scope:
+            try:
+                return bytes(await self._stream.receive_some(max_bytes))
+            finally:
+                self._receive_scope = None
+        return None
+
+    async def send_all(self, data: bytes) -> None:
+        await self._within_write_timeout(self._stream.send_all, data)
+
+    async def send_parts(self, parts: list[bytes | memoryview]) -> None:
+        payload = b"".join(parts)
+        parts.clear()
+        await self.send_all(payload)
+
+    async def send_eof(self) -> bool:
+        stream = self._stream
+        if not isinstance(stream, trio.abc.HalfCloseableStream):
+            return False
+        await stream.send_eof()
+        return True
+
+    async def close(self) -> None:
+        await trio.aclose_forcefully(self._stream)
+
+
+def open_transport(stream: trio.abc.Stream) -> Transport:
+    """Drive *stream*; a plain :class:`trio.SocketStream` gives up its socket."""
+    if type(stream) is trio.SocketStream:
+        trio_sock = stream.socket
+        family, type_, proto = trio_sock.family, trio_sock.type, trio_sock.proto
+        return SocketTransport(socket.socket(family, type_, proto, fileno=trio_sock.detach()))
+    return StreamTransport(stream)
 
 
 @final
@@ -257,7 +307,7 @@ class Acceptor:
         self._sock.setblocking(False)
         self._eager = 0
 
-    async def accept(self) -> Transport:
+    async def accept(self) -> SocketTransport:
         """The next connection; waits while there is none.
 
         Connections that failed on the way in are skipped; other errors (out of
@@ -276,7 +326,7 @@ class Acceptor:
                     raise
                 continue
             try:
-                transport = Transport.from_socket(connection, peer)
+                transport = SocketTransport(connection, peer)
             except OSError:
                 connection.close()  # reset before we could set it up
                 continue

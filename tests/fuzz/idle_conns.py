@@ -26,7 +26,7 @@ from pathlib import Path
 
 import trio
 
-from trio_fastcgi._hibernation import HIBERNATE_AFTER
+from trio_fastcgi._config import DEFAULT_HIBERNATE_AFTER
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -118,9 +118,9 @@ def main() -> None:
                 started = time.monotonic()
                 streams = await open_idle(port, args.connections, args.batch)
                 opened = time.monotonic() - started
-                # Idle for longer than HIBERNATE_AFTER: the connections have
+                # Idle for longer than hibernate_after: the connections have
                 # handed their tasks back, as idle ones do.
-                await trio.sleep(HIBERNATE_AFTER + 2)
+                await trio.sleep(DEFAULT_HIBERNATE_AFTER + 2)
                 after = rss_kib(server.pid)
                 still_open = len(os.listdir(f"/proc/{server.pid}/fd"))
                 for stream in streams:
