@@ -15,7 +15,7 @@ from typing import Final, Literal
 
 import attrs
 
-from ._listeners import DEFAULT_BACKLOG, unlink_stale_socket
+from ._listeners import DEFAULT_BACKLOG, bind_unix_socket, remove_socket_file
 
 #: The first fd systemd passes (``SD_LISTEN_FDS_START``).
 SD_LISTEN_FDS_START: Final = 3
@@ -116,20 +116,6 @@ def _adopt_fd(fd: int) -> socket.socket:
     return sock
 
 
-def _open_unix(path: str, mode: int | None, backlog: int) -> socket.socket:
-    unlink_stale_socket(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(path)
-        if mode is not None:
-            os.chmod(path, mode)
-        sock.listen(backlog)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
 def _open_tcp(host: str, port: int, backlog: int) -> list[socket.socket]:
     infos = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE | socket.AI_NUMERICSERV
@@ -179,13 +165,8 @@ class BoundSocket:
         self.sock.close()
 
     def remove_file(self) -> None:
-        if self.unix_inode is None:
-            return
-        try:
-            if os.lstat(self.bind.path).st_ino == self.unix_inode:
-                os.unlink(self.bind.path)
-        except OSError:
-            pass
+        if self.unix_inode is not None:
+            remove_socket_file(self.bind.path, self.unix_inode)
 
 
 def open_binds(
@@ -197,7 +178,7 @@ def open_binds(
     try:
         for bind in binds:
             if bind.kind == "unix":
-                sock = _open_unix(bind.path, socket_mode, backlog)
+                sock = bind_unix_socket(bind.path, mode=socket_mode, backlog=backlog)
                 opened.append(BoundSocket(sock, bind, os.stat(bind.path).st_ino))
             elif bind.kind == "fd":
                 opened.append(BoundSocket(_adopt_fd(bind.fd), bind))

@@ -7,6 +7,7 @@ import errno
 import os
 import socket
 import stat
+import sys
 from typing import Final
 
 import trio
@@ -14,6 +15,9 @@ import trio
 #: fd 0 is where a web server or spawn-fcgi leaves the listening socket.
 FCGI_LISTENSOCK_FILENO: Final = 0
 DEFAULT_BACKLOG: Final = 1024
+#: The longest unix socket path bind(2) takes: sun_path has 108 bytes on Linux
+#: and 104 on macOS and the BSDs, less one for a terminating NUL.
+MAX_UNIX_PATH: Final = 107 if sys.platform.startswith("linux") else 103
 
 
 def protect_std_fds() -> None:
@@ -55,27 +59,67 @@ def unlink_stale_socket(path: str) -> None:
         probe.close()
 
 
-async def open_unix_listener(
-    path: str | os.PathLike[str], *, mode: int | None = None, backlog: int | None = None
-) -> trio.SocketListener:
-    """Listen on a unix socket at *path*.
+def bind_unix_socket(
+    path: str | os.PathLike[str], *, mode: int | None = None, backlog: int = DEFAULT_BACKLOG
+) -> socket.socket:
+    """A stdlib socket listening on a new unix socket file at *path*.
 
     A stale socket file left by a dead process is replaced; a live one, or a
     file that is not a socket, is an error. *mode* sets the file's permission
-    bits (the web server's user needs write permission).
+    bits (the web server's user needs write permission); None keeps the
+    umask's.
+
+    The file is created with no more permissions than *mode*: Linux gives the
+    file that bind(2) creates the socket's own mode, less the umask, so the
+    socket is given *mode* first (fchmod), and the chmod after bind only adds
+    back what the umask took away. No umask change, which is process-wide and
+    would race with other threads. Where fchmod does not carry over, nobody
+    can connect before listen(2) anyway, which comes after the chmod.
     """
     path = os.fspath(path)
+    if len(os.fsencode(path)) > MAX_UNIX_PATH:
+        # Checked first: the stale-socket probe would fail on such a path and
+        # take the file for stale.
+        raise OSError(
+            errno.ENAMETOOLONG,
+            f"longer than the {MAX_UNIX_PATH} bytes a unix socket path may have",
+            path,
+        )
     unlink_stale_socket(path)
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        await sock.bind(path)
+        if mode is not None:
+            with contextlib.suppress(OSError):
+                os.fchmod(sock.fileno(), mode)
+        sock.bind(path)
         if mode is not None:
             os.chmod(path, mode)
-        sock.listen(DEFAULT_BACKLOG if backlog is None else backlog)
+        sock.listen(backlog)
     except BaseException:
         sock.close()
         raise
-    return trio.SocketListener(sock)
+    return sock
+
+
+async def open_unix_listener(
+    path: str | os.PathLike[str], *, mode: int | None = None, backlog: int | None = None
+) -> trio.SocketListener:
+    """Listen on a unix socket at *path*, created as :func:`bind_unix_socket` does.
+
+    A stale socket file left by a dead process is replaced; a live one, or a
+    file that is not a socket, is an error. *mode* sets the file's permission
+    bits (the web server's user needs write permission); None keeps the
+    umask's.
+    """
+    await trio.lowlevel.checkpoint()
+    sock = bind_unix_socket(
+        path, mode=mode, backlog=DEFAULT_BACKLOG if backlog is None else backlog
+    )
+    try:
+        return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+    except BaseException:
+        sock.close()
+        raise
 
 
 def remove_socket_file(path: str | os.PathLike[str], inode: int) -> None:
