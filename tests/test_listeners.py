@@ -75,12 +75,26 @@ def test_mode_none_keeps_the_umask_permissions(
     assert os.listdir(tmp_path) == ["app.sock"]
 
 
-@pytest.mark.parametrize("mode", [0o600, 0o640, 0o660])
+@pytest.mark.parametrize(
+    ("umask", "mode", "at_creation"),
+    [
+        (0, 0o600, 0o600),
+        (0, 0o640, 0o640),
+        (0, 0o660, 0o660),
+        (0o077, 0o660, 0o600),  # the umask still applies until the chmod
+    ],
+)
 def test_the_file_never_has_more_permissions_than_asked(
-    tmp_path: Path, sockets: list[socket.socket], monkeypatch: pytest.MonkeyPatch, mode: int
+    tmp_path: Path,
+    sockets: list[socket.socket],
+    monkeypatch: pytest.MonkeyPatch,
+    umask: int,
+    mode: int,
+    at_creation: int,
 ) -> None:
-    # Even with an empty umask, the file bind() creates already has no more
-    # than *mode*; the chmod after it only adds back what the umask removed.
+    # The file bind() creates already has no more than *mode* (even with an
+    # empty umask, under which a plain bind gives 0o777); the chmod after it
+    # only adds back what the umask removed.
     path = tmp_path / "app.sock"
     at_chmod: list[int] = []
     real_chmod = os.chmod
@@ -90,37 +104,16 @@ def test_the_file_never_has_more_permissions_than_asked(
         real_chmod(target, requested)
 
     monkeypatch.setattr(os, "chmod", chmod)
-    old_umask = os.umask(0)
+    old_umask = os.umask(umask)
     try:
         sockets.append(bind_unix_socket(path, mode=mode))
-        with socket.socket(socket.AF_UNIX) as plain:  # bound the plain way: 0o777
+        with socket.socket(socket.AF_UNIX) as plain:
             plain.bind(str(tmp_path / "plain.sock"))
     finally:
         os.umask(old_umask)
-    assert at_chmod == [mode]
+    assert at_chmod == [at_creation]
     assert stat.S_IMODE(os.lstat(path).st_mode) == mode
-    assert stat.S_IMODE(os.lstat(tmp_path / "plain.sock").st_mode) == 0o777
-
-
-def test_the_umask_still_applies_until_the_chmod(
-    tmp_path: Path, sockets: list[socket.socket], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = tmp_path / "app.sock"
-    at_chmod: list[int] = []
-    real_chmod = os.chmod
-
-    def chmod(target: str, requested: int) -> None:
-        at_chmod.append(stat.S_IMODE(os.lstat(target).st_mode))
-        real_chmod(target, requested)
-
-    monkeypatch.setattr(os, "chmod", chmod)
-    old_umask = os.umask(0o077)
-    try:
-        sockets.append(bind_unix_socket(path, mode=0o660))
-    finally:
-        os.umask(old_umask)
-    assert at_chmod == [0o600]  # 0o660 less the umask's group bits
-    assert stat.S_IMODE(os.lstat(path).st_mode) == 0o660
+    assert stat.S_IMODE(os.lstat(tmp_path / "plain.sock").st_mode) == 0o777 & ~umask
     exchange(sockets[0], path)
 
 

@@ -186,6 +186,8 @@ class Lifecycle:
 
     def deadline(self) -> float:
         """When the reader must stop waiting for input and call :meth:`expire`."""
+        if self._in_flight and self._partial_since is None and self._phase in _OPEN:
+            return math.inf  # the common case, asked before every receive
         return self._next()
 
     def wake_deadline(self) -> float:
