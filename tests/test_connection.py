@@ -252,7 +252,7 @@ def test_get_values_answers_only_known_names_in_order() -> None:
         (0, 0),
         (12, 0),
         (255, 0),
-        (helpers.GET_VALUES, 1),  # management type on an application id
+        (helpers.GET_VALUES_RESULT, 0),  # app-to-server management type sent to us
         (helpers.STDOUT, 1),  # app-to-server type sent to us
         (99, 5),
     ],
@@ -265,6 +265,29 @@ def test_unknown_records_are_reported(record_type: int, request_id: int) -> None
     out = conn.send(UnknownType(record_type))
     assert out == helpers.record(helpers.UNKNOWN_TYPE, 0, bytes([record_type]) + bytes(7))
     assert conn.active_request_ids == frozenset()
+
+
+@pytest.mark.parametrize(
+    "record_type", [helpers.GET_VALUES, helpers.GET_VALUES_RESULT, helpers.UNKNOWN_TYPE]
+)
+@pytest.mark.parametrize("active", [False, True])
+def test_management_records_on_an_application_id_are_ignored(
+    record_type: int, active: bool
+) -> None:
+    # Spec 3.3: management records carry the null id. Answering one on id 1
+    # with UNKNOWN_TYPE would tell the web server we do not know GET_VALUES.
+    conn = FastCGIConnection()
+    if active:
+        drain(conn, helpers.begin_record(1) + helpers.params_records(1, {}))
+    content = helpers.nv_pairs([(b"FCGI_MAX_REQS", b"")])
+    assert drain(conn, helpers.record(record_type, 1, content)) == []
+    assert conn.active_request_ids == ({1} if active else frozenset())
+    if active:
+        assert conn.request_state(1) is RequestState.STDIN
+    # The same GET_VALUES on the null id is still answered.
+    assert drain(conn, helpers.record(helpers.GET_VALUES, 0, content)) == [
+        GetValues((b"FCGI_MAX_REQS",))
+    ]
 
 
 # -- request lifecycle ------------------------------------------------------------
@@ -378,8 +401,10 @@ def test_output_rules() -> None:
         conn.send(Stdout(1, b"x"))
     with pytest.raises(LocalProtocolError, match="not active"):
         conn.send(EndRequest(1))
-    with pytest.raises(TypeError):
+    with pytest.raises(LocalProtocolError, match="cannot send a Stdin: not an output event"):
         conn.send(Stdin(1, b"x"))  # type: ignore[arg-type]
+    with pytest.raises(LocalProtocolError, match="cannot send a bytes"):
+        conn.send_parts(b"raw")  # type: ignore[arg-type]
 
 
 def test_unused_stderr_sends_no_records() -> None:

@@ -34,6 +34,7 @@ from ._state import STREAM_STATES, Action, RequestState, state_after, stream_act
 from ._wire import (
     BEGIN_REQUEST_BODY,
     KEEP_CONN_FLAG,
+    MAX_CONTENT_LEN,
     NULL_REQUEST_ID,
     UNKNOWN_TYPE_BODY,
     ProtocolStatus,
@@ -67,6 +68,9 @@ _REQUEST_RECORDS: Final = frozenset(
         RecordType.STDIN,
         RecordType.DATA,
     }
+)
+_MANAGEMENT_RECORDS: Final = frozenset(
+    {RecordType.GET_VALUES, RecordType.GET_VALUES_RESULT, RecordType.UNKNOWN_TYPE}
 )
 _STDERR_UNUSED, _STDERR_OPEN, _STDERR_CLOSED = 0, 1, 2
 _EMPTY: Final = b""
@@ -198,6 +202,11 @@ class FastCGIConnection(RecordProtocol[InputEvent]):
                 return GetValues(tuple(name for name, _ in pairs))
             return UnknownRecord(record_type, request_id)
         if record_type not in _REQUEST_RECORDS:
+            if record_type in _MANAGEMENT_RECORDS:
+                # Spec 3.3: a management record has the null id; one on an
+                # application id belongs to no request and is ignored.
+                # UNKNOWN_TYPE would tell the web server we do not know its type.
+                return None
             return UnknownRecord(record_type, request_id)
         request = self._requests.get(request_id)
         if record_type == RecordType.BEGIN_REQUEST:
@@ -280,41 +289,45 @@ class FastCGIConnection(RecordProtocol[InputEvent]):
         return Params(request_id, tuple(pairs))
 
     # -- output --------------------------------------------------------------
+    #
+    # Every method below checks the event against the state and builds all of
+    # its bytes before it changes any state: a send that raises leaves the
+    # connection exactly as it was.
 
     def send(self, event: OutputEvent) -> bytes:
         """The bytes that carry *event* to the web server.
 
+        :class:`LocalProtocolError` is the only exception it raises, and when it
+        does the connection's state is unchanged: the event was not sent, and
+        the same connection can send other events.
+
         Raises:
-          LocalProtocolError: the event is not allowed now, e.g. output for a
-            request that has ended or whose params are not complete yet.
+          LocalProtocolError: the event is not allowed now (output for a request
+            that has ended or whose params are not complete yet, a stream after
+            its end, a ``GetValuesResult`` too long for one record), or *event*
+            is not an output event. (Output events reject bad field values
+            when they are built, with the same exception.)
         """
         return b"".join(self.send_parts(event))
 
     def send_parts(self, event: OutputEvent) -> list[bytes | memoryview]:
         """Like :meth:`send`, as pieces to write in order (for a scatter-gather
         write): the data of ``Stdout`` and ``Stderr`` events is not copied."""
-        event_type = type(event)
-        if event_type is Stdout or event_type is Stderr:
-            return self._send_output(event)  # type: ignore[arg-type]
-        if event_type is EndRequest:
-            return [self._send_end(event)]  # type: ignore[arg-type]
-        if event_type is GetValuesResult:
-            return [
-                encode_record(
-                    RecordType.GET_VALUES_RESULT,
-                    NULL_REQUEST_ID,
-                    encode_pairs(event.values),  # type: ignore[union-attr]
-                )
-            ]
-        if event_type is UnknownType:
-            return [
-                encode_record(
-                    RecordType.UNKNOWN_TYPE,
-                    NULL_REQUEST_ID,
-                    UNKNOWN_TYPE_BODY.pack(event.record_type),  # type: ignore[union-attr]
-                )
-            ]
-        raise TypeError(f"cannot send {event!r}")
+        if isinstance(event, Stdout):
+            return self._send_stdout(event)
+        if isinstance(event, Stderr):
+            return self._send_stderr(event)
+        if isinstance(event, EndRequest):
+            return [self._send_end(event)]
+        if isinstance(event, GetValuesResult):
+            return [self._send_values(event)]
+        if isinstance(event, UnknownType):
+            body = UNKNOWN_TYPE_BODY.pack(event.record_type)
+            return [encode_record(RecordType.UNKNOWN_TYPE, NULL_REQUEST_ID, body)]
+        raise LocalProtocolError(
+            f"cannot send a {type(event).__name__}: not an output event "
+            "(Stdout, Stderr, EndRequest, GetValuesResult or UnknownType)"
+        )
 
     def get_values_result(self, names: Iterable[bytes]) -> GetValuesResult:
         """The answer to ``FCGI_GET_VALUES``: the names asked that we know, in order."""
@@ -325,48 +338,74 @@ class FastCGIConnection(RecordProtocol[InputEvent]):
         }
         return GetValuesResult(tuple((name, values[name]) for name in names if name in values))
 
-    def _active(self, request_id: int, what: str) -> _Request:
+    def _output_request(self, request_id: int, name: str) -> _Request:
         request = self._requests.get(request_id)
         if request is None:
-            raise LocalProtocolError(f"{what} for request {request_id}, which is not active")
+            raise LocalProtocolError(f"{name} for request {request_id}, which is not active")
+        if not request.params_complete:
+            raise LocalProtocolError(f"{name} for request {request_id} before its params")
         return request
 
-    def _send_output(self, event: Stdout | Stderr) -> list[bytes | memoryview]:
-        is_stdout = type(event) is Stdout
-        name = "FCGI_STDOUT" if is_stdout else "FCGI_STDERR"
-        request = self._active(event.request_id, name)
-        if not request.params_complete:
-            raise LocalProtocolError(f"{name} for request {event.request_id} before its params")
+    def _send_stdout(self, event: Stdout) -> list[bytes | memoryview]:
+        request = self._output_request(event.request_id, "FCGI_STDOUT")
+        if not request.stdout_open:
+            raise LocalProtocolError(f"FCGI_STDOUT of request {event.request_id} is closed")
         data = event.data
-        if is_stdout:
-            if not request.stdout_open:
-                raise LocalProtocolError(f"{name} of request {event.request_id} is closed")
-            if not data:
-                request.stdout_open = False
-            return stream_records(RecordType.STDOUT, event.request_id, data)
+        parts = stream_records(RecordType.STDOUT, event.request_id, data)
+        if not data:
+            request.stdout_open = False
+        return parts
+
+    def _send_stderr(self, event: Stderr) -> list[bytes | memoryview]:
+        request = self._output_request(event.request_id, "FCGI_STDERR")
         if request.stderr == _STDERR_CLOSED:
-            raise LocalProtocolError(f"{name} of request {event.request_id} is closed")
+            raise LocalProtocolError(f"FCGI_STDERR of request {event.request_id} is closed")
+        data = event.data
+        parts = stream_records(RecordType.STDERR, event.request_id, data)
         request.stderr = _STDERR_OPEN if data else _STDERR_CLOSED
-        return stream_records(RecordType.STDERR, event.request_id, data)
+        return parts
 
     def _send_end(self, event: EndRequest) -> bytes:
         request_id = event.request_id
         if request_id in self._rejected:
+            end = encode_end_request(request_id, event.app_status, event.protocol_status)
             del self._rejected[request_id]
-            return encode_end_request(request_id, event.app_status, event.protocol_status)
-        request = self._active(request_id, "FCGI_END_REQUEST")
+            return end
+        request = self._requests.get(request_id)
+        if request is None:
+            raise LocalProtocolError(
+                f"FCGI_END_REQUEST for request {request_id}, which is not active"
+            )
+        end = encode_end_request(request_id, event.app_status, event.protocol_status)
+        if request.params_complete and (request.stdout_open or request.stderr == _STDERR_OPEN):
+            # End the output streams still open. A request that ended before its
+            # params were complete (aborted early, or refused by the handler
+            # layer) never started one.
+            parts = []
+            if request.stdout_open:
+                parts.append(encode_stream(RecordType.STDOUT, request_id, _EMPTY))
+            if request.stderr == _STDERR_OPEN:
+                parts.append(encode_stream(RecordType.STDERR, request_id, _EMPTY))
+            parts.append(end)
+            end = b"".join(parts)
         del self._requests[request_id]
         if not request.keep_conn:
             self._keep_alive = False
-        end = encode_end_request(request_id, event.app_status, event.protocol_status)
-        if not request.params_complete:
-            # Ended before its params were complete (aborted early, or refused by
-            # the handler layer): no output stream was ever started.
-            return end
-        parts = []
-        if request.stdout_open:
-            parts.append(encode_stream(RecordType.STDOUT, request_id, _EMPTY))
-        if request.stderr == _STDERR_OPEN:
-            parts.append(encode_stream(RecordType.STDERR, request_id, _EMPTY))
-        parts.append(end)
-        return b"".join(parts)
+        return end
+
+    @staticmethod
+    def _send_values(event: GetValuesResult) -> bytes:
+        # Measured before encoding, so that a name longer than a length can
+        # declare (2**31 - 1) never reaches encode_length.
+        size = 0
+        for name, value in event.values:
+            size += len(name) + len(value) + (1 if len(name) < 0x80 else 4)
+            size += 1 if len(value) < 0x80 else 4
+        if size > MAX_CONTENT_LEN:
+            raise LocalProtocolError(
+                f"FCGI_GET_VALUES_RESULT of {size} bytes does not fit in one record "
+                f"({MAX_CONTENT_LEN} bytes)"
+            )
+        return encode_record(
+            RecordType.GET_VALUES_RESULT, NULL_REQUEST_ID, encode_pairs(event.values)
+        )
