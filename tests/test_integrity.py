@@ -299,9 +299,12 @@ def run_program(uploads_: list[Upload], shutdown_step: int | None, hibernation: 
         # Virtual time: a program that deadlocks fails here, it does not hang.
         with trio.fail_after(3600), tempfile.TemporaryDirectory() as directory:
             path = os.path.join(directory, "s")
-            sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            await sock.bind(path)
-            sock.listen()
+            # Bound with the stdlib: trio binds unix paths in a thread, and the
+            # autojumping clock does not wait for threads.
+            listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listening.bind(path)
+            listening.listen()
+            sock = trio.socket.from_stdlib_socket(listening)
             serve = functools.partial(
                 serve_listeners,
                 handler,

@@ -213,12 +213,14 @@ class ServedConnection:
             self._stop_tasks()
 
     def _stop_tasks(self) -> None:
-        """Cancel the connection's tasks. The outbox closes first, so that no
-        request task (one in a shielded scope, say) can queue output that
-        will never be sent: its sends raise BrokenResourceError from now on."""
+        """Cancel the connection's tasks, and close the outbox before any of
+        them runs again: a request task that goes on (in a shielded scope,
+        say) cannot queue output that will never be sent, its sends raise
+        BrokenResourceError from now on. Cancelling first gives the tasks
+        waiting for room in the outbox Cancelled, as everywhere else."""
         assert self._nursery is not None
-        self._outbox_receiver.close()
         self._nursery.cancel_scope.cancel()
+        self._outbox_receiver.close()
 
     def begin_shutdown(self) -> None:
         """Finish the requests in flight, then close. New requests that arrive
