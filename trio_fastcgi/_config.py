@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Final, TypeAlias, TypedDict
 import attrs
 
 from ._connection import DEFAULT_MAX_CONNS, DEFAULT_MAX_PARAMS_SIZE, DEFAULT_MAX_REQS
-from ._lifecycle import TimeoutPolicy
 from ._wire import Role
 
 if TYPE_CHECKING:
@@ -153,14 +152,6 @@ class Config:
     def _check_grace_period(self, attribute: attrs.Attribute[float], value: float) -> None:
         if not value >= 0:
             raise ValueError(f"grace_period must be >= 0, not {value!r}")
-
-    def timeout_policy(self) -> TimeoutPolicy:
-        """The timeouts that connections served with these options follow."""
-        return TimeoutPolicy(
-            idle_timeout=self.idle_timeout,
-            read_timeout=self.read_timeout,
-            hibernate_after=self.hibernate_after,
-        )
 
     @classmethod
     def from_options(cls, options: ServerOptions) -> Config:

@@ -79,6 +79,15 @@ _ERROR_RESPONSE: Final = (
 _MAX_APP_STATUS: Final = 0xFFFFFFFF
 
 
+def timeout_policy(config: Config) -> TimeoutPolicy:
+    """The timeouts that connections served with *config* follow."""
+    return TimeoutPolicy(
+        idle_timeout=config.idle_timeout,
+        read_timeout=config.read_timeout,
+        hibernate_after=config.hibernate_after,
+    )
+
+
 @final
 class ServedConnection:
     """Serves FastCGI on one open stream until it closes.
@@ -119,7 +128,7 @@ class ServedConnection:
         transport.write_timeout = config.write_timeout
         self._config = config
         self._life = Lifecycle(
-            policy or config.timeout_policy(),
+            policy or timeout_policy(config),
             trio.current_time(),
             hibernates=hibernates and transport.socket is not None,
         )

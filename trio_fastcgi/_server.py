@@ -21,7 +21,7 @@ from ._listeners import (
     protect_std_fds,
     remove_socket_file,
 )
-from ._serve_connection import Handler, ServedConnection
+from ._serve_connection import Handler, ServedConnection, timeout_policy
 from ._transport import Acceptor, Transport, open_transport
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ class _Server:
         self._slots = trio.Semaphore(config.max_conns)
         self._all_closed = trio.Event()
         self._shutting_down = False
-        self._policy = config.timeout_policy()
+        self._policy = timeout_policy(config)
         self._hibernation: Hibernation | None = None
 
     async def serve(
