@@ -138,6 +138,8 @@ async def test_sends_after_the_connection_closed_fail_at_once(nursery: trio.Nurs
 
 IDLE, READ, HIBERNATE, GRACE, FIRST_REQUEST_WAIT = 10.0, 5.0, 2.0, 20.0, 2.0
 #: Delays around every deadline, and small ones.
+#: Times are sums of float delays: compare them with this much slack.
+EPSILON = 1e-9
 DELAYS = st.sampled_from(
     [0.0, 0.0, 0.0, 0.001, 0.5, 1.0]
     + [d + e for d in (HIBERNATE, READ, IDLE, FIRST_REQUEST_WAIT + 0.5) for e in (-0.01, 0, 0.01)]
@@ -215,7 +217,9 @@ def read_timeout_really_passed(upload: Upload, sent_at: Sequence[float]) -> bool
         index = max(i for i, start in enumerate(starts) if start <= offset)
         return sent_at[index] if index < len(sent_at) else math.inf
 
-    return any(sent(end - 1) - sent(start) >= READ for start, end in [*spans, params_span])
+    return any(
+        sent(end - 1) - sent(start) >= READ - EPSILON for start, end in [*spans, params_span]
+    )
 
 
 def check(
@@ -230,7 +234,7 @@ def check(
         first_byte = outcome.sent_at[0] if outcome.sent_at else math.inf
         # A request that comes just as the idle timeout passes is served, and
         # the connection closes after it.
-        idle_passed = idle_passed or first_byte - previous_end >= IDLE
+        idle_passed = idle_passed or first_byte - previous_end >= IDLE - EPSILON
         if outcome.answered:
             previous_end = outcome.ended_at
             continue
@@ -239,9 +243,9 @@ def check(
         if shutdown_at is not None:
             reasons += [
                 index > 0 and shutdown_at <= first_byte,  # closes once idle
-                index == 0 and first_byte >= shutdown_at + FIRST_REQUEST_WAIT,
-                index == 0 and outcome.sent_at[-1] >= shutdown_at + FIRST_REQUEST_WAIT,
-                outcome.ended_at >= shutdown_at + GRACE,  # the grace period ran out
+                index == 0 and first_byte >= shutdown_at + FIRST_REQUEST_WAIT - EPSILON,
+                index == 0 and outcome.sent_at[-1] >= shutdown_at + FIRST_REQUEST_WAIT - EPSILON,
+                outcome.ended_at >= shutdown_at + GRACE - EPSILON,  # the grace period ran out
             ]
         assert any(reasons), (index, upload, outcome, shutdown_at)
         return  # the connection is gone: later requests were never sent
