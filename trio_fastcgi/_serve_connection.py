@@ -276,8 +276,9 @@ class ServedConnection:
         config = self._config
         match expiry:
             case Expiry.HIBERNATE:
-                conn = self._conn
-                if conn.idle and not conn.has_partial_record and self._writer_is_waiting():
+                # The lifecycle knows nothing is in flight or partly here; only
+                # output still leaving (a refusal, the last response) can stop it.
+                if self._writer_is_waiting():
                     return True
                 self._life.postpone(trio.current_time())  # output is still leaving
             case Expiry.IDLE_TIMEOUT:
@@ -334,14 +335,6 @@ class ServedConnection:
         if not stream._offer(data):
             await stream._feed(data)
 
-    async def _put(self, event: OutputEvent) -> None:
-        """Queue output from the reader; waits while the outbox is full.
-        BrokenResourceError: the writer has ended."""
-        try:
-            self._outbox.send_nowait(event)
-        except trio.WouldBlock:
-            await self._outbox.send(event)
-
     async def _dispatch(self, event: InputEvent) -> bool:
         """Act on one input event; True means stop reading."""
         match event:
@@ -371,14 +364,14 @@ class ServedConnection:
                     role,
                     protocol_status.name,
                 )
-                await self._put(EndRequest(request_id, 0, protocol_status))
+                await queue_output(self._outbox, EndRequest(request_id, 0, protocol_status))
             case GetValues(names):
-                await self._put(self._conn.get_values_result(names))
+                await queue_output(self._outbox, self._conn.get_values_result(names))
             case UnknownRecord(record_type, request_id):
                 LOGGER.debug(
                     "%s: unknown record type %d (request %d)", self.name, record_type, request_id
                 )
-                await self._put(UnknownType(record_type))
+                await queue_output(self._outbox, UnknownType(record_type))
             case ConnectionClosed():
                 if self._requests or self._pending:
                     LOGGER.debug(
@@ -412,7 +405,7 @@ class ServedConnection:
         elif self._pending.pop(request_id, None) is not None:
             # Aborted before its params were complete: the handler never ran.
             self._request_ended()
-            await self._put(EndRequest(request_id))
+            await queue_output(self._outbox, EndRequest(request_id))
 
     # -- requests ----------------------------------------------------------------
 
