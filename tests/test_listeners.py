@@ -14,7 +14,12 @@ import pytest
 import trio
 
 from trio_fastcgi._bind import open_binds, parse_bind
-from trio_fastcgi._listeners import MAX_UNIX_PATH, bind_unix_socket, open_unix_listener
+from trio_fastcgi._listeners import (
+    MAX_UNIX_PATH,
+    bind_unix_socket,
+    exposed_address,
+    open_unix_listener,
+)
 
 HAVE_PROC_FD = os.path.isdir("/proc/self/fd")
 
@@ -259,3 +264,21 @@ def test_open_binds_closes_the_unix_socket_if_a_later_bind_fails(tmp_path: Path)
     with pytest.raises(FileExistsError):
         open_binds([parse_bind(f"unix:{path}"), parse_bind(f"unix:{regular}")])
     assert sorted(os.listdir(tmp_path)) == ["precious.txt"]
+
+
+@pytest.mark.parametrize(
+    ("family", "sockname", "expected"),
+    [
+        (socket.AF_INET, ("127.0.0.1", 9000), None),
+        (socket.AF_INET, ("127.8.0.1", 9000), None),
+        (socket.AF_INET6, ("::1", 9000, 0, 0), None),
+        (socket.AF_INET6, ("::ffff:127.0.0.1", 9000, 0, 0), None),
+        (socket.AF_INET, ("0.0.0.0", 9000), "0.0.0.0:9000"),
+        (socket.AF_INET, ("192.0.2.7", 9000), "192.0.2.7:9000"),
+        (socket.AF_INET6, ("::", 9000, 0, 0), "[::]:9000"),
+        (socket.AF_INET6, ("fe80::1%eth0", 9000, 0, 2), "[fe80::1%eth0]:9000"),
+        (socket.AF_UNIX, "/run/app.sock", None),
+    ],
+)
+def test_exposed_address(family: int, sockname: object, expected: str | None) -> None:
+    assert exposed_address(family, sockname) == expected

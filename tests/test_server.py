@@ -318,3 +318,32 @@ class _OneStreamListener(trio.abc.Listener[trio.abc.Stream]):
     async def aclose(self) -> None:
         self.closed = True
         await trio.lowlevel.checkpoint()
+
+
+@pytest.mark.parametrize(
+    ("host", "options", "warns"),
+    [
+        ("0.0.0.0", {}, True),
+        ("127.0.0.1", {}, False),
+        ("0.0.0.0", {"web_server_addrs": ["127.0.0.1"]}, False),
+    ],
+)
+async def test_serving_other_hosts_without_web_server_addrs_warns(
+    host: str, options: dict[str, list[str]], warns: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # FastCGI has no authentication: an address others can reach, open to any
+    # peer, is worth a WARNING that names it and says what to do.
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            functools.partial(serve_tcp, hello, 0, host=host, **options)
+        )
+        port = listeners[0].socket.getsockname()[1]
+        nursery.cancel_scope.cancel()
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and "FastCGI on" in r.message]
+    if warns:
+        assert len(warnings) == 1
+        assert f"0.0.0.0:{port}" in warnings[0].message
+        assert "web_server_addrs" in warnings[0].message
+        assert "127.0.0.1 or a unix socket" in warnings[0].message
+    else:
+        assert warnings == []

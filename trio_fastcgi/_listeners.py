@@ -1,9 +1,11 @@
-"""Listening sockets: unix sockets with a safe unlink, and the inherited fd 0."""
+"""Listening sockets: unix sockets with a safe unlink, the inherited fd 0, and
+which of them other hosts can reach."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import os
 import socket
 import stat
@@ -18,6 +20,21 @@ DEFAULT_BACKLOG: Final = 1024
 #: The longest unix socket path bind(2) takes: sun_path has 108 bytes on Linux
 #: and 104 on macOS and the BSDs, less one for a terminating NUL.
 MAX_UNIX_PATH: Final = 107 if sys.platform.startswith("linux") else 103
+
+
+def exposed_address(family: int, sockname: object) -> str | None:
+    """The address a socket of *family* bound to *sockname* listens on, as
+    text, if other hosts can reach it (an IP address that is not loopback);
+    otherwise None."""
+    if family not in (socket.AF_INET, socket.AF_INET6) or not isinstance(sockname, tuple):
+        return None
+    host, port = sockname[0], sockname[1]
+    address = ipaddress.ip_address(host.split("%", 1)[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address.is_loopback:
+        return None
+    return f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
 
 
 def protect_std_fds() -> None:

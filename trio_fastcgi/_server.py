@@ -16,6 +16,7 @@ from ._config import Config, parse_address
 from ._hibernation import Hibernation, hibernation_supported
 from ._listeners import (
     FCGI_LISTENSOCK_FILENO,
+    exposed_address,
     inherited_listener,
     open_unix_listener,
     protect_std_fds,
@@ -97,6 +98,7 @@ class _Server:
         handler_nursery: trio.Nursery | None,
         task_status: trio.TaskStatus[list[ListenerT]],
     ) -> None:
+        self._warn_if_exposed(listeners)
         async with trio.open_nursery() as own_nursery:
             connection_nursery = handler_nursery or own_nursery
             if self._config.hibernate_after is not None and hibernation_supported():
@@ -124,6 +126,24 @@ class _Server:
             # Only a graceful shutdown gets here: the listeners are closed.
             await self._drain()
             own_nursery.cancel_scope.cancel()  # only the hibernation watcher is left
+
+    def _warn_if_exposed(self, listeners: Sequence[ListenerT]) -> None:
+        """FastCGI has no authentication: say so when anyone may connect."""
+        if self._config.web_server_addrs:
+            return
+        for listener in listeners:
+            if not isinstance(listener, trio.SocketListener):
+                continue
+            sock = listener.socket
+            address = exposed_address(sock.family, sock.getsockname())
+            if address is not None:
+                LOGGER.warning(
+                    "serving FastCGI on %s, which other hosts can reach, to any peer: "
+                    "FastCGI has no authentication, so anyone who can connect drives the "
+                    "application. Listen on 127.0.0.1 or a unix socket, or set "
+                    "web_server_addrs (FCGI_WEB_SERVER_ADDRS) to the web servers' addresses",
+                    address,
+                )
 
     async def _stop_accepting_on(self, event: trio.Event, accepting: trio.CancelScope) -> None:
         await event.wait()
@@ -332,6 +352,12 @@ async def serve_tcp(
     ``await nursery.start(serve_tcp, handler, 0)`` returns the listeners, so
     ``listeners[0].socket.getsockname()`` gives the port. Options and error
     handling as in :func:`serve_listeners`.
+
+    FastCGI has no authentication: whoever can connect can drive the
+    application as the web server would. Pass ``host="127.0.0.1"`` (or use a
+    unix socket) unless the web server is on another host, and then set
+    ``web_server_addrs``; serving a non-loopback address without it logs a
+    WARNING.
     """
     Config.from_options(options)  # fail on a bad option before binding
     listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
