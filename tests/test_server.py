@@ -321,21 +321,17 @@ class _OneStreamListener(trio.abc.Listener[trio.abc.Stream]):
 
 
 @pytest.mark.parametrize(
-    ("host", "options", "warns"),
-    [
-        ("0.0.0.0", {}, True),
-        ("127.0.0.1", {}, False),
-        ("0.0.0.0", {"web_server_addrs": ["127.0.0.1"]}, False),
-    ],
+    ("host", "web_server_addrs", "warns"),
+    [("0.0.0.0", [], True), ("127.0.0.1", [], False), ("0.0.0.0", ["127.0.0.1"], False)],
 )
 async def test_serving_other_hosts_without_web_server_addrs_warns(
-    host: str, options: dict[str, list[str]], warns: bool, caplog: pytest.LogCaptureFixture
+    host: str, web_server_addrs: list[str], warns: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     # FastCGI has no authentication: an address others can reach, open to any
     # peer, is worth a WARNING that names it and says what to do.
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(
-            functools.partial(serve_tcp, hello, 0, host=host, **options)
+            functools.partial(serve_tcp, hello, 0, host=host, web_server_addrs=web_server_addrs)
         )
         port = listeners[0].socket.getsockname()[1]
         nursery.cancel_scope.cancel()
