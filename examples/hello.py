@@ -21,4 +21,7 @@ async def handler(request: trio_fastcgi.Request) -> None:
 
 if __name__ == "__main__":
     print("serving FastCGI on 127.0.0.1:9000; Ctrl+C stops")
-    trio.run(functools.partial(trio_fastcgi.serve_tcp, handler, 9000, host="127.0.0.1"))
+    try:
+        trio.run(functools.partial(trio_fastcgi.serve_tcp, handler, 9000, host="127.0.0.1"))
+    except KeyboardInterrupt:  # Ctrl+C
+        print("stopped")

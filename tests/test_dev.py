@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -222,3 +224,68 @@ def test_dev_help_says_development_only() -> None:
     )
     assert "DEVELOPMENT ONLY" in result.stdout
     assert "--port" in result.stdout
+
+
+def _interrupted(argv: list[str], port: int, tmp_path: Path) -> tuple[int, str]:
+    """Start *argv*, wait until it listens on *port*, press Ctrl+C (SIGINT):
+    its exit status and what it wrote."""
+    log_path = tmp_path / "interrupted.log"
+    with ManagedProcess(argv, cwd=REPO, log_path=log_path) as process:
+        wait_for_tcp(port, process=process.process)
+        process.process.send_signal(signal.SIGINT)
+        status = process.process.wait(timeout=30)
+        return status, process.log()
+
+
+def test_dev_ctrl_c_exits_0_quietly(tmp_path: Path) -> None:
+    port = free_port()
+    argv = [sys.executable, "-m", "trio_fastcgi", "dev", "examples.hello:handler"]
+    status, log = _interrupted([*argv, "--port", str(port)], port, tmp_path)
+    assert status == 0, log
+    assert "Traceback" not in log
+    assert "KeyboardInterrupt" not in log
+    assert log.rstrip().endswith("INFO trio_fastcgi.dev: stopped")
+
+
+@pytest.mark.parametrize("script", ["examples/tutorial/hello.py", "examples/hello.py"])
+def test_hello_examples_ctrl_c_exits_0_quietly(script: str, tmp_path: Path) -> None:
+    port = free_port()
+    if script == "examples/hello.py":
+        port = 9000  # the example's fixed port
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                pytest.skip("port 9000 is taken on this machine")
+        argv = [sys.executable, script]
+    else:
+        argv = [sys.executable, script, str(port)]
+    status, log = _interrupted(argv, port, tmp_path)
+    assert status == 0, log
+    assert "Traceback" not in log
+    assert log.rstrip().endswith("stopped")
+
+
+def test_dev_busy_port_is_one_line_naming_the_address(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "trio_fastcgi",
+                "dev",
+                "examples.hello:handler",
+                f"--port={port}",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.rstrip().splitlines()[-1] == (
+        f"trio-fastcgi dev: error: cannot listen on http://127.0.0.1:{port}/: "
+        "the address is already in use (is another server running there?)"
+    )

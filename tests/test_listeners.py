@@ -16,6 +16,7 @@ import trio
 from trio_fastcgi._bind import open_binds, parse_bind
 from trio_fastcgi._listeners import (
     MAX_UNIX_PATH,
+    ListenError,
     bind_unix_socket,
     exposed_address,
     open_unix_listener,
@@ -282,3 +283,26 @@ def test_open_binds_closes_the_unix_socket_if_a_later_bind_fails(tmp_path: Path)
 )
 def test_exposed_address(family: int, sockname: object, expected: str | None) -> None:
     assert exposed_address(family, sockname) == expected
+
+
+def test_open_binds_names_a_missing_directory(tmp_path: Path) -> None:
+    path = tmp_path / "no" / "such" / "app.sock"
+    with pytest.raises(ListenError) as caught:
+        open_binds([parse_bind(f"unix:{path}")])
+    assert str(caught.value) == (
+        f"cannot listen on unix:{path}: the directory {path.parent} does not exist"
+    )
+    assert caught.value.errno == errno.ENOENT
+
+
+def test_open_binds_names_a_busy_address() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ListenError) as caught:
+            open_binds([parse_bind(f"127.0.0.1:{port}")])
+    assert str(caught.value) == (
+        f"cannot listen on 127.0.0.1:{port}: "
+        "the address is already in use (is another server running there?)"
+    )

@@ -343,3 +343,21 @@ async def test_serving_other_hosts_without_web_server_addrs_warns(
         assert "127.0.0.1 or a unix socket" in warnings[0].message
     else:
         assert warnings == []
+
+
+async def test_ctrl_c_reaches_the_caller_as_keyboard_interrupt() -> None:
+    # Not inside the nurseries' exception group: `except KeyboardInterrupt:`
+    # around trio.run(serve_tcp, ...) works, as the examples do it.
+    async def interrupted(request: Request) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(BaseExceptionGroup) as caught:  # this test's own nursery
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(
+                functools.partial(serve_tcp, interrupted, 0, host="127.0.0.1")
+            )
+            web = await connect(listeners)
+            await web.request(1)
+            await trio.sleep_forever()
+    (raised,) = caught.value.exceptions  # what serve_tcp raised
+    assert type(raised) is KeyboardInterrupt

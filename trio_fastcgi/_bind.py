@@ -15,7 +15,12 @@ from typing import Final, Literal
 
 import attrs
 
-from ._listeners import DEFAULT_BACKLOG, bind_unix_socket, remove_socket_file
+from ._listeners import (
+    DEFAULT_BACKLOG,
+    bind_unix_socket,
+    listen_error,
+    remove_socket_file,
+)
 
 #: The first fd systemd passes (``SD_LISTEN_FDS_START``).
 SD_LISTEN_FDS_START: Final = 3
@@ -177,14 +182,21 @@ def open_binds(
     opened: list[BoundSocket] = []
     try:
         for bind in binds:
-            if bind.kind == "unix":
-                sock = bind_unix_socket(bind.path, mode=socket_mode, backlog=backlog)
-                opened.append(BoundSocket(sock, bind, os.stat(bind.path).st_ino))
-            elif bind.kind == "fd":
-                opened.append(BoundSocket(_adopt_fd(bind.fd), bind))
-            else:
-                for sock in _open_tcp(bind.host, bind.port, backlog):
-                    opened.append(BoundSocket(sock, bind))
+            try:
+                if bind.kind == "unix":
+                    sock = bind_unix_socket(bind.path, mode=socket_mode, backlog=backlog)
+                    opened.append(BoundSocket(sock, bind, os.stat(bind.path).st_ino))
+                elif bind.kind == "fd":
+                    opened.append(BoundSocket(_adopt_fd(bind.fd), bind))
+                else:
+                    for sock in _open_tcp(bind.host, bind.port, backlog):
+                        opened.append(BoundSocket(sock, bind))
+            except OSError as exc:
+                path = bind.path if bind.kind == "unix" else None
+                error = listen_error(str(bind), exc, path=path)
+                if error is None:
+                    raise
+                raise error from exc
     except BaseException:
         for bound in opened:
             bound.close()

@@ -32,7 +32,7 @@ from ._config import (
     parse_address,
 )
 from ._connection import DEFAULT_MAX_CONNS, DEFAULT_MAX_PARAMS_SIZE, DEFAULT_MAX_REQS
-from ._listeners import DEFAULT_BACKLOG, protect_std_fds
+from ._listeners import DEFAULT_BACKLOG, ListenError, protect_std_fds
 from ._version import __version__
 from ._wire import Role
 from ._workers import LoadedApp, Supervisor, run_worker
@@ -489,6 +489,8 @@ def _open(args: argparse.Namespace, environ: Mapping[str, str]) -> list[BoundSoc
     binds: list[Bind] = args.bind or default_binds(environ)
     try:
         return open_binds(binds, socket_mode=args.socket_mode, backlog=args.backlog)
+    except ListenError as exc:
+        raise CLIError(str(exc)) from exc
     except (OSError, BindError) as exc:
         raise CLIError(f"cannot listen: {exc}") from exc
 

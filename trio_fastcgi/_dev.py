@@ -32,6 +32,10 @@ from urllib.parse import unquote_to_bytes
 import h11
 import trio
 
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
+
+from ._listeners import ListenError, listen_error
 from ._server import serve_tcp
 from ._version import __version__
 from ._workers import LoadedApp, _no_lifespan
@@ -330,9 +334,15 @@ async def serve_dev(
             partial(serve_tcp, handler, 0, host="127.0.0.1", web_server_addrs=["127.0.0.1"])
         )
         app_port = int(fastcgi_listeners[0].socket.getsockname()[1])
-        http_listeners = await trio.open_tcp_listeners(port, host=host)
-        http_port = http_listeners[0].socket.getsockname()[1]
         shown = f"[{host}]" if ":" in host else host
+        try:
+            http_listeners = await trio.open_tcp_listeners(port, host=host)
+        except OSError as exc:
+            error = listen_error(f"http://{shown}:{port}/", exc)
+            if error is None:
+                raise
+            raise error from exc
+        http_port = http_listeners[0].socket.getsockname()[1]
         LOGGER.info("application served over FastCGI on 127.0.0.1:%d", app_port)
         LOGGER.warning("development server: open http://%s:%d/ (Ctrl+C stops)", shown, http_port)
         await nursery.start(
@@ -385,8 +395,20 @@ def main(argv: Sequence[str]) -> int:
         parser.exit(2, f"trio-fastcgi dev: error: {exc}\n")
     try:
         trio.run(partial(serve_dev, loaded, host=args.host, port=args.port))
-    except KeyboardInterrupt:
-        LOGGER.info("stopped")
-    except OSError as exc:
-        parser.exit(1, f"trio-fastcgi dev: error: {exc}\n")
+    except BaseException as exc:  # sorted below; anything else is raised again
+        leaves = _leaves(exc)
+        if all(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
+            LOGGER.info("stopped")  # Ctrl+C: what the banner says to do
+            return 0
+        failed = next((leaf for leaf in leaves if isinstance(leaf, ListenError)), None)
+        if failed is None:
+            raise
+        parser.exit(1, f"trio-fastcgi dev: error: {failed}\n")
     return 0
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside *exc*, with exception groups flattened."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]

@@ -22,6 +22,31 @@ DEFAULT_BACKLOG: Final = 1024
 MAX_UNIX_PATH: Final = 107 if sys.platform.startswith("linux") else 103
 
 
+class ListenError(OSError):
+    """A listening socket could not be opened; the message names the address
+    and, for the usual causes, what to do."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def listen_error(where: str, exc: OSError, *, path: str | None = None) -> ListenError | None:
+    """A :class:`ListenError` for failing to listen on *where* (a unix socket
+    at *path*, if it is one) with *exc*, or None if *exc* says it all already."""
+    if exc.errno == errno.EADDRINUSE:
+        reason = "the address is already in use (is another server running there?)"
+    elif exc.errno == errno.ENOENT and path is not None:
+        reason = f"the directory {os.path.dirname(os.path.abspath(path))} does not exist"
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        hint = "the directory is not writable" if path else "ports below 1024 need privileges"
+        reason = f"permission denied ({hint})"
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        reason = "no interface of this host has that address"
+    else:
+        return None
+    return ListenError(exc.errno, f"cannot listen on {where}: {reason}")
+
+
 def exposed_address(family: int, sockname: object) -> str | None:
     """The address a socket of *family* bound to *sockname* listens on, as
     text, if other hosts can reach it (an IP address that is not loopback);

@@ -6,11 +6,15 @@ import errno
 import logging
 import os
 import socket
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Final, TypeAlias, TypeVar, final
 
 import trio
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
 
 from ._config import Config, parse_address
 from ._hibernation import Hibernation, hibernation_supported
@@ -333,7 +337,26 @@ async def serve_listeners(
     config = Config.from_options(options)
     protect_std_fds()
     server = _Server(handler, config)
-    await server.serve(listeners, handler_nursery, task_status)
+    try:
+        await server.serve(listeners, handler_nursery, task_status)
+    except BaseExceptionGroup as group:
+        # Ctrl+C reaches the caller as itself, so `except KeyboardInterrupt:`
+        # around trio.run works, not inside the nurseries' exception group.
+        interrupt = _only_keyboard_interrupts(group)
+        if interrupt is None:
+            raise
+        raise interrupt from None
+
+
+def _only_keyboard_interrupts(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The first KeyboardInterrupt in *group* if that is all it holds."""
+    interrupts, rest = group.split(KeyboardInterrupt)
+    if interrupts is None or rest is not None:
+        return None
+    found: BaseException = interrupts
+    while isinstance(found, BaseExceptionGroup):
+        found = found.exceptions[0]
+    return found
 
 
 async def serve_tcp(

@@ -1,4 +1,4 @@
-"""Step 1 of the tutorial: a FastCGI application that says hello.
+"""Step 2 of the tutorial: a FastCGI application that says hello.
 
 Run: python3 hello.py [PORT]   (PORT defaults to 9000)
 """
@@ -17,5 +17,8 @@ async def hello(request: trio_fastcgi.Request) -> None:
 
 if __name__ == "__main__":
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 9000
-    print(f"serving FastCGI on 127.0.0.1:{port}")
-    trio.run(functools.partial(trio_fastcgi.serve_tcp, hello, port, host="127.0.0.1"))
+    print(f"serving FastCGI on 127.0.0.1:{port}; Ctrl+C stops")
+    try:
+        trio.run(functools.partial(trio_fastcgi.serve_tcp, hello, port, host="127.0.0.1"))
+    except KeyboardInterrupt:  # Ctrl+C
+        print("stopped")
