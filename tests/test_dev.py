@@ -20,6 +20,8 @@ from examples.hello import handler as hello_handler
 from examples.starlette_app import app as starlette_app
 from tests.integration.procs import ManagedProcess, free_port, wait_for_tcp
 from trio_fastcgi import Request
+from trio_fastcgi._cli import build_parser
+from trio_fastcgi._dev import build_parser as build_dev_parser
 from trio_fastcgi._dev import cgi_params, serve_dev
 from trio_fastcgi._workers import LoadedApp
 from trio_fastcgi.asgi import ASGIHandler
@@ -289,3 +291,22 @@ def test_dev_busy_port_is_one_line_naming_the_address(tmp_path: Path) -> None:
         f"trio-fastcgi dev: error: cannot listen on http://127.0.0.1:{port}/: "
         "the address is already in use (is another server running there?)"
     )
+
+
+@pytest.mark.parametrize("bad", [["--threads=0"], ["--port=http"], ["--log-level=loud"]])
+def test_dev_parser_rejects_what_the_main_command_rejects(
+    bad: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --threads 0 once started, and then every WSGI request waited for ever.
+    with pytest.raises(SystemExit) as info:
+        build_dev_parser().parse_args(["m:app", *bad])
+    assert info.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("level", ["DEBUG", "Info", "warning"])
+def test_log_level_is_case_insensitive(level: str) -> None:
+    assert build_dev_parser().parse_args(["m:app", f"--log-level={level}"]).log_level == (
+        level.lower()
+    )
+    assert build_parser().parse_args(["m:app", f"--log-level={level}"]).log_level == level.lower()

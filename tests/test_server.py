@@ -14,6 +14,9 @@ import pytest
 import trio
 import trio.testing
 
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
+
 from tests.helpers import FakeWebServer
 from trio_fastcgi import Request, serve_inherited, serve_listeners, serve_tcp, serve_unix
 

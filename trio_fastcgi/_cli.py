@@ -388,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     group.add_argument(
         "--log-level",
+        type=str.lower,
         choices=LOG_LEVELS,
         default="info",
         help="logging to stderr (default info)",

@@ -352,7 +352,7 @@ async def serve_dev(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ._cli import INTERFACES, LOG_LEVELS
+    from ._cli import INTERFACES, LOG_LEVELS, _count
 
     parser = argparse.ArgumentParser(
         prog="trio-fastcgi dev",
@@ -372,11 +372,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--interface", choices=INTERFACES, default="auto", help="what APP is")
     parser.add_argument("--app-dir", default=".", metavar="DIR", help="searched first for MODULE")
     parser.add_argument("--script-name", default=None, metavar="PATH", help=argparse.SUPPRESS)
-    parser.add_argument("--threads", type=int, default=40, metavar="N", help="WSGI threads")
+    parser.add_argument("--threads", type=_count(1), default=40, metavar="N", help="WSGI threads")
     parser.add_argument(
         "--lifespan", choices=("auto", "on", "off"), default="auto", help="ASGI lifespan"
     )
-    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="logging level")
+    parser.add_argument(
+        "--log-level", type=str.lower, choices=LOG_LEVELS, default="info", help="logging level"
+    )
     return parser
 
 
