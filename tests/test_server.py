@@ -354,7 +354,7 @@ async def test_ctrl_c_reaches_the_caller_as_keyboard_interrupt() -> None:
     async def interrupted(request: Request) -> None:
         raise KeyboardInterrupt
 
-    with pytest.raises(BaseExceptionGroup) as caught:  # this test's own nursery
+    async def serve_and_request() -> None:
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(
                 functools.partial(serve_tcp, interrupted, 0, host="127.0.0.1")
@@ -362,5 +362,8 @@ async def test_ctrl_c_reaches_the_caller_as_keyboard_interrupt() -> None:
             web = await connect(listeners)
             await web.request(1)
             await trio.sleep_forever()
+
+    with pytest.raises(BaseExceptionGroup) as caught:  # from this test's own nursery
+        await serve_and_request()
     (raised,) = caught.value.exceptions  # what serve_tcp raised
     assert type(raised) is KeyboardInterrupt
