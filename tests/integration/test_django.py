@@ -204,12 +204,12 @@ async def admin_login(site: Site) -> None:
     assert re.search(rf"Welcome,\s*<strong>{USERNAME}</strong>", index.text), index.text
 
 
-async def absolute_uri_keeps_the_port(site: Site) -> None:
-    answer = await site.client.get("/absolute?x=1")
+async def absolute_uri_keeps_the_port(site: Site, prefix: str = "") -> None:
+    answer = await site.client.get(f"{prefix}/absolute?x=1")
     assert answer.json() == {
-        "absolute_uri": f"http://127.0.0.1:{site.port}/absolute?x=1",
+        "absolute_uri": f"http://127.0.0.1:{site.port}{prefix}/absolute?x=1",
         "host": f"127.0.0.1:{site.port}",
-        "script_name": "",
+        "script_name": prefix,
     }
 
 
@@ -272,3 +272,15 @@ async def test_django_wsgi_two_workers(tmp_path: Path) -> None:
         pages = [(await site.client.get("/admin/auth/user/")).status_code for _ in range(6)]
     assert pages == [200] * 6
     assert len(re.findall(r"is serving", site.app.log())) == 2, site.app.log()
+
+
+async def test_django_mounted_under_a_prefix(tmp_path: Path) -> None:
+    """``--script-name /app``: Django routes the rest of the path and builds
+    its URLs (redirects, absolute URLs) under /app."""
+    async with django_site(tmp_path, WSGI_ARGS, "nginx-tcp.conf", "--script-name=/app") as site:
+        await absolute_uri_keeps_the_port(site, "/app")
+        to_login = await site.client.get("/app/admin/")
+        index = await site.client.get("/app/")
+    assert to_login.status_code == 302
+    assert to_login.headers["location"] == "/app/admin/login/?next=/app/admin/"
+    assert index.text == "Hello from Django over FastCGI!\n"
