@@ -35,7 +35,7 @@ from ._connection import DEFAULT_MAX_CONNS, DEFAULT_MAX_PARAMS_SIZE, DEFAULT_MAX
 from ._listeners import DEFAULT_BACKLOG, protect_std_fds
 from ._version import __version__
 from ._wire import Role
-from ._workers import LoadedApp, Supervisor, run_worker
+from ._workers import LoadedApp, Supervisor, exit_now, run_worker
 
 LOGGER: Final = logging.getLogger("trio_fastcgi.cli")
 
@@ -502,7 +502,7 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         bound = _open(args, environ)
         LOGGER.info("listening on %s", ", ".join(b.describe() for b in bound))
         try:
-            run_worker(
+            abandoned = run_worker(
                 lambda: loaded,
                 [b.sock for b in bound],
                 options,
@@ -512,6 +512,8 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             for b in bound:
                 b.close()
                 b.remove_file()
+        if abandoned:
+            exit_now(0)  # threads still in the application must not hold the exit
         return 0
     bound = _open(args, environ)
     LOGGER.info(
