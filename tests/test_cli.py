@@ -4,6 +4,7 @@ on fd 0, systemd sockets and unix sockets, FCGI_WEB_SERVER_ADDRS."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -504,3 +505,40 @@ def test_dev_without_h11_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(SystemExit) as info:
         main(["dev", "examples.hello:handler"])
     assert "pip install h11" in str(info.value.code)
+
+
+PID_APP = """
+import os
+import re
+
+async def handler(request):
+    await request.respond(f"{os.getpid()}")
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("workers", [None, "--workers=0", "--workers=2"])
+async def test_cli_on_fd0_serves_in_the_spawned_process_by_default(
+    processes: list[subprocess.Popen[bytes]], tmp_path: Path, workers: str | None
+) -> None:
+    (tmp_path / "pidapp.py").write_text(PID_APP)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    argv = [sys.executable, "-m", "trio_fastcgi", "pidapp:handler", "--app-dir", str(tmp_path)]
+    if workers is not None:
+        argv.append(workers)
+    # As mod_fcgid, spawn-fcgi or lighttpd's bin-path start us: fd 0 listens.
+    process = start(processes, argv, stdin=listener)
+    listener.close()
+    pid = int(await hello_over_tcp(port, process))
+    err = stop(process)
+    assert process.returncode == 0, err
+    if workers == "--workers=2":
+        assert pid != process.pid  # a worker under the supervisor answered
+        assert re.search(r"WARNING .*listening on fd 0.*--workers 2 .*doubles the memory", err)
+    else:
+        assert pid == process.pid
+        assert "supervisor" not in err
+        assert "WARNING" not in err

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.integration.procs import ManagedProcess, free_port, wait_for_tcp
-from trio_fastcgi.client import open_tcp_client
+from tests.integration.procs import ManagedProcess, free_port, wait_for_tcp, wait_for_unix
+from trio_fastcgi.client import ClientError, open_tcp_client, open_unix_client
 
 pytestmark = pytest.mark.integration
 
@@ -281,3 +281,65 @@ async def test_supervisor_second_signal_kills_the_workers(app_dir: Path) -> None
         assert re.search(r"second stop signal: killing the workers", server.log())
         assert re.search(r"worker \d+ was killed by SIGKILL", server.log())
     assert len(outcomes.truncated) == 1
+
+
+STUCK_APP = """
+import logging
+import threading
+
+from flask import Flask
+
+app = Flask(__name__)
+never = threading.Event()
+
+
+@app.route("/stuck/<name>")
+def stuck(name):
+    logging.getLogger("stuckapp").warning("in the view %s", name)
+    never.wait()  # nobody sets it: the thread never leaves the application
+    return "unreachable"
+"""
+
+
+async def stuck_request(path: Path, name: str) -> None:
+    """A request the server never answers; it ends when the server exits."""
+    uri = f"/stuck/{name}"
+    try:
+        async with open_unix_client(path) as client:
+            response = await client.request(
+                {"REQUEST_URI": uri, "SCRIPT_NAME": uri, "REQUEST_METHOD": "GET"}
+            )
+    except (OSError, trio.BrokenResourceError, ClientError):
+        return
+    raise AssertionError(f"{uri} was answered: {response!r}")
+
+
+@pytest.mark.parametrize("workers", ["--workers=0", "--workers=1", "--workers=2"])
+async def test_stuck_wsgi_request_is_abandoned_after_the_graceful_timeout(
+    tmp_path: Path, workers: str
+) -> None:
+    (tmp_path / "stuckapp.py").write_text(STUCK_APP)
+    path = tmp_path / "app.sock"
+    log_path = tmp_path / "server.log"
+    argv = [
+        sys.executable, "-m", "trio_fastcgi", "stuckapp:app", "--app-dir", str(tmp_path),
+        f"--bind=unix:{path}", workers, "--graceful-timeout=1",
+    ]  # fmt: skip
+    process = ManagedProcess(argv, log_path=log_path)
+    server = Server(process, 0, log_path)
+    try:
+        await trio.to_thread.run_sync(wait_for_unix, path)
+        async with trio.open_nursery() as nursery:
+            for name in ("a", "b"):
+                nursery.start_soon(stuck_request, path, name)
+            await server.log_matches(r"in the view [ab]", 2)
+            os.kill(process.pid, signal.SIGTERM)
+            status = await trio.to_thread.run_sync(partial(process.process.wait, 20))
+    finally:
+        await trio.to_thread.run_sync(process.stop)
+    log = server.log()
+    assert status == 0, log
+    for name in ("a", "b"):
+        assert re.search(rf"WARNING .*abandoning .*request \d+ GET /stuck/{name}", log), log
+    assert "SIGKILL" not in log
+    assert not path.exists()  # removed as on a normal exit

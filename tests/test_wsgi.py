@@ -777,3 +777,38 @@ async def test_wsgi_abort_while_output_waits_for_room(
     assert (len(raised), closed) == ((1, []) if use_write else (0, [True]))
     assert len(response.body) < BLOCKS * len(BLOCK)
     assert produced[0] < BLOCKS * len(BLOCK)
+
+
+async def test_wsgi_abandon_ends_the_request_and_keeps_the_token(nursery: trio.Nursery) -> None:
+    entered = threading.Event()
+    release = threading.Event()
+    returned = threading.Event()
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        entered.set()
+        release.wait(10)
+        returned.set()
+        start_response("200 OK", [])
+        return [b"late"]
+
+    limiter = trio.CapacityLimiter(1)
+    handler = WSGIHandler(app, limiter=limiter)
+    web = await serve(nursery, handler)
+    await web.request(1, params={**GET, "REQUEST_URI": "/stuck"})
+    assert await trio.to_thread.run_sync(entered.wait, 10)
+    await trio.testing.wait_all_tasks_blocked()
+    abandoned = handler.abandon()
+    assert [r.params["REQUEST_URI"] for r in abandoned] == ["/stuck"]
+    # The request ends at once, though its thread is still in the application.
+    with trio.fail_after(10):
+        response = await web.read_response(1)
+    assert response.app_status == 0
+    assert response.stdout == b""
+    assert not returned.is_set()
+    assert limiter.borrowed_tokens == 1  # the thread still holds it
+    assert handler.abandon() == []
+    release.set()
+    assert await trio.to_thread.run_sync(returned.wait, 10)
+    with trio.fail_after(10):
+        async with limiter:  # given back once the thread returned
+            pass

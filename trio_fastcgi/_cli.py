@@ -35,7 +35,7 @@ from ._connection import DEFAULT_MAX_CONNS, DEFAULT_MAX_PARAMS_SIZE, DEFAULT_MAX
 from ._listeners import DEFAULT_BACKLOG, ListenError, protect_std_fds
 from ._version import __version__
 from ._wire import Role
-from ._workers import LoadedApp, Supervisor, run_worker
+from ._workers import LoadedApp, Supervisor, exit_now, run_worker
 
 LOGGER: Final = logging.getLogger("trio_fastcgi.cli")
 
@@ -132,7 +132,7 @@ def make_handler(app: object, interface: Interface, args: argparse.Namespace) ->
                 app,  # type: ignore[arg-type]
                 limiter=trio.CapacityLimiter(args.threads),
                 script_name=args.script_name,
-                multiprocess=args.workers > 1,
+                multiprocess=(args.workers or 0) > 1,
             ),
             None,
         )
@@ -362,11 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
         "-w",
         "--workers",
         type=_count(0),
-        default=1,
+        default=None,
         metavar="N",
         help=(
             "worker processes, under a supervisor that replaces any that die and "
-            "reloads them on SIGHUP (default 1); 0 serves in this single process"
+            "reloads them on SIGHUP (default 1); 0 serves in this single process "
+            "(the default when listening on fd 0: a web server spawned this process)"
         ),
     )
     group.add_argument(
@@ -486,8 +487,28 @@ def configure_logging(level: str) -> None:
     )
 
 
-def _open(args: argparse.Namespace, environ: Mapping[str, str]) -> list[BoundSocket]:
-    binds: list[Bind] = args.bind or default_binds(environ)
+def worker_count(requested: int | None, binds: Sequence[Bind]) -> int:
+    """``--workers``: by default 1, but 0 on fd 0 (see the warning below)."""
+    spawned = any(bind.kind == "fd" and bind.fd == 0 for bind in binds)
+    if not spawned:
+        return 1 if requested is None else requested
+    if requested is None:
+        LOGGER.info("listening on fd 0 (spawned by a web server): serving in this process")
+        return 0
+    if requested > 0:
+        LOGGER.warning(
+            "listening on fd 0: the web server that spawned this process (mod_fcgid, "
+            "spawn-fcgi, lighttpd bin-path, H2O fastcgi.spawn) already manages the "
+            "processes; --workers %d adds a supervisor and %d more process(es), each "
+            "with its own copy of the application, which doubles the memory at least; "
+            "--workers 0 (the default on fd 0) serves in this process",
+            requested,
+            requested,
+        )
+    return requested
+
+
+def _open(args: argparse.Namespace, binds: list[Bind]) -> list[BoundSocket]:
     try:
         return open_binds(binds, socket_mode=args.socket_mode, backlog=args.backlog)
     except ListenError as exc:
@@ -499,13 +520,15 @@ def _open(args: argparse.Namespace, environ: Mapping[str, str]) -> list[BoundSoc
 def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     """Run the server the parsed command line describes; the exit status."""
     options = server_options(args, environ)
+    binds: list[Bind] = args.bind or default_binds(environ)
+    args.workers = worker_count(args.workers, binds)
     load = loader(args)
     if args.workers == 0:
         loaded = load()  # import errors show before anything listens
-        bound = _open(args, environ)
+        bound = _open(args, binds)
         LOGGER.info("listening on %s", ", ".join(b.describe() for b in bound))
         try:
-            run_worker(
+            abandoned = run_worker(
                 lambda: loaded,
                 [b.sock for b in bound],
                 options,
@@ -515,8 +538,10 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             for b in bound:
                 b.close()
                 b.remove_file()
+        if abandoned:
+            exit_now(0)  # threads still in the application must not hold the exit
         return 0
-    bound = _open(args, environ)
+    bound = _open(args, binds)
     LOGGER.info(
         "trio-fastcgi %s: %s on %s with %d worker(s)",
         __version__,

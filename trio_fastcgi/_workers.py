@@ -37,13 +37,13 @@ import traceback
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
-from typing import Final, final
+from typing import Final, Protocol, final, runtime_checkable
 
 import attrs
 import trio
 
 from ._bind import BoundSocket
-from ._config import ServerOptions
+from ._config import DEFAULT_GRACE_PERIOD, ServerOptions
 from ._request import Request
 from ._serve_connection import Handler
 from ._server import serve_listeners
@@ -55,6 +55,72 @@ LOGGER: Final = logging.getLogger("trio_fastcgi.workers")
 KILL_MARGIN: Final = 5.0
 #: Exit status of the supervisor when a worker failed to boot.
 EXIT_BOOT_FAILURE: Final = 3
+#: Seconds past the grace period (when requests are cancelled) that WSGI
+#: threads get to return before they are abandoned: a thread blocked on a read
+#: or a write returns at once and runs its ``finally`` blocks. Well below
+#: :data:`KILL_MARGIN`, so a worker exits before the supervisor kills it.
+ABANDON_DELAY: Final = 1.0
+
+
+@runtime_checkable
+class Abandoning(Protocol):
+    """A handler that can stop waiting for threads stuck in the application
+    (:meth:`trio_fastcgi.wsgi.WSGIHandler.abandon`)."""
+
+    def abandon(self) -> list[Request]: ...
+
+
+def describe_request(request: Request) -> str:
+    params = request.params
+    return (
+        f"request {request.request_id} {params.get('REQUEST_METHOD', '?')} "
+        f"{params.get('REQUEST_URI') or params.get('SCRIPT_NAME', '?')}"
+    )
+
+
+@final
+class _Abandonment:
+    """Gives up on the requests a handler cannot stop (once), and counts them."""
+
+    def __init__(self, handler: Handler) -> None:
+        self._handler = handler if isinstance(handler, Abandoning) else None
+        self.count = 0
+
+    def __call__(self, why: str) -> None:
+        if self._handler is None:
+            return
+        requests = self._handler.abandon()
+        if requests:
+            self.count += len(requests)
+            LOGGER.warning(
+                "%s: abandoning %d request(s) still in the application, whose threads "
+                "are left running: %s",
+                why,
+                len(requests),
+                "; ".join(describe_request(r) for r in requests),
+            )
+
+    async def after(self, stop: trio.Event, delay: float) -> None:
+        await stop.wait()
+        await trio.sleep(delay)
+        self(f"graceful timeout ({delay - ABANDON_DELAY:g} s) is up")
+
+
+def exit_now(status: int) -> None:
+    """End the process at once, after flushing the logs.
+
+    For a process that abandoned threads still in the application: a normal
+    interpreter exit would run atexit handlers and join non-daemon threads
+    while they still run application code (and could wait on them forever);
+    ``os._exit`` does neither, as a worker forked by the supervisor already
+    does. Callers remove their unix socket files first.
+    """
+    with contextlib.suppress(Exception):
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(status)
+
 
 #: What a worker serves: the handler and, for ASGI, its lifespan.
 LoadedApp = tuple[Handler, "AbstractAsyncContextManager[None] | None"]
@@ -83,6 +149,7 @@ def _counting(handler: Handler, limit: int, stop: trio.Event) -> Handler:
 async def _stop_on_signals(
     stop: trio.Event,
     hard_stop: trio.CancelScope | None,
+    abandon: Callable[[str], None],
     *,
     task_status: trio.TaskStatus[None],
 ) -> None:
@@ -101,6 +168,7 @@ async def _stop_on_signals(
             elif hard_stop is not None:
                 LOGGER.warning("%s again: stopping now, cancelling requests in flight", name)
                 hard_stop.cancel()
+                abandon(f"{name} again")
 
 
 async def _stop_when_orphaned(stop: trio.Event, life_fd: int) -> None:
@@ -122,9 +190,10 @@ async def serve_worker(
     max_requests: int = 0,
     on_ready: Callable[[], None] | None = None,
     life_fd: int | None = None,
-) -> None:
+) -> int:
     """Serve *sockets* with the loaded application until SIGTERM/SIGINT (or
-    *max_requests*), then stop gracefully and return.
+    *max_requests*), then stop gracefully and return the number of requests
+    abandoned (threads left in a WSGI application past the grace period).
 
     *options* are ``serve_*`` options; ``grace_period`` among them is the
     ``--graceful-timeout``. *on_ready* is called once the application's
@@ -139,8 +208,10 @@ async def serve_worker(
     # A second SIGTERM/SIGINT stops at once, but only when no supervisor is
     # there: a worker gets Ctrl+C's SIGINT and the supervisor's SIGTERM.
     hard_stop = trio.CancelScope()
+    abandonment = _Abandonment(handler)
     with hard_stop:
         await _serve_until_stopped(
+            abandonment,
             handler,
             lifespan,
             listeners,
@@ -151,9 +222,11 @@ async def serve_worker(
             None if life_fd is not None else hard_stop,
         )
     LOGGER.info("stopped")
+    return abandonment.count
 
 
 async def _serve_until_stopped(
+    abandonment: _Abandonment,
     handler: Handler,
     lifespan: AbstractAsyncContextManager[None] | None,
     listeners: list[trio.SocketListener],
@@ -164,7 +237,9 @@ async def _serve_until_stopped(
     hard_stop: trio.CancelScope | None,
 ) -> None:
     async with trio.open_nursery() as nursery:
-        await nursery.start(_stop_on_signals, stop, hard_stop)
+        await nursery.start(_stop_on_signals, stop, hard_stop, abandonment)
+        grace = options.get("grace_period", DEFAULT_GRACE_PERIOD)
+        nursery.start_soon(abandonment.after, stop, grace + ABANDON_DELAY)
         if life_fd is not None:
             nursery.start_soon(_stop_when_orphaned, stop, life_fd)
         async with (
@@ -188,8 +263,9 @@ def run_worker(
     max_requests: int = 0,
     on_ready: Callable[[], None] | None = None,
     life_fd: int | None = None,
-) -> None:
-    """Load the application and serve *sockets* with it in this process."""
+) -> int:
+    """Load the application and serve *sockets* with it in this process; the
+    number of requests abandoned (see :func:`serve_worker`)."""
     loaded = load()
     serve = partial(
         serve_worker,
@@ -200,7 +276,7 @@ def run_worker(
         on_ready=on_ready,
         life_fd=life_fd,
     )
-    trio.run(serve)
+    return trio.run(serve)
 
 
 @attrs.define(eq=False)

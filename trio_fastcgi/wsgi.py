@@ -35,6 +35,7 @@ client with its headers and body. ``environ["FCGI_ROLE"]`` tells the roles apart
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import threading
 from collections import deque
@@ -202,6 +203,10 @@ class _Pipe:
         self._reason = _ABORTED
         #: Set once the Trio side was cancelled (an abort) while serving.
         self.cancelled = False
+        #: Set by :meth:`abandon`: the Trio side no longer waits for the thread.
+        self.abandoned = False
+        #: Called (in the Trio thread) once an abandoned thread has returned.
+        self.on_late_return: Callable[[], None] | None = None
 
     # -- the application thread's side --------------------------------------------
 
@@ -246,8 +251,12 @@ class _Pipe:
         with self._lock:
             self._result = result
             task, self._sleeping = self._sleeping, None
+            late = self.on_late_return if self.abandoned else None
         if task is not None:
             self._token.run_sync_soon(trio.lowlevel.reschedule, task)
+        if late is not None:
+            with contextlib.suppress(trio.RunFinishedError):
+                self._token.run_sync_soon(late)
 
     # -- the Trio side ---------------------------------------------------------------
 
@@ -265,7 +274,35 @@ class _Pipe:
         self._disconnect(_ABORTED)
         return trio.lowlevel.Abort.FAILED
 
-    async def serve(self) -> Outcome[bytes]:
+    def abandon(self) -> bool:
+        """Stop waiting for the thread (Trio side); False if it has returned."""
+        with self._lock:
+            if self._result is not None:
+                return False
+            self.abandoned = True
+            if not self.disconnected:
+                self.disconnected = True
+                self._reason = "abandoned: the server is stopping"
+            for item in self._items:
+                if type(item) is _Call and not item.done:
+                    item.error = ClientDisconnected(self._reason)
+                    item.done = True
+            if self._changed is not None:
+                self._changed.notify_all()
+            task, self._sleeping = self._sleeping, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
+        return True
+
+    def when_returned(self, fn: Callable[[], None]) -> bool:
+        """Have *fn* run in Trio once the abandoned thread returns; False if it has."""
+        with self._lock:
+            if self._result is not None:
+                return False
+            self.on_late_return = fn
+            return True
+
+    async def serve(self) -> Outcome[bytes] | None:
         """Send what the thread hands off until it returns; its outcome.
 
         Cancellation (an abort) does not stop this early: the thread is told
@@ -279,6 +316,8 @@ class _Pipe:
         items = self._items
         while True:
             with lock:
+                if self.abandoned:
+                    return None
                 if items:
                     item: _Item | None = items.popleft()
                 elif self._result is not None:
@@ -577,6 +616,21 @@ class WSGIHandler:
         self.script_name = script_name
         self.multiprocess = multiprocess
         self.preread_limit = preread_limit
+        self._pipes: set[_Pipe] = set()
+
+    def abandon(self) -> list[Request]:
+        """Stop waiting for the application threads still running: their
+        requests are cancelled at once, the threads run on (their next read or
+        write raises :class:`ClientDisconnected`), each keeping its limiter
+        token until it returns. For a process about to exit (the command does
+        this when ``--graceful-timeout`` is up). Call it in the Trio thread;
+        returns the requests abandoned."""
+        abandoned = []
+        for pipe in list(self._pipes):
+            pipe.request.cancel_scope.cancel()
+            if pipe.abandon():
+                abandoned.append(pipe.request)
+        return abandoned
 
     async def _preread(self, request: Request, pipe: _Pipe) -> WSGIInput:
         """``wsgi.input``, with the body read first if it is short (or all here)."""
@@ -631,12 +685,21 @@ class WSGIHandler:
             limiter.acquire_on_behalf_of_nowait(pipe)
         except trio.WouldBlock:
             await limiter.acquire_on_behalf_of(pipe)
+        release = partial(limiter.release_on_behalf_of, pipe)
+        self._pipes.add(pipe)
         try:
             run = partial(contextvars.copy_context().run, self._run_app, environ, pipe)
             trio.lowlevel.start_thread_soon(run, pipe.finish)
             result = await pipe.serve()
         finally:
-            limiter.release_on_behalf_of(pipe)
+            self._pipes.discard(pipe)
+            # An abandoned thread still in the application keeps its token.
+            if not (pipe.abandoned and pipe.when_returned(release)):
+                release()
+        if result is None:
+            # Abandoned: the request was cancelled (see abandon()).
+            await trio.lowlevel.checkpoint()
+            return
         if pipe.cancelled:
             # Aborted: the application has returned; now raise the Cancelled.
             await trio.lowlevel.checkpoint()
