@@ -1121,7 +1121,13 @@ def plot(
             values.append(mid)
             errs_lo.append(mid - min(rates))
             errs_hi.append(max(rates) - mid)
-            colors.append("tab:blue" if backend.key.startswith("trio") else "tab:gray")
+            colors.append(
+                "tab:blue"
+                if backend.key.startswith("trio")
+                else "tab:green"
+                if backend.key.startswith("floor")
+                else "tab:gray"
+            )
         y = list(range(len(labels)))[::-1]
         ax.barh(y, values, xerr=[errs_lo, errs_hi], color=colors, capsize=3)
         ax.set_yticks(y, labels, fontsize=8)

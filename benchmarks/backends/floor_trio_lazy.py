@@ -27,7 +27,6 @@ class Connection:
         self.nursery = nursery
         self.queue: deque[memoryview] = deque()
         self.writing = False
-        self.close_when_drained = False
 
     def send(self, data: bytes) -> None:
         """Send *data* now if the socket takes it, else queue it (never blocks)."""
@@ -47,13 +46,6 @@ class Connection:
             self.nursery.start_soon(self.writer)
         self.queue.append(view)
 
-    def close(self) -> None:
-        """Close the connection once everything already given is sent."""
-        if self.writing:
-            self.close_when_drained = True
-        else:
-            self.nursery.cancel_scope.cancel()
-
     async def writer(self) -> None:
         queue = self.queue
         while queue:
@@ -71,8 +63,6 @@ class Connection:
             else:
                 queue[0] = view[sent:]
         self.writing = False
-        if self.close_when_drained:
-            self.nursery.cancel_scope.cancel()
 
 
 async def request_task(
@@ -86,8 +76,6 @@ async def request_task(
     del scopes[request.request_id]
     if scope.cancelled_caught:
         conn.send(abort_answer(request.request_id))
-    if not request.keep:
-        conn.close()
 
 
 async def reader(sock: trio.socket.SocketType, conn: Connection) -> None:
@@ -107,6 +95,10 @@ async def reader(sock: trio.socket.SocketType, conn: Connection) -> None:
             scope = trio.CancelScope()
             scopes[request.request_id] = scope
             nursery.start_soon(request_task, request, scope, scopes, conn)
+            if not request.keep:
+                # Without FCGI_KEEP_CONN this is the connection's last request:
+                # nothing more to read, and the connection ends with the tasks.
+                return
         for request_id in aborted:
             if request_id in scopes:
                 scopes[request_id].cancel()

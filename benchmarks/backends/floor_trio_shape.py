@@ -31,7 +31,7 @@ async def writer(
 ) -> None:
     async for data in queue:
         if data is None:
-            break
+            return
         try:
             await send_all(sock, data)
         except OSError:
@@ -74,6 +74,10 @@ async def reader(
             scope = trio.CancelScope()
             scopes[request.request_id] = scope
             nursery.start_soon(request_task, request, scope, scopes, out)
+            if not request.keep:
+                # Without FCGI_KEEP_CONN this is the connection's last request:
+                # nothing more to read, and the connection ends with the tasks.
+                return
         for request_id in aborted:
             if request_id in scopes:
                 scopes[request_id].cancel()
