@@ -76,7 +76,7 @@ def bench(session: nox.Session) -> None:
     Needs Debian's nginx and wrk (golang-go and php-fpm for those peers); a
     missing peer is skipped with a line saying why.
     """
-    session.install("-e", ".", "flup", "fcgisgi", "gevent-fastcgi", "matplotlib", "py-spy")
+    session.install("-e", ".[bench]", "flup", "gevent-fastcgi", "py-spy")
     session.run(
         "python", "benchmarks/run.py", *(session.posargs or ["--rounds", "3", "--duration", "10"])
     )

@@ -422,6 +422,53 @@ def nginx_alone_check() -> str | None:
     return None
 
 
+def uwsgi_binary() -> str | None:
+    """The ``uwsgi`` entry point of the pyuwsgi wheel (or a system uWSGI)."""
+    beside = Path(sys.executable).with_name("uwsgi")
+    return str(beside) if beside.exists() else which("uwsgi")
+
+
+def uwsgi_check() -> str | None:
+    if uwsgi_binary() is None:
+        return "uWSGI is not installed (pip install pyuwsgi)"
+    return None
+
+
+def start_uwsgi(work: Path, port: int) -> Proc:
+    """uWSGI's FastCGI socket, 1 process, 1 thread, serving common.wsgi_app."""
+    binary = uwsgi_binary()
+    assert binary is not None
+    argv = [
+        binary,
+        "--fastcgi-socket",
+        f"127.0.0.1:{port}",
+        "--module",
+        "common:wsgi_app",
+        "--pythonpath",
+        str(BACKENDS_DIR),
+        "--processes",
+        "1",
+        "--threads",
+        "1",
+        "--listen",
+        "1024",
+        "--die-on-term",
+        "--disable-logging",
+    ]
+    return Proc(argv, log_path=work / "backend.log", env=python_env())
+
+
+#: The floor backends: the least a FastCGI hello needs, in four I/O shapes.
+FLOORS = [
+    ("floor-trio-socket", "floor (a): trio, task per connection", "floor_trio_socket.py"),
+    ("floor-asyncio", "floor (b): asyncio Protocol", "floor_asyncio.py"),
+    ("floor-trio-shape", "floor (c): trio, design card shape", "floor_trio_shape.py"),
+    ("floor-trio-lazy", "floor (d): design card shape, lazy writer", "floor_trio_lazy.py"),
+]
+#: The floor of our own shape, the native handler's target is a ratio to it.
+FLOOR = "floor-trio-lazy"
+
+
 def make_backends() -> list[Backend]:
     nginx_version = command_version(["nginx", "-v"], r"nginx/\S+")
     return [
@@ -494,6 +541,25 @@ def make_backends() -> list[Backend]:
             php_check,
             start_php,
             version=lambda: command_version([php_binary(), "-v"], r"PHP \S+")(),
+        ),
+        Backend(
+            "uwsgi",
+            "uWSGI, 1 process, 1 thread (WSGI)",
+            uwsgi_check,
+            start_uwsgi,
+            version=lambda: command_version([uwsgi_binary() or "uwsgi", "--version"])(),
+        ),
+        *(
+            Backend(
+                key,
+                label,
+                lambda: None,
+                python_backend(script),
+                version=(lambda: f"Python {platform.python_version()} asyncio")
+                if key == "floor-asyncio"
+                else pip_version("trio"),
+            )
+            for key, label, script in FLOORS
         ),
         Backend(
             "nginx",
@@ -734,15 +800,79 @@ def throughput_cell(summary: dict[str, Any] | None, scenario: Scenario) -> str:
     return cell
 
 
-#: (label, backend, baseline, scenarios, target) — the issue's targets.
+#: (label, backend, baseline, scenarios, target): comparisons shown as ratios of
+#: req/s; the targets of issue 15 are checked separately (TARGETS).
 RATIOS = [
-    ("native vs fcgisgi ASGI", "trio-native", "fcgisgi-asgi", None, 1.0),
-    ("WSGI adapter vs fcgisgi WSGI", "trio-wsgi", "fcgisgi-wsgi", None, 1.5),
-    ("WSGI adapter vs flup", "trio-wsgi", "flup", None, 2.0),
-    ("ASGI adapter vs fcgisgi ASGI", "trio-asgi", "fcgisgi-asgi", None, 0.8),
-    ("--workers 2 vs Go", "trio-workers2", "go", ["hello-ka", "hello-new"], 1.0),
+    ("native vs fcgisgi ASGI", "trio-native", "fcgisgi-asgi", None, None),
+    ("native vs floor (d), lazy writer", "trio-native", FLOOR, None, None),
+    ("WSGI adapter vs fcgisgi WSGI", "trio-wsgi", "fcgisgi-wsgi", None, None),
+    ("WSGI adapter vs uWSGI", "trio-wsgi", "uwsgi", None, None),
+    ("WSGI adapter vs flup", "trio-wsgi", "flup", None, None),
+    ("ASGI adapter vs fcgisgi ASGI", "trio-asgi", "fcgisgi-asgi", None, None),
+    ("--workers 2 vs Go", "trio-workers2", "go", ["hello-ka", "hello-new"], None),
     ("native vs Go", "trio-native", "go", None, None),
     ("native vs php-fpm (4 children)", "trio-native", "php-fpm", None, None),
+    ("floor (d) vs fcgisgi ASGI", FLOOR, "fcgisgi-asgi", None, None),
+]
+
+HELLOS = ("hello-ka", "hello-new")
+ALL_SCENARIOS = ("hello-ka", "hello-new", "1m-ka", "post-ka")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One target of issue 15: *metric* of *backend* over *baseline*, per scenario.
+
+    ``rate`` targets are met at or above the bound, ``cpu`` targets (CPU time
+    per request) at or below it.
+    """
+
+    label: str
+    backend: str
+    baseline: str
+    bounds: dict[str, float]
+    metric: str = "rate"
+
+
+TARGETS = [
+    Target(
+        "native handler vs fcgisgi (ASGI)",
+        "trio-native",
+        "fcgisgi-asgi",
+        {"hello-ka": 1.2, "hello-new": 1.2, "1m-ka": 1.0, "post-ka": 1.0},
+    ),
+    Target(
+        "native handler CPU/req vs fcgisgi's",
+        "trio-native",
+        "fcgisgi-asgi",
+        dict.fromkeys(HELLOS, 0.85),
+        metric="cpu",
+    ),
+    Target("native handler vs floor (d)", "trio-native", FLOOR, dict.fromkeys(HELLOS, 0.9)),
+    Target(
+        "ASGI adapter vs fcgisgi (ASGI)",
+        "trio-asgi",
+        "fcgisgi-asgi",
+        dict.fromkeys(ALL_SCENARIOS, 1.0),
+    ),
+    Target(
+        "WSGI adapter vs fcgisgi WSGI",
+        "trio-wsgi",
+        "fcgisgi-wsgi",
+        dict.fromkeys(ALL_SCENARIOS, 1.5),
+    ),
+    Target("--workers 2 vs Go", "trio-workers2", "go", dict.fromkeys(HELLOS, 1.0)),
+]
+
+#: Which fcgisgi a backend's row is compared with in the per-workload summary.
+FCGISGI_OF = {"trio-wsgi": "fcgisgi-wsgi", "uwsgi": "fcgisgi-wsgi", "flup": "fcgisgi-wsgi"}
+#: The idle-connection target: RSS of trio-fastcgi holding that many, in MB.
+IDLE_RSS_LIMIT_MB = 100.0
+#: Peak RSS under the POST load: (backend, the fcgisgi it must not exceed).
+POST_RSS_PAIRS = [
+    ("trio-native", "fcgisgi-asgi"),
+    ("trio-asgi", "fcgisgi-asgi"),
+    ("trio-wsgi", "fcgisgi-wsgi"),
 ]
 
 
@@ -756,6 +886,124 @@ def ratio(rounds: Rounds, backend: str, baseline: str, scenario: str) -> float |
         if a["req_per_s"] and b["req_per_s"]
     ]
     return statistics.median(pairs) if pairs else None
+
+
+def cpu_ratio(rounds: Rounds, backend: str, baseline: str, scenario: str) -> float | None:
+    """Median over rounds of backend/baseline CPU time per request (paired by round)."""
+    mine = rounds.get(backend, {}).get(scenario, [])
+    theirs = rounds.get(baseline, {}).get(scenario, [])
+    pairs = [
+        a["cpu_us_per_req"] / b["cpu_us_per_req"]
+        for a, b in zip(mine, theirs, strict=False)
+        if a["cpu_us_per_req"] and b["cpu_us_per_req"]
+    ]
+    return statistics.median(pairs) if pairs else None
+
+
+def fmt_ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def workload_report(backends: list[Backend], rounds: Rounds, scenarios: list[Scenario]) -> str:
+    """Per workload: each backend's median rate and CPU/req, its ratio to fcgisgi
+    (the WSGI one for WSGI servers) and to floor (d)."""
+    lines = [
+        "Per workload: median req/s (MiB/s for the 1 MiB response), backend CPU µs/req, "
+        "ratio of req/s to fcgisgi (its WSGI adapter for WSGI servers) and to floor (d), "
+        "the design card's shape with a lazy writer:",
+    ]
+    for scenario in scenarios:
+        lines += [
+            "",
+            f"{scenario.label}:",
+            "",
+            "| backend | rate | CPU µs/req | vs fcgisgi | vs floor (d) |",
+            "|---|---|---|---|---|",
+        ]
+        for backend in backends:
+            runs = rounds.get(backend.key, {}).get(scenario.key, [])
+            if backend.skip_reason or not runs:
+                continue
+            summary = summarize(runs)
+            rate = summary["mib_per_s"] if scenario.bandwidth else summary["req_per_s"]
+            fcgisgi = FCGISGI_OF.get(backend.key, "fcgisgi-asgi")
+            to_fcgisgi = ratio(rounds, backend.key, fcgisgi, scenario.key)
+            to_floor = ratio(rounds, backend.key, FLOOR, scenario.key)
+            lines.append(
+                f"| {backend.label} | {fmt_rate(rate)} | "
+                f"{fmt_num(summary['cpu_us_per_req'])} | "
+                f"{'' if backend.key == fcgisgi else fmt_ratio(to_fcgisgi)} | "
+                f"{'' if backend.key == FLOOR else fmt_ratio(to_floor)} |"
+            )
+    return "\n".join(lines)
+
+
+def verdict(value: float | None, bound: float, *, at_most: bool) -> str:
+    if value is None:
+        return "n/a"
+    met = value <= bound if at_most else value >= bound
+    sign = "≤" if at_most else "≥"
+    return f"{value:.2f}x {'PASS' if met else 'FAIL'} ({sign}{bound:g})"
+
+
+def targets_report(rounds: Rounds, extras: dict[str, Any]) -> tuple[str, Counter[str]]:
+    """Every target of issue 15 as a ratio with PASS/FAIL, and the tally."""
+    tally: Counter[str] = Counter()
+    lines = [
+        "Targets of issue 15 (ratios paired by round, medians; n/a: a side was not measured):",
+        "",
+        "| target | " + " | ".join(ALL_SCENARIOS) + " |",
+        "|---|" + "---|" * len(ALL_SCENARIOS),
+    ]
+    for target in TARGETS:
+        cells = []
+        for key in ALL_SCENARIOS:
+            if key not in target.bounds:
+                cells.append("")
+                continue
+            if target.metric == "cpu":
+                value = cpu_ratio(rounds, target.backend, target.baseline, key)
+            else:
+                value = ratio(rounds, target.backend, target.baseline, key)
+            cell = verdict(value, target.bounds[key], at_most=target.metric == "cpu")
+            tally[cell.split()[1] if value is not None else "n/a"] += 1
+            cells.append(cell)
+        lines.append(f"| {target.label} | " + " | ".join(cells) + " |")
+    lines += ["", "Memory:", ""]
+    idle = extras.get("idle", {}).get("trio-native", {})
+    if "rss_mib" in idle:
+        rss_mb = idle["rss_mib"] * 2**20 / 1e6
+        met = rss_mb < IDLE_RSS_LIMIT_MB and idle.get("open", 0) >= extras.get("idle_count", 0)
+        tally["PASS" if met else "FAIL"] += 1
+        lines.append(
+            f"- trio-fastcgi holding {idle.get('open')} idle connections: {rss_mb:.1f} MB RSS "
+            f"{'PASS' if met else 'FAIL'} (< {IDLE_RSS_LIMIT_MB:g} MB with all "
+            f"{extras.get('idle_count')} open)"
+        )
+    else:
+        tally["n/a"] += 1
+        why = extras.get("idle", {}).get("skipped") or "not measured (--no-extras or --only)"
+        lines.append(f"- idle connections: n/a, {why}")
+    for backend, baseline in POST_RSS_PAIRS:
+        mine = rounds.get(backend, {}).get("post-ka", [])
+        theirs = rounds.get(baseline, {}).get("post-ka", [])
+        if not mine or not theirs:
+            tally["n/a"] += 1
+            lines.append(f"- peak RSS under the POST load, {backend} vs {baseline}: n/a")
+            continue
+        a = max(r["peak_rss_mib"] for r in mine)
+        b = max(r["peak_rss_mib"] for r in theirs)
+        met = a <= b
+        tally["PASS" if met else "FAIL"] += 1
+        lines.append(
+            f"- peak RSS under the POST load, {backend} {a:.1f} MiB vs {baseline} {b:.1f} MiB: "
+            f"{'PASS' if met else 'FAIL'} (at most fcgisgi's)"
+        )
+    lines += [
+        "",
+        f"Targets: {tally['PASS']} PASS, {tally['FAIL']} FAIL, {tally['n/a']} not measured.",
+    ]
+    return "\n".join(lines), tally
 
 
 def report(
@@ -873,7 +1121,13 @@ def plot(
             values.append(mid)
             errs_lo.append(mid - min(rates))
             errs_hi.append(max(rates) - mid)
-            colors.append("tab:blue" if backend.key.startswith("trio") else "tab:gray")
+            colors.append(
+                "tab:blue"
+                if backend.key.startswith("trio")
+                else "tab:green"
+                if backend.key.startswith("floor")
+                else "tab:gray"
+            )
         y = list(range(len(labels)))[::-1]
         ax.barh(y, values, xerr=[errs_lo, errs_hi], color=colors, capsize=3)
         ax.set_yticks(y, labels, fontsize=8)
@@ -984,8 +1238,9 @@ def extra_idle(backends: dict[str, Backend], work: Path, count: int) -> Result:
 
     have = raise_nofile(count + 1000)
     if have < count + 100:
-        log(f"  idle connections: skipped, fd limit {have} is below {count + 100}")
-        return {}
+        reason = f"fd limit {have} (hard limit included) is below {count + 100}"
+        log(f"  idle connections: skipped, {reason}")
+        return {"skipped": reason}
     results = {}
     for key in ("trio-native", "fcgisgi-asgi"):
         backend = backends.get(key)
@@ -1223,10 +1478,26 @@ def replot(source: Path, target: Path) -> int:
         backend.skip_reason = saved.get("skipped", {}).get(backend.key)
     broken: dict[str, dict[str, str]] = saved.get("broken", {})
     log(report(backends, rounds, SCENARIOS, broken))
+    log("")
+    log(workload_report(backends, rounds, SCENARIOS))
+    log("")
+    log(targets_report(rounds, saved.get("extras", {}))[0])
     title = saved.get("title") or plot_title(saved["machine"], saved["command"])
-    plot(target, backends, rounds, SCENARIOS, title)
-    log(f"plot written to {target}")
+    plot_if_possible(target, backends, rounds, SCENARIOS, title)
     return 0
+
+
+def plot_if_possible(
+    path: Path, backends: list[Backend], rounds: Rounds, scenarios: list[Scenario], title: str
+) -> None:
+    """Draw the plot, or say why not: matplotlib is optional (the bench extra)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        log("\nplot skipped: matplotlib is not installed (pip install 'trio-fastcgi[bench]')")
+        return
+    plot(path, backends, rounds, scenarios, title)
+    log(f"\nplot written to {path}")
 
 
 def main() -> int:
@@ -1367,6 +1638,7 @@ def main() -> int:
             log("== direct measurements (no nginx)")
             extras["multiplexed"] = extra_multiplexed(by_key, extra_dir, min(args.duration, 10))
             extras["idle"] = extra_idle(by_key, extra_dir, args.idle_connections)
+            extras["idle_count"] = args.idle_connections
             extras["upload"] = extra_upload(by_key, extra_dir, args.upload_mib * 2**20)
         if not args.no_profile and "trio-native" in by_key:
             profile_dir = root / "profile"
@@ -1392,9 +1664,14 @@ def main() -> int:
         elapsed = time.monotonic() - started_at
         command = " ".join(["python", "benchmarks/run.py", *sys.argv[1:]])
         title = plot_title(info, command)
+        log("")
+        log(workload_report(backends, rounds, scenarios))
+        targets, tally = targets_report(rounds, extras)
+        log("")
+        log(targets)
+        extras["targets"] = dict(tally)
         if rounds:
-            plot(args.plot, backends, rounds, scenarios, title)
-            log(f"\nplot written to {args.plot}")
+            plot_if_possible(args.plot, backends, rounds, scenarios, title)
         log(f"machine: {info}")
         log(f"command: {command}; took {elapsed / 60:.1f} min")
         if args.json:
