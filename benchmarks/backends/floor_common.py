@@ -9,9 +9,12 @@ a different I/O shape, so their differences are the cost of the shape alone.
 
 from __future__ import annotations
 
+import argparse
 import struct
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import trio
 from common import CHUNK, CHUNKS_PER_MIB, HELLO, ONE_MIB, cgi_head, headers_for
 
 BEGIN_REQUEST, ABORT_REQUEST, END_REQUEST, PARAMS, STDIN, STDOUT = 1, 2, 3, 4, 5, 6
@@ -143,3 +146,17 @@ def answer(request: Done) -> bytes:
 
 def abort_answer(rid: int) -> bytes:
     return HEADER.pack(1, END_REQUEST, rid, 8, 0) + bytes(8)
+
+
+async def serve_trio(
+    connection: Callable[[trio.socket.SocketType], Awaitable[None]], args: argparse.Namespace
+) -> None:
+    """Accept on the run's address for ever, one ``connection(sock)`` task each."""
+    listener = trio.socket.socket()
+    listener.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+    await listener.bind((args.host, args.port))
+    listener.listen(4096)
+    async with trio.open_nursery() as nursery:
+        while True:
+            sock, _ = await listener.accept()
+            nursery.start_soon(connection, sock)

@@ -16,7 +16,7 @@ from collections import deque
 
 import trio
 from common import parse_args
-from floor_common import Done, Parser, abort_answer, answer
+from floor_common import Done, Parser, abort_answer, answer, serve_trio
 
 
 class Connection:
@@ -116,17 +116,5 @@ async def connection(accepted: trio.socket.SocketType) -> None:
             nursery.start_soon(reader, sock, Connection(raw, nursery))
 
 
-async def main() -> None:
-    args = parse_args(__doc__ or "")
-    listener = trio.socket.socket()
-    listener.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
-    await listener.bind((args.host, args.port))
-    listener.listen(4096)
-    async with trio.open_nursery() as nursery:
-        while True:
-            sock, _ = await listener.accept()
-            nursery.start_soon(connection, sock)
-
-
 if __name__ == "__main__":
-    trio.run(main)
+    trio.run(serve_trio, connection, parse_args(__doc__ or ""))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import trio
 from common import parse_args
-from floor_common import Parser, abort_answer, answer
+from floor_common import Parser, abort_answer, answer, serve_trio
 
 
 async def send_all(sock: trio.socket.SocketType, data: bytes) -> None:
@@ -39,17 +39,5 @@ async def connection(sock: trio.socket.SocketType) -> None:
                 return
 
 
-async def main() -> None:
-    args = parse_args(__doc__ or "")
-    listener = trio.socket.socket()
-    listener.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
-    await listener.bind((args.host, args.port))
-    listener.listen(4096)
-    async with trio.open_nursery() as nursery:
-        while True:
-            sock, _ = await listener.accept()
-            nursery.start_soon(connection, sock)
-
-
 if __name__ == "__main__":
-    trio.run(main)
+    trio.run(serve_trio, connection, parse_args(__doc__ or ""))
