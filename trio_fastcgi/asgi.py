@@ -48,7 +48,14 @@ if sys.version_info < (3, 11):
 from ._exceptions import InputError
 from ._request import Request
 
-__all__ = ["ASGIApp", "ASGIHandler", "ClientDisconnected", "LifespanFailure", "build_scope"]
+__all__ = [
+    "ASGIApp",
+    "ASGIHandler",
+    "ClientDisconnected",
+    "LifespanFailure",
+    "build_scope",
+    "mark_asyncio",
+]
 
 LOGGER: Final = logging.getLogger("trio_fastcgi.asgi")
 
@@ -314,6 +321,12 @@ class _Exchange:
             raise ValueError(f"unexpected ASGI message type {kind!r} in an http scope")
 
 
+def mark_asyncio(app: ASGIApp) -> ASGIApp:
+    """Mark *app* as needing asyncio, for ``loop="auto"``; returns *app*."""
+    app.trio_fastcgi_loop = "asyncio"  # type: ignore[attr-defined]
+    return app
+
+
 @final
 class ASGIHandler:
     """A native handler that serves the ASGI 3 application *app*.
@@ -323,6 +336,9 @@ class ASGIHandler:
       script_name: the path the application is mounted at (``root_path``),
         overriding how the web server split SCRIPT_NAME and PATH_INFO.
       lifespan: ``"auto"``, ``"on"`` or ``"off"`` (see the module docs).
+      loop: ``"asyncio"`` runs the application on an asyncio loop in a thread;
+        ``"auto"`` (the default) does so for Django's ASGIHandler and apps
+        marked with :func:`mark_asyncio`, else it runs on Trio.
     """
 
     def __init__(
@@ -331,7 +347,12 @@ class ASGIHandler:
         *,
         script_name: str | None = None,
         lifespan: Literal["auto", "on", "off"] = "auto",
+        loop: Literal["trio", "asyncio", "auto"] = "auto",
     ) -> None:
+        from ._asyncio_bridge import AsyncioApp, needs_asyncio
+
+        if loop == "asyncio" or (loop == "auto" and needs_asyncio(app)):
+            app = AsyncioApp(app)
         self.app = app
         self.script_name = script_name
         self.lifespan_mode = lifespan
