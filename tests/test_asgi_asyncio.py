@@ -66,3 +66,53 @@ async def test_asyncio_app_exception_is_500(nursery: trio.Nursery) -> None:
     with trio.fail_after(10):
         response = await web.read_response(1)
     assert response.head.startswith(b"Status: 500")
+
+
+async def test_django_asgi_is_detected_and_served(nursery: trio.Nursery) -> None:
+    import sys
+    import types
+
+    import django
+    from django.conf import settings
+
+    urls = types.ModuleType("tests_django_urls")
+    sys.modules["tests_django_urls"] = urls
+    if not settings.configured:
+        settings.configure(
+            ROOT_URLCONF="tests_django_urls", ALLOWED_HOSTS=["*"], SECRET_KEY="x", DEBUG=False
+        )
+    django.setup()
+    from django.core.asgi import get_asgi_application
+    from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+    from django.urls import path
+
+    def echo(request: HttpRequest) -> HttpResponse:
+        return HttpResponse(b"got " + request.body)
+
+    async def chunks() -> Any:
+        for part in (b"one ", b"two"):
+            await asyncio.sleep(0)
+            yield part
+
+    def stream(request: HttpRequest) -> StreamingHttpResponse:
+        return StreamingHttpResponse(chunks())
+
+    urls.urlpatterns = [path("echo", echo), path("stream", stream)]  # type: ignore[attr-defined]
+    handler = ASGIHandler(get_asgi_application(), lifespan="off")
+    assert type(handler.app).__name__ == "AsyncioApp"
+    web = await serve(nursery, handler)
+    post = {
+        **GET,
+        "REQUEST_METHOD": "POST",
+        "REQUEST_URI": "/echo",
+        "PATH_INFO": "/echo",
+        "CONTENT_LENGTH": "3",
+    }
+    await web.request(1, params=post, stdin=b"abc")
+    with trio.fail_after(20):
+        response = await web.read_response(1)
+    assert response.body == b"got abc"
+    await web.request(2, params={**GET, "REQUEST_URI": "/stream", "PATH_INFO": "/stream"})
+    with trio.fail_after(20):
+        response = await web.read_response(2)
+    assert response.body == b"one two"
