@@ -3,7 +3,12 @@
 ``ASGIHandler(app)`` is a native handler: pass it to any ``serve_*`` function.
 The application runs in the request's own Trio task, so it must be able to run
 on Trio (anyio-based frameworks such as Starlette and FastAPI do, as does
-Quart-Trio). Supported: the ``http`` scope (ASGI spec 2.4) and ``lifespan``.
+Quart-Trio). An application that needs asyncio (Django's ASGIHandler,
+asgiref-based code, anything calling ``asyncio.get_running_loop()``) runs on
+one asyncio loop in a thread of its own instead: ``loop="auto"`` picks that for
+Django and for apps marked with :func:`mark_asyncio`; ``loop="asyncio"`` forces
+it (the symptom of the wrong choice: ``trio.run received unrecognized yield
+message``). Supported: the ``http`` scope (ASGI spec 2.4) and ``lifespan``.
 
 - ``receive()`` streams the request body from stdin as ``http.request`` messages
   with ``more_body``; once the body is read it waits until the request ends and
