@@ -143,6 +143,7 @@ def make_handler(app: object, interface: Interface, args: argparse.Namespace) ->
             app,  # type: ignore[arg-type]
             script_name=args.script_name,
             lifespan=args.lifespan,
+            loop=getattr(args, "asgi_loop", "auto"),
         )
         return handler, handler.lifespan()
     return app, None  # type: ignore[return-value]
@@ -327,6 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "on", "off"),
         default="auto",
         help="ASGI: run lifespan startup/shutdown; auto skips it if the app does not support it",
+    )
+    group.add_argument(
+        "--asgi-loop",
+        choices=("trio", "asyncio", "auto"),
+        default="auto",
+        help="ASGI: the event loop the app runs on; auto picks asyncio for Django's ASGIHandler",
     )
 
     group = parser.add_argument_group("listening")

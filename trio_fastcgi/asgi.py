@@ -3,7 +3,12 @@
 ``ASGIHandler(app)`` is a native handler: pass it to any ``serve_*`` function.
 The application runs in the request's own Trio task, so it must be able to run
 on Trio (anyio-based frameworks such as Starlette and FastAPI do, as does
-Quart-Trio). Supported: the ``http`` scope (ASGI spec 2.4) and ``lifespan``.
+Quart-Trio). An application that needs asyncio (Django's ASGIHandler,
+asgiref-based code, anything calling ``asyncio.get_running_loop()``) runs on
+one asyncio loop in a thread of its own instead: ``loop="auto"`` picks that for
+Django and for apps marked with :func:`mark_asyncio`; ``loop="asyncio"`` forces
+it (the symptom of the wrong choice: ``trio.run received unrecognized yield
+message``). Supported: the ``http`` scope (ASGI spec 2.4) and ``lifespan``.
 
 - ``receive()`` streams the request body from stdin as ``http.request`` messages
   with ``more_body``; once the body is read it waits until the request ends and
@@ -48,7 +53,14 @@ if sys.version_info < (3, 11):
 from ._exceptions import InputError
 from ._request import Request
 
-__all__ = ["ASGIApp", "ASGIHandler", "ClientDisconnected", "LifespanFailure", "build_scope"]
+__all__ = [
+    "ASGIApp",
+    "ASGIHandler",
+    "ClientDisconnected",
+    "LifespanFailure",
+    "build_scope",
+    "mark_asyncio",
+]
 
 LOGGER: Final = logging.getLogger("trio_fastcgi.asgi")
 
@@ -314,6 +326,12 @@ class _Exchange:
             raise ValueError(f"unexpected ASGI message type {kind!r} in an http scope")
 
 
+def mark_asyncio(app: ASGIApp) -> ASGIApp:
+    """Mark *app* as needing asyncio, for ``loop="auto"``; returns *app*."""
+    app.trio_fastcgi_loop = "asyncio"  # type: ignore[attr-defined]
+    return app
+
+
 @final
 class ASGIHandler:
     """A native handler that serves the ASGI 3 application *app*.
@@ -323,6 +341,9 @@ class ASGIHandler:
       script_name: the path the application is mounted at (``root_path``),
         overriding how the web server split SCRIPT_NAME and PATH_INFO.
       lifespan: ``"auto"``, ``"on"`` or ``"off"`` (see the module docs).
+      loop: ``"asyncio"`` runs the application on an asyncio loop in a thread;
+        ``"auto"`` (the default) does so for Django's ASGIHandler and apps
+        marked with :func:`mark_asyncio`, else it runs on Trio.
     """
 
     def __init__(
@@ -331,7 +352,12 @@ class ASGIHandler:
         *,
         script_name: str | None = None,
         lifespan: Literal["auto", "on", "off"] = "auto",
+        loop: Literal["trio", "asyncio", "auto"] = "auto",
     ) -> None:
+        from ._asyncio_bridge import AsyncioApp, needs_asyncio
+
+        if loop == "asyncio" or (loop == "auto" and needs_asyncio(app)):
+            app = AsyncioApp(app)
         self.app = app
         self.script_name = script_name
         self.lifespan_mode = lifespan
