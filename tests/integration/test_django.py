@@ -60,10 +60,11 @@ ASGI = pytest.param(
     ["project.asgi:application", "--asgi-loop=auto"],
     id="asgi",
     marks=pytest.mark.xfail(
-        strict=True,
-        # Today: "unrecognized arguments: --asgi-loop=auto" (pytest-trio wraps
-        # the error in an ExceptionGroup, so ``raises=`` cannot pin it).
-        reason="needs the asyncio bridge (branch asyncio-bridge)",
+        # Known bug, open in issue 13: behind nginx the admin login POST gets
+        # "Forbidden (CSRF token missing.)" on the asyncio bridge, though the
+        # same POST passes in memory (tests/test_asgi_asyncio.py) and on WSGI.
+        reason="asyncio bridge: Django reads no POST form behind nginx (issue 13)",
+        strict=False,
     ),
 )
 
