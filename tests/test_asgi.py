@@ -96,6 +96,29 @@ async def test_build_scope_from_nginx_params() -> None:
     assert (fastcgi["role"], fastcgi["request_id"]) == ("responder", 3)
 
 
+async def test_build_scope_gives_content_type_and_length_once() -> None:
+    # nginx passes the request's headers as HTTP_* too, HTTP_CONTENT_TYPE and
+    # HTTP_CONTENT_LENGTH included: Django joins repeated headers ("a,a") and
+    # then reads no form, so each is one header, from its CGI param.
+    request = make_request(
+        [
+            (b"CONTENT_TYPE", b"application/x-www-form-urlencoded"),
+            (b"CONTENT_LENGTH", b"7"),
+            (b"HTTP_CONTENT_TYPE", b"application/x-www-form-urlencoded"),
+            (b"HTTP_CONTENT_LENGTH", b"7"),
+            (b"HTTP_HOST", b"127.0.0.1:8080"),
+        ]
+    )
+    assert build_scope(request)["headers"] == [
+        (b"content-type", b"application/x-www-form-urlencoded"),
+        (b"content-length", b"7"),
+        (b"host", b"127.0.0.1:8080"),
+    ]
+    # A web server that sends only the HTTP_ form still gets its header through.
+    alone = make_request([(b"HTTP_CONTENT_TYPE", b"text/plain")])
+    assert build_scope(alone)["headers"] == [(b"content-type", b"text/plain")]
+
+
 @pytest.mark.parametrize(
     ("script_name", "path_info", "override", "root", "path"),
     [

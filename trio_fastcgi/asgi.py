@@ -125,6 +125,8 @@ _HEADER_NAMES: Final[dict[bytes, bytes]] = {
 _HEADER_NAMES_MAX: Final = 1024
 #: Headers left out when empty (nginx sends both, empty, without a body).
 _OMIT_EMPTY: Final = frozenset({b"CONTENT_TYPE", b"CONTENT_LENGTH"})
+#: Headers a CGI param of their own carries (``CONTENT_TYPE``, ``CONTENT_LENGTH``).
+_CGI_HEADERS: Final = frozenset({b"content-type", b"content-length"})
 
 
 def _header_name(param: bytes) -> bytes:
@@ -144,8 +146,13 @@ def build_scope(request: Request, *, script_name: str | None = None) -> dict[str
         header = known(name)
         if header is None:
             header = _header_name(name)
-        if header and (value or name not in _OMIT_EMPTY):
-            headers.append((header, value))
+        if not header or (not value and name in _OMIT_EMPTY):
+            continue
+        if header in _CGI_HEADERS and name[5:] in params:
+            # nginx sends HTTP_CONTENT_TYPE besides CONTENT_TYPE: one header,
+            # or Django joins the two into "a,a" and reads no form.
+            continue
+        headers.append((header, value))
     get = params.get
     root, path = _split(params, script_name)
     request_uri = get(b"REQUEST_URI")

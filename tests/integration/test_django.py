@@ -56,17 +56,7 @@ class AppDidNotStart(RuntimeError):
 
 WSGI_ARGS = ["project.wsgi:application"]
 WSGI = pytest.param(WSGI_ARGS, id="wsgi")
-ASGI = pytest.param(
-    ["project.asgi:application", "--asgi-loop=auto"],
-    id="asgi",
-    marks=pytest.mark.xfail(
-        # Known bug, open in issue 13: behind nginx the admin login POST gets
-        # "Forbidden (CSRF token missing.)" on the asyncio bridge, though the
-        # same POST passes in memory (tests/test_asgi_asyncio.py) and on WSGI.
-        reason="asyncio bridge: Django reads no POST form behind nginx (issue 13)",
-        strict=False,
-    ),
-)
+ASGI = pytest.param(["project.asgi:application", "--asgi-loop=auto"], id="asgi")
 
 
 @dataclass
