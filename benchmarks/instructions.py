@@ -1,0 +1,253 @@
+"""Instructions per request, counted by callgrind: a figure that load cannot move.
+
+``run.py`` measures requests per second behind nginx, which is what users see but
+moves with whatever else the machine runs. This counts the CPU instructions a
+backend executes per request under ``valgrind --tool=callgrind``: repeatable to
+a fraction of a percent on the same binaries, whatever the other core is doing,
+so a change to the per-request path can be judged on a shared machine.
+
+For each backend: start it under callgrind on a free loopback port, warm it up,
+zero the counters (``callgrind_control --zero``), drive a fixed number of
+requests from this process with blocking sockets, one request at a time, dump
+the counters, stop the backend by its PID. Only the backend is counted; the
+client's own work is not. One request at a time gives no batching to any
+backend: the figure is the cost of one request, the event loop's included.
+
+    python benchmarks/instructions.py                       # every backend, every scenario
+    python benchmarks/instructions.py -b trio-native -b floor-trio-lazy -s hello-ka
+
+Needs valgrind (Debian package ``valgrind``). A backend takes 10 to 60 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+BACKENDS_DIR = HERE / "backends"
+sys.path[:0] = [str(BACKENDS_DIR), str(HERE), str(REPO)]
+
+from common import HELLO, ONE_MIB, POST_SIZE  # noqa: E402
+from fcgi_load import RecordReader, body_of, encode_request  # noqa: E402
+
+#: key -> (label, script in backends/)
+BACKENDS: dict[str, tuple[str, str]] = {
+    "trio-native": ("trio-fastcgi, native handler", "trio_native.py"),
+    "trio-asgi": ("trio-fastcgi ASGI adapter", "trio_asgi.py"),
+    "trio-wsgi": ("trio-fastcgi WSGI adapter", "trio_wsgi.py"),
+    "fcgisgi-asgi": ("fcgisgi (asyncio, ASGI)", "fcgisgi_asgi.py"),
+    "fcgisgi-wsgi": ("fcgisgi WSGI adapter", "fcgisgi_wsgi.py"),
+    "floor-trio-socket": ("floor (a): trio, task per connection", "floor_trio_socket.py"),
+    "floor-asyncio": ("floor (b): asyncio Protocol", "floor_asyncio.py"),
+    "floor-trio-shape": ("floor (c): trio, design card shape", "floor_trio_shape.py"),
+    "floor-trio-lazy": ("floor (d): design card shape, lazy writer", "floor_trio_lazy.py"),
+}
+#: Backends that serve /post and /1m (every one here does).
+FULL_ROUTES = {
+    "trio-native",
+    "trio-asgi",
+    "trio-wsgi",
+    "fcgisgi-asgi",
+    "fcgisgi-wsgi",
+    *(k for k in BACKENDS if k.startswith("floor")),
+}
+POST_BODY = bytes(range(256)) * (POST_SIZE // 256)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    path: str
+    keep_conn: bool
+    body: bytes
+    expected: bytes
+    requests: int
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "hello-ka": Scenario("/hello", True, b"", HELLO, 500),
+    "hello-new": Scenario("/hello", False, b"", HELLO, 300),
+    "1m-ka": Scenario("/1m", True, b"", ONE_MIB, 40),
+    "post-ka": Scenario("/post", True, POST_BODY, str(POST_SIZE).encode(), 60),
+}
+
+
+def drive(port: int, scenario: Scenario, count: int) -> None:
+    """Send *count* requests one at a time and check every answer's body."""
+    sock: socket.socket | None = None
+    request = encode_request(
+        1,
+        scenario.path,
+        keep_conn=scenario.keep_conn,
+        method="POST" if scenario.body else "GET",
+        body=scenario.body,
+    )
+    try:
+        for _ in range(count):
+            if sock is None:
+                sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(request)
+            reader = RecordReader()
+            while not reader.feed(_receive(sock)):
+                pass
+            body = body_of(reader.take_stdout(1))
+            if body != scenario.expected:
+                raise RuntimeError(f"{scenario.path}: wrong answer ({len(body)} bytes)")
+            if not scenario.keep_conn:
+                while _receive(sock, eof_ok=True):
+                    pass
+                sock.close()
+                sock = None
+    finally:
+        if sock is not None:
+            sock.close()
+
+
+def _receive(sock: socket.socket, *, eof_ok: bool = False) -> bytes:
+    data = sock.recv(256 * 1024)
+    if not data and not eof_ok:
+        raise RuntimeError("the backend closed the connection")
+    return data
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the backend exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"the backend did not listen on {port} within {timeout} s")
+
+
+def callgrind_control(command: str, pid: int) -> None:
+    subprocess.run(
+        ["callgrind_control", command, str(pid)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        timeout=120,
+    )
+
+
+def read_total(out_dir: Path, pid: int) -> int:
+    """The instruction total of the counters' last dump (the file ``cg.PID.1``)."""
+    text = (out_dir / f"cg.{pid}.1").read_text()
+    match = re.search(r"^summary:\s+(\d+)", text, re.MULTILINE) or re.search(
+        r"^totals:\s+(\d+)", text, re.MULTILINE
+    )
+    if match is None:
+        raise RuntimeError("no totals in callgrind's dump")
+    return int(match.group(1))
+
+
+def measure(key: str, scenario: Scenario, requests: int, log: Callable[[str], None]) -> float:
+    """Instructions per request of backend *key* in *scenario*."""
+    _label, script = BACKENDS[key]
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="instructions-") as tmp:
+        out_dir = Path(tmp)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(BACKENDS_DIR), str(REPO), *filter(None, [env.get("PYTHONPATH")])]
+        )
+        proc = subprocess.Popen(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={out_dir}/cg.%p",
+                # sys.executable, not a shim: callgrind does not follow exec.
+                os.path.realpath(sys.executable),
+                str(BACKENDS_DIR / script),
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=(out_dir / "valgrind.log").open("wb"),
+        )
+        try:
+            wait_for_port(port, proc, timeout=180)
+            drive(port, scenario, max(10, requests // 5))  # warm-up: imports, caches
+            callgrind_control("--zero", proc.pid)
+            drive(port, scenario, requests)
+            callgrind_control("--dump", proc.pid)
+            per_request = read_total(out_dir, proc.pid) / requests
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    log(f"  {key:18} {scenario.path:7} {per_request / 1000:9.1f} k instructions/request")
+    return per_request
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("-b", "--backend", action="append", choices=sorted(BACKENDS))
+    parser.add_argument("-s", "--scenario", action="append", choices=sorted(SCENARIOS))
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="multiply every scenario's request count"
+    )
+    args = parser.parse_args()
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise SystemExit("needs valgrind (apt-get install valgrind)")
+    backends = args.backend or list(BACKENDS)
+    scenarios = args.scenario or list(SCENARIOS)
+    results: dict[tuple[str, str], float] = {}
+    for name in scenarios:
+        scenario = SCENARIOS[name]
+        print(f"{name}:", flush=True)
+        for key in backends:
+            if name != "hello-ka" and name != "hello-new" and key not in FULL_ROUTES:
+                continue
+            count = max(5, round(scenario.requests * args.scale))
+            results[key, name] = measure(key, scenario, count, lambda line: print(line, flush=True))
+    print()
+    print("instructions per request (k), and ratio to each reference present")
+    refs = [ref for ref in ("fcgisgi-asgi", "floor-trio-lazy") if ref in backends]
+    header = f"{'backend':18}" + "".join(f"{name:>12}" for name in scenarios)
+    print(header)
+    for key in backends:
+        cells = []
+        for name in scenarios:
+            value = results.get((key, name))
+            cells.append(f"{value / 1000:12.1f}" if value is not None else f"{'-':>12}")
+        print(f"{key:18}" + "".join(cells))
+    for ref in refs:
+        print(f"\nratio to {ref} (below 1.0: fewer instructions than {ref})")
+        for key in backends:
+            cells = []
+            for name in scenarios:
+                value, base = results.get((key, name)), results.get((ref, name))
+                cells.append(f"{value / base:12.2f}" if value and base else f"{'-':>12}")
+            print(f"{key:18}" + "".join(cells))
+
+
+if __name__ == "__main__":
+    main()
