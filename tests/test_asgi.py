@@ -28,6 +28,7 @@ from tests.helpers import (
     params_records,
     record,
 )
+from tests.outbox import RecordingOutbox
 from trio_fastcgi import Request, Role
 from trio_fastcgi.asgi import ASGIHandler, ClientDisconnected, LifespanFailure, build_scope
 
@@ -36,13 +37,12 @@ GET = {"REQUEST_METHOD": "GET", "SERVER_PROTOCOL": "HTTP/1.1", "SERVER_NAME": "e
 
 
 def make_request(raw_params: list[tuple[bytes, bytes]]) -> Request:
-    outbox, _ = trio.open_memory_channel[object](1)
     return Request(
         request_id=3,
         role=Role.RESPONDER,
         keep_conn=True,
         raw_params=tuple(raw_params),
-        outbox=outbox,
+        outbox=RecordingOutbox(),
         input_buffer_size=1024,
     )
 

@@ -146,11 +146,19 @@ async def test_workers_max_requests_recycles(app_dir: Path) -> None:
     async with run_server(app_dir, "--workers=1", "--max-requests=4") as server:
         pids = [await get_pid(server.port) for _ in range(10)]
         log = server.log()
-    # 4 + 4 + 2: every request answered, by three successive workers.
-    assert len(set(pids)) == 3
-    assert [pids.count(pid) for pid in dict.fromkeys(pids)] == [4, 4, 2]
-    assert log.count("recycling this worker") == 2
-    assert log.count("retired (exited with status 0); starting a new one") == 2
+    # Every request answered, by successive workers, each recycled once it
+    # served 4. A connection the kernel accepted while the worker began to
+    # stop is still served by it (it is not reset), so one may serve a 5th:
+    # 4 + 4 + 2 most often, 5 + 4 + 1 at times.
+    counts = [pids.count(pid) for pid in dict.fromkeys(pids)]
+    assert sum(counts) == 10
+    assert all(4 <= count <= 5 for count in counts[:-1])
+    assert 1 <= counts[-1] <= 5
+    recycled = sum(count >= 4 for count in counts)
+    assert log.count("recycling this worker") == recycled
+    # The last worker, if it served 4, may be retiring as the server stops.
+    retired = log.count("retired (exited with status 0); starting a new one")
+    assert retired == len(counts) - 1 or (retired == len(counts) and counts[-1] >= 4)
 
 
 @dataclass

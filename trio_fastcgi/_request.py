@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import http
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Final, final
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Final, TypeVar, final, overload
 
 import trio
 
@@ -13,7 +13,7 @@ from ._streams import InputStream, OutputStream
 from ._wire import Role
 
 if TYPE_CHECKING:
-    from ._events import OutputEvent
+    from ._streams import Outbox
 
 HeaderItems = Iterable[tuple[str, str]] | Mapping[str, str]
 
@@ -52,6 +52,54 @@ def format_cgi_head(status: int, headers: HeaderItems) -> bytes:
     return "\r\n".join(lines).encode("latin-1")
 
 
+_D = TypeVar("_D")
+
+
+def _decode(value: bytes) -> str:
+    return value.decode("utf-8", "surrogateescape")
+
+
+@final
+class Params(Mapping[str, str]):
+    """A request's params decoded like :data:`os.environ` (UTF-8 with
+    ``surrogateescape``), one value at a time as they are looked up: a
+    handler that reads three params does not decode forty. A repeated name
+    keeps its last value."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw_params: Iterable[tuple[bytes, bytes]]) -> None:
+        self._raw = dict(raw_params)
+
+    def __getitem__(self, name: str) -> str:
+        if type(name) is not str:
+            raise KeyError(name)
+        return _decode(self._raw[name.encode("utf-8", "surrogateescape")])
+
+    @overload
+    def get(self, name: str, /) -> str | None: ...
+    @overload
+    def get(self, name: str, default: str | _D, /) -> str | _D: ...
+    def get(self, name: str, default: object = None, /) -> object:
+        """The value of param *name*, or *default* if there is none."""
+        if type(name) is not str:
+            return default
+        value = self._raw.get(name.encode("utf-8", "surrogateescape"))
+        return default if value is None else _decode(value)
+
+    def __contains__(self, name: object) -> bool:
+        return type(name) is str and name.encode("utf-8", "surrogateescape") in self._raw
+
+    def __iter__(self) -> Iterator[str]:
+        return map(_decode, self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __repr__(self) -> str:
+        return f"Params({dict(self.items())!r})"
+
+
 @final
 class Request:
     """One FastCGI request, as the handler sees it.
@@ -73,14 +121,14 @@ class Request:
         role: Role,
         keep_conn: bool,
         raw_params: tuple[tuple[bytes, bytes], ...],
-        outbox: trio.MemorySendChannel[OutputEvent | None],
+        outbox: Outbox,
         input_buffer_size: int,
     ) -> None:
         self.request_id = request_id
         self.role = role
         self.keep_conn = keep_conn
         self.raw_params = raw_params
-        self._params: dict[str, str] | None = None
+        self._params: Params | None = None
         self._aborted = False
         self.stdin = InputStream(
             "stdin",
@@ -157,10 +205,7 @@ class Request:
         value; :attr:`raw_params` has them all."""
         params = self._params
         if params is None:
-            params = self._params = {
-                k.decode("utf-8", "surrogateescape"): v.decode("utf-8", "surrogateescape")
-                for k, v in self.raw_params
-            }
+            params = self._params = Params(self.raw_params)
         return params
 
     @property
@@ -202,8 +247,7 @@ class Request:
         ):
             items.append(("Content-Type", content_type))
         payload = body.encode() if isinstance(body, str) else body
-        await self.stdout.send_all(format_cgi_head(status, items) + payload)
-        await self.stdout.aclose()
+        await self.stdout._send_last(format_cgi_head(status, items) + payload)
 
     async def authorize(self, variables: Mapping[str, str] | None = None) -> None:
         """Authorizer role: allow the request (status 200).

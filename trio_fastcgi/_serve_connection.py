@@ -3,16 +3,17 @@
 Task tree of one connection::
 
     connection nursery   its cancel scope closes the whole connection
-    ├── writer task      sole sender on the transport; drains the outbox
     ├── reader task      sole receiver on the transport; feeds the core
-    └── request task (N) one per request, handler inside request.cancel_scope
+    ├── request task (N) one per request, handler inside request.cancel_scope
+    └── writer task      only while output waits: sends the queue in order
 
-Request tasks never touch the socket: they put output events on the outbox (a
-bounded memory channel), and the writer turns each into whole records with the
-sans-IO core and coalesces everything queued into one ``send_all``. Because the
-core's per-request state is only changed by the writer, in outbox order, what it
-knows always matches what went on the wire. When the writer ends, it closes the
-outbox: every later send raises :class:`trio.BrokenResourceError` at once.
+All output goes through the connection's :class:`~._writer.Writer`, its one
+sender: it turns each output event into whole records with the sans-IO core and
+sends them from the task that wrote them when nothing is queued and the socket
+takes them, or queues them for the writer task. Encoding and sending (or
+queueing) happen with no checkpoint in between, so what the core knows always
+matches what went on the wire. When the connection stops, the writer is closed:
+every later send raises :class:`trio.BrokenResourceError` at once.
 
 The connection's phase and every timeout rule live in :mod:`._lifecycle`; the
 reader's receives wait until its deadline, and nothing else runs under one.
@@ -39,19 +40,19 @@ from ._events import (
     EndRequest,
     GetValues,
     InputEvent,
-    OutputEvent,
     Params,
     RequestRejected,
     Stdin,
     UnknownRecord,
     UnknownType,
 )
-from ._exceptions import EndRequestWith, LocalProtocolError, RemoteProtocolError
+from ._exceptions import EndRequestWith, RemoteProtocolError
 from ._lifecycle import Expiry, Lifecycle, Phase, TimeoutPolicy
 from ._request import Request, format_cgi_head
-from ._streams import InputStream, queue_output
-from ._transport import Transport, WriteTimeout, close_socket
+from ._streams import InputStream
+from ._transport import Transport, close_socket
 from ._wire import ProtocolStatus
+from ._writer import Writer
 
 if TYPE_CHECKING:
     from ._config import Config
@@ -63,13 +64,6 @@ LOGGER: Final = logging.getLogger("trio_fastcgi")
 Handler = Callable[[Request], Awaitable["int | None"]]
 
 RECEIVE_SIZE: Final = 256 * 1024
-#: Output events queued per connection before request tasks wait for the writer.
-OUTBOX_SIZE: Final = 32
-#: The writer stops gathering queued records into one send at this many bytes.
-COALESCE_LIMIT: Final = 256 * 1024
-#: Below this many bytes the writer joins what it gathered and sends it; above,
-#: it hands the pieces to one scatter-gather write instead of copying them.
-GATHER_THRESHOLD: Final = 64 * 1024
 #: Sent when a handler fails before writing anything, so the client gets a
 #: clean 500 instead of the web server's "upstream closed prematurely" 502.
 _ERROR_RESPONSE: Final = (
@@ -103,12 +97,11 @@ class ServedConnection:
         "_life",
         "_number",
         "_nursery",
-        "_outbox",
-        "_outbox_receiver",
         "_pending",
         "_refusals",
         "_requests",
         "_transport",
+        "_writer",
     )
 
     _ids = itertools.count(1)
@@ -139,8 +132,14 @@ class ServedConnection:
             mpxs_conns=config.mpxs_conns,
             max_params_size=config.max_params_size,
         )
-        # The outbox (self._outbox, self._outbox_receiver) exists while the
-        # connection runs: run() makes it, hibernation drops it.
+        self._writer = Writer(
+            self._conn,
+            transport,
+            name=self.name,
+            should_close=self._should_close,
+            half_close=self._half_close,
+            fail=self.cancel,
+        )
         # Requests whose handler runs, and ones that began but wait for params.
         self._requests: dict[int, Request] = {}
         self._pending: dict[int, BeginRequest] = {}
@@ -169,21 +168,23 @@ class ServedConnection:
         hibernating = wants_sleep = False
         try:
             async with trio.open_nursery() as nursery:
-                self._outbox, self._outbox_receiver = trio.open_memory_channel[OutputEvent | None](
-                    OUTBOX_SIZE
-                )
-                self._nursery = nursery
+                self._nursery = self._writer.nursery = nursery
                 if self._life.phase is Phase.CLOSED:
                     self._stop_tasks()
-                nursery.start_soon(self._write_loop, name="trio_fastcgi.writer")
+                else:
+                    self._writer.wake()  # woken from hibernation to close, say
                 wants_sleep = await self._read_loop()
-                # Only a drain that ran to the web server's EOF leaves nothing
-                # behind: the writer has half-closed and no request is left.
-                if self._life.phase is not Phase.DRAINING:
+                if wants_sleep:
+                    # No request is left and the writer is idle: it serves again
+                    # when the connection wakes.
+                    nursery.cancel_scope.cancel()
+                elif self._life.phase is not Phase.DRAINING:
+                    # Only a drain that ran to the web server's EOF leaves
+                    # nothing behind: the writer has half-closed, no request is left.
                     self._stop_tasks()
             hibernating = wants_sleep and self._life.phase is not Phase.CLOSED
         finally:
-            self._nursery = None
+            self._nursery = self._writer.nursery = None
             if not hibernating:
                 self._life.close(trio.current_time())
                 for request in self._requests.values():
@@ -191,7 +192,6 @@ class ServedConnection:
                 await self._transport.close()
                 LOGGER.debug("%s: closed", self.name)
         if hibernating:
-            del self._outbox, self._outbox_receiver  # empty, and made anew by run()
             LOGGER.debug("%s: idle; hibernating", self.name)
         return hibernating
 
@@ -222,14 +222,14 @@ class ServedConnection:
             self._stop_tasks()
 
     def _stop_tasks(self) -> None:
-        """Cancel the connection's tasks, and close the outbox before any of
+        """Cancel the connection's tasks, and close the writer before any of
         them runs again: a request task that goes on (in a shielded scope,
         say) cannot queue output that will never be sent, its sends raise
         BrokenResourceError from now on. Cancelling first gives the tasks
-        waiting for room in the outbox Cancelled, as everywhere else."""
+        waiting for room in the output queue Cancelled, as everywhere else."""
         assert self._nursery is not None
         self._nursery.cancel_scope.cancel()
-        self._outbox_receiver.close()
+        self._writer.close()
 
     def begin_shutdown(self) -> None:
         """Finish the requests in flight, then close. New requests that arrive
@@ -242,7 +242,7 @@ class ServedConnection:
         life = self._life
         life.begin_shutdown(trio.current_time())
         self._transport.move_receive_deadline(life.deadline())
-        self._wake_writer()
+        self._writer.wake()
 
     # -- reading -----------------------------------------------------------------
     #
@@ -278,17 +278,17 @@ class ServedConnection:
             case Expiry.HIBERNATE:
                 # The lifecycle knows nothing is in flight or partly here; only
                 # output still leaving (a refusal, the last response) can stop it.
-                if self._writer_is_waiting():
+                if self._writer.idle:
                     return True
                 self._life.postpone(trio.current_time())  # output is still leaving
             case Expiry.IDLE_TIMEOUT:
                 LOGGER.debug(
                     "%s: idle for idle_timeout (%s s); closing", self.name, config.idle_timeout
                 )
-                self._wake_writer()
+                self._writer.wake()
             case Expiry.NO_FIRST_REQUEST:
                 LOGGER.debug("%s: no request came after shutdown began; closing", self.name)
-                self._wake_writer()
+                self._writer.wake()
             case Expiry.READ_TIMEOUT:
                 LOGGER.warning(
                     "%s: closing connection: a record or params took longer than "
@@ -301,11 +301,6 @@ class ServedConnection:
                 LOGGER.debug("%s: the web server did not close after our half-close", self.name)
                 return False
         return None
-
-    def _writer_is_waiting(self) -> bool:
-        """True if the writer has sent everything and waits for more."""
-        statistics = self._outbox_receiver.statistics()
-        return statistics.current_buffer_used == 0 and statistics.tasks_waiting_receive == 1
 
     async def _received(self, data: bytes) -> bool:
         """Feed one chunk to the core and act on its events; True means stop."""
@@ -364,14 +359,14 @@ class ServedConnection:
                     role,
                     protocol_status.name,
                 )
-                await queue_output(self._outbox, EndRequest(request_id, 0, protocol_status))
+                await self._writer.send(EndRequest(request_id, 0, protocol_status))
             case GetValues(names):
-                await queue_output(self._outbox, self._conn.get_values_result(names))
+                await self._writer.send(self._conn.get_values_result(names))
             case UnknownRecord(record_type, request_id):
                 LOGGER.debug(
                     "%s: unknown record type %d (request %d)", self.name, record_type, request_id
                 )
-                await queue_output(self._outbox, UnknownType(record_type))
+                await self._writer.send(UnknownType(record_type))
             case ConnectionClosed():
                 if self._requests or self._pending:
                     LOGGER.debug(
@@ -389,7 +384,7 @@ class ServedConnection:
             role=begin.role,
             keep_conn=begin.keep_conn,
             raw_params=event.params,
-            outbox=self._outbox,
+            outbox=self._writer,
             input_buffer_size=self._config.input_buffer_size,
         )
         self._requests[event.request_id] = request
@@ -405,7 +400,7 @@ class ServedConnection:
         elif self._pending.pop(request_id, None) is not None:
             # Aborted before its params were complete: the handler never ran.
             self._request_ended()
-            await queue_output(self._outbox, EndRequest(request_id))
+            await self._writer.send(EndRequest(request_id))
 
     # -- requests ----------------------------------------------------------------
 
@@ -430,11 +425,9 @@ class ServedConnection:
             del self._requests[request.request_id]
             request._finish()
         self._request_ended()
-        # Broken: the writer has ended, and the connection with it.
+        # Broken: the connection is gone.
         with contextlib.suppress(trio.BrokenResourceError):
-            await queue_output(
-                self._outbox, EndRequest(request.request_id, app_status, protocol_status)
-            )
+            await self._writer.send(EndRequest(request.request_id, app_status, protocol_status))
 
     def _app_status(self, result: object) -> int:
         if result is None:
@@ -463,82 +456,10 @@ class ServedConnection:
 
     # -- writing -----------------------------------------------------------------
 
-    def _wake_writer(self) -> None:
-        """Make the writer check whether it should close now."""
-        if self._nursery is None:
-            return  # not running: the writer checks for closing when it starts
-        try:
-            self._outbox.send_nowait(None)
-        except trio.WouldBlock:
-            pass  # the writer is busy and checks for closing after this batch
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the writer has ended
-
     def _should_close(self) -> bool:
+        """Whether to half-close once the output queued now is sent."""
         conn = self._conn
         return conn.should_close or (conn.idle and self._life.closes_when_idle)
-
-    async def _write_loop(self) -> None:
-        try:
-            await self._write_until_closing()
-        finally:
-            # Every later send on the outbox raises BrokenResourceError at once.
-            self._outbox_receiver.close()
-
-    async def _write_until_closing(self) -> None:
-        conn = self._conn
-        receiver = self._outbox_receiver
-        transport = self._transport
-        parts: list[bytes | memoryview] = []
-        while not self._should_close():
-            try:
-                item = await receiver.receive()
-            except trio.ClosedResourceError:
-                return  # the connection is stopping (_stop_tasks)
-            size = 0
-            while True:
-                if item is not None:
-                    try:
-                        pieces = conn.send_parts(item)
-                    except LocalProtocolError as exc:
-                        # Output from a task outside the request, racing its end.
-                        LOGGER.debug("%s: dropped output: %s", self.name, exc)
-                    else:
-                        parts += pieces
-                        for piece in pieces:
-                            size += len(piece)
-                if size >= COALESCE_LIMIT:
-                    break
-                try:
-                    item = receiver.receive_nowait()
-                except trio.WouldBlock:
-                    break
-                except trio.ClosedResourceError:
-                    return  # closed while this task waited to run
-            if not parts:
-                continue
-            try:
-                if size < GATHER_THRESHOLD:
-                    payload = b"".join(parts)
-                    parts.clear()
-                    await transport.send_all(payload)
-                else:
-                    # Large output goes out without being copied into one buffer.
-                    await transport.send_parts(parts)
-            except WriteTimeout:
-                LOGGER.warning(
-                    "%s: closing connection: the web server took none of the output "
-                    "for write_timeout (%s s)",
-                    self.name,
-                    self._config.write_timeout,
-                )
-                self.cancel()
-                return
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                LOGGER.debug("%s: send failed (%r); peer is gone", self.name, exc)
-                self.cancel()
-                return
-        await self._half_close()
 
     async def _half_close(self) -> None:
         """Send EOF, then let the reader drain until the peer closes too."""

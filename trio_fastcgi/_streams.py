@@ -2,13 +2,15 @@
 
 Input is fed by the connection's reader task into a bounded buffer; the handler
 drains it. Output never touches the socket: each ``send_all`` becomes one output
-event on the connection's outbox, which only the writer task reads.
+event handed to the connection's :class:`Outbox`, its single sender.
 """
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final, final
 
 import trio
@@ -22,20 +24,20 @@ if TYPE_CHECKING:
 DEFAULT_MAX_BODY_SIZE: Final = 16 * 1024 * 1024
 
 
-async def queue_output(
-    outbox: trio.MemorySendChannel[OutputEvent | None], event: OutputEvent
-) -> None:
-    """Put *event* on a connection's outbox.
+class Outbox(abc.ABC):
+    """Where a connection's output events go, in order (its writer)."""
 
-    A cancellation point, but a schedule point only when the outbox is full: a
-    handler that writes its response and returns queues every record before the
-    writer runs, so the writer sends them all in one ``send_all``.
-    """
-    await trio.lowlevel.checkpoint_if_cancelled()
-    try:
-        outbox.send_nowait(event)
-    except trio.WouldBlock:
-        await outbox.send(event)
+    __slots__ = ()
+
+    @abc.abstractmethod
+    async def send(self, event: OutputEvent) -> None:
+        """Send (or queue) *event*; :class:`trio.BrokenResourceError` if the
+        connection is gone."""
+
+    async def send_many(self, events: Sequence[OutputEvent]) -> None:
+        """Send several events, in order (in one write, where it can)."""
+        for event in events:
+            await self.send(event)
 
 
 @final
@@ -201,20 +203,21 @@ class InputStream(trio.abc.ReceiveStream):
 class OutputStream(trio.abc.SendStream):
     """A request's ``FCGI_STDOUT`` or ``FCGI_STDERR`` stream.
 
-    Each :meth:`send_all` is queued whole for the connection's single writer,
-    which splits it into records of at most 65,528 bytes; output of concurrent
+    Each :meth:`send_all` goes whole to the connection's single sender, which
+    splits it into records of at most 65,528 bytes; output of concurrent
     requests can never interleave inside a record. :meth:`aclose` ends the
     stream; the request's end closes it too if the handler did not.
 
-    :meth:`send_all` returns once the data is queued, not written; it waits (and
-    yields to other tasks) only while the connection's outbox is full.
+    :meth:`send_all` returns once the data is sent or queued, not necessarily
+    written; it waits (and yields to other tasks) only while the connection's
+    output queue is full.
     """
 
     def __init__(
         self,
         request_id: int,
         event_type: type[Stdout | Stderr],
-        outbox: trio.MemorySendChannel[OutputEvent | None],
+        outbox: Outbox,
     ) -> None:
         self._request_id = request_id
         self._event_type = event_type
@@ -229,7 +232,7 @@ class OutputStream(trio.abc.SendStream):
         return self._closed
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        """Queue *data* for the web server; waits while the outbox is full.
+        """Send *data* to the web server; waits while the output queue is full.
 
         Raises:
           trio.ClosedResourceError: the stream was closed or its request ended.
@@ -246,12 +249,29 @@ class OutputStream(trio.abc.SendStream):
         try:
             chunk = data if type(data) is bytes else bytes(data)
             self._sent_data = True
-            await queue_output(self._outbox, self._event_type(self._request_id, chunk))
+            await self._outbox.send(self._event_type(self._request_id, chunk))
+        finally:
+            self._busy = False
+
+    async def _send_last(self, data: bytes) -> None:
+        """Send *data* and end the stream, in one write."""
+        if self._busy:
+            raise trio.BusyResourceError("another task is already writing this stream")
+        if self._closed:
+            raise trio.ClosedResourceError("the output stream is closed")
+        self._busy = True
+        try:
+            if data:
+                self._sent_data = True
+            self._closed = True
+            event_type, request_id = self._event_type, self._request_id
+            last = event_type(request_id, b"")
+            await self._outbox.send_many([event_type(request_id, data), last] if data else [last])
         finally:
             self._busy = False
 
     async def wait_send_all_might_not_block(self) -> None:
-        """Returns at once: the outbox gives no finer readiness signal."""
+        """Returns at once: the output queue gives no finer readiness signal."""
         if self._closed:
             raise trio.ClosedResourceError("the output stream is closed")
         await trio.lowlevel.checkpoint()
@@ -264,4 +284,4 @@ class OutputStream(trio.abc.SendStream):
         self._closed = True
         # If the connection is gone there is nothing left to end.
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await queue_output(self._outbox, self._event_type(self._request_id, b""))
+            await self._outbox.send(self._event_type(self._request_id, b""))

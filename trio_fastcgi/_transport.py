@@ -121,6 +121,11 @@ class Transport(abc.ABC):
         """Send the concatenation of *parts* (the list is consumed)."""
 
     @abc.abstractmethod
+    def send_nowait(self, parts: list[bytes | memoryview]) -> None:
+        """Send as much of *parts* as can go without waiting, and remove what
+        was sent from the list. Not a checkpoint."""
+
+    @abc.abstractmethod
     async def send_eof(self) -> bool:
         """Half-close; False if the stream cannot do that."""
 
@@ -204,29 +209,34 @@ class SocketTransport(Transport):
         if sent < len(data):
             await self.send_parts([memoryview(data)[sent:]])
 
+    def send_nowait(self, parts: list[bytes | memoryview]) -> None:
+        """One send(2) (or sendmsg(2) for several pieces) that does not wait."""
+        sock = self._sock
+        try:
+            if len(parts) == 1:
+                sent = sock.send(parts[0])
+            else:
+                sent = sock.sendmsg(parts[:MAX_PARTS_PER_SEND])
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            raise trio.BrokenResourceError(exc) from exc
+        _consume(parts, sent)
+
     async def send_parts(self, parts: list[bytes | memoryview]) -> None:
         """Send the concatenation of *parts* (consumed) without joining them
         first: one scatter-gather write per wait."""
         sock = self._sock
-        try:
-            while parts:
-                try:
-                    sent = sock.sendmsg(parts[:MAX_PARTS_PER_SEND])
-                except BlockingIOError:
-                    sent = 0
-                done = 0
-                while done < len(parts) and sent >= len(parts[done]):
-                    sent -= len(parts[done])
-                    done += 1
-                del parts[:done]
-                if parts:
-                    if sent:
-                        parts[0] = memoryview(parts[0])[sent:]
-                    # Only this slow path (the kernel's buffer is full) pays
-                    # for the timeout's cancel scope.
-                    await self._within_write_timeout(trio.lowlevel.wait_writable, sock)
-        except OSError as exc:
-            raise trio.BrokenResourceError(exc) from exc
+        while True:
+            self.send_nowait(parts)
+            if not parts:
+                return
+            # Only this slow path (the kernel's buffer is full) pays for the
+            # timeout's cancel scope.
+            try:
+                await self._within_write_timeout(trio.lowlevel.wait_writable, sock)
+            except OSError as exc:
+                raise trio.BrokenResourceError(exc) from exc
 
     async def send_eof(self) -> bool:
         try:
@@ -261,6 +271,9 @@ class StreamTransport(Transport):
                 self._receive_scope = None
         return None
 
+    def send_nowait(self, parts: list[bytes | memoryview]) -> None:
+        """Sends nothing: a stream cannot tell whether a send would block."""
+
     async def send_all(self, data: bytes) -> None:
         await self._within_write_timeout(self._stream.send_all, data)
 
@@ -278,6 +291,17 @@ class StreamTransport(Transport):
 
     async def close(self) -> None:
         await trio.aclose_forcefully(self._stream)
+
+
+def _consume(parts: list[bytes | memoryview], sent: int) -> None:
+    """Remove the first *sent* bytes from *parts*."""
+    done = 0
+    while done < len(parts) and sent >= len(parts[done]):
+        sent -= len(parts[done])
+        done += 1
+    del parts[:done]
+    if sent:
+        parts[0] = memoryview(parts[0])[sent:]
 
 
 def open_transport(stream: trio.abc.Stream) -> Transport:

@@ -1,0 +1,292 @@
+"""The connection's one sender: direct sends, the writer task, order, room, failure."""
+
+from __future__ import annotations
+
+import math
+import socket
+
+import pytest
+import trio
+import trio.testing
+
+from tests.helpers import END, STDOUT, parse_records
+from trio_fastcgi._connection import FastCGIConnection
+from trio_fastcgi._events import NEED_DATA, EndRequest, Stdout
+from trio_fastcgi._transport import SocketTransport, Transport
+from trio_fastcgi._wire import (
+    KEEP_CONN_FLAG,
+    RecordType,
+    Role,
+    encode_begin_request_body,
+    encode_pairs,
+    encode_record,
+)
+from trio_fastcgi._writer import QUEUE_LIMIT, Writer
+
+
+class FakeTransport(Transport):
+    """Takes at most *per_send* bytes per non-blocking send (None: all of it);
+    its waiting sends finish only when the test allows them."""
+
+    def __init__(self, per_send: int | None = None) -> None:
+        super().__init__()
+        self.per_send = per_send
+        self.wire = bytearray()
+        self.sends_nowait = 0
+        self.waiting_sends = 0
+        self.allow = trio.Event()
+        self.fail_with: BaseException | None = None
+
+    def send_nowait(self, parts: list[bytes | memoryview]) -> None:
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.sends_nowait += 1
+        data = b"".join(parts)
+        taken = len(data) if self.per_send is None else min(self.per_send, len(data))
+        self.wire += data[:taken]
+        parts[:] = [memoryview(data)[taken:]] if taken < len(data) else []
+
+    async def send_parts(self, parts: list[bytes | memoryview]) -> None:
+        self.waiting_sends += 1
+        await self.allow.wait()
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.wire += b"".join(parts)
+        parts.clear()
+
+    async def receive_some(self, max_bytes: int, deadline: float = math.inf) -> bytes | None:
+        raise NotImplementedError
+
+    async def send_all(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    async def send_eof(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        pass
+
+
+def core_with_requests(*request_ids: int, keep_conn: bool = True) -> FastCGIConnection:
+    """A sans-IO core in which *request_ids* have begun and have their params."""
+    conn = FastCGIConnection(roles=(Role.RESPONDER,))
+    for request_id in request_ids:
+        flags = KEEP_CONN_FLAG if keep_conn else 0
+        body = encode_begin_request_body(Role.RESPONDER, flags)
+        conn.receive_data(encode_record(RecordType.BEGIN_REQUEST, request_id, body))
+        params = encode_pairs([(b"REQUEST_METHOD", b"GET")])
+        conn.receive_data(encode_record(RecordType.PARAMS, request_id, params))
+        conn.receive_data(encode_record(RecordType.PARAMS, request_id, b""))
+        while conn.next_event() is not NEED_DATA:
+            pass
+    return conn
+
+
+class Harness:
+    def __init__(self, transport: Transport, conn: FastCGIConnection) -> None:
+        self.closing = False
+        self.half_closed = 0
+        self.failed = 0
+        self.writer = Writer(
+            conn,
+            transport,
+            name="conn-test",
+            should_close=lambda: self.closing,
+            half_close=self.half_close,
+            fail=self.fail,
+        )
+
+    async def half_close(self) -> None:
+        self.half_closed += 1
+        await trio.lowlevel.checkpoint()
+
+    def fail(self) -> None:
+        self.failed += 1
+
+
+def records_of(wire: bytes) -> list[tuple[int, int]]:
+    """(type, request id) of each record on *wire*, which must hold whole records."""
+    records, rest = parse_records(wire)
+    assert rest == b""
+    return [(r.type, r.request_id) for r in records]
+
+
+def stdout_of(wire: bytes, request_id: int) -> bytes:
+    records, _ = parse_records(wire)
+    return b"".join(r.content for r in records if r.type == STDOUT and r.request_id == request_id)
+
+
+async def test_output_that_the_socket_takes_goes_out_from_the_writing_task() -> None:
+    transport = FakeTransport()
+    harness = Harness(transport, core_with_requests(1))
+    async with trio.open_nursery() as nursery:
+        harness.writer.nursery = nursery
+        await harness.writer.send(Stdout(1, b"hello"))
+        # Sent before send() returned, with no writer task.
+        assert stdout_of(bytes(transport.wire), 1) == b"hello"
+        assert harness.writer.idle
+        assert len(nursery.child_tasks) == 0
+
+
+async def test_send_many_is_one_write() -> None:
+    transport = FakeTransport()
+    harness = Harness(transport, core_with_requests(1))
+    async with trio.open_nursery() as nursery:
+        harness.writer.nursery = nursery
+        await harness.writer.send_many([Stdout(1, b"body"), Stdout(1, b"")])
+        assert transport.sends_nowait == 1
+        assert records_of(bytes(transport.wire)) == [(STDOUT, 1), (STDOUT, 1)]
+
+
+async def test_what_the_socket_does_not_take_is_queued_and_sent_in_order() -> None:
+    transport = FakeTransport(per_send=10)
+    harness = Harness(transport, core_with_requests(1, 2))
+    writer = harness.writer
+    async with trio.open_nursery() as nursery:
+        writer.nursery = nursery
+        await writer.send(Stdout(1, b"a" * 100))  # 10 bytes out, the rest queued
+        assert not writer.idle
+        # Everything after that is queued behind it, even what would fit.
+        await writer.send(Stdout(2, b"b" * 5))
+        await writer.send(Stdout(1, b"c" * 5))
+        assert transport.sends_nowait == 1
+        await trio.testing.wait_all_tasks_blocked()
+        transport.allow.set()
+    assert writer.idle
+    wire = bytes(transport.wire)
+    assert stdout_of(wire, 1) == b"a" * 100 + b"c" * 5
+    assert stdout_of(wire, 2) == b"b" * 5
+
+
+async def test_senders_wait_for_room_while_the_queue_is_full() -> None:
+    transport = FakeTransport(per_send=0)
+    harness = Harness(transport, core_with_requests(1, 2))
+    writer = harness.writer
+    sent_second = False
+    async with trio.open_nursery() as nursery:
+        writer.nursery = nursery
+        await writer.send(Stdout(1, b"x" * QUEUE_LIMIT))
+
+        async def second() -> None:
+            nonlocal sent_second
+            await writer.send(Stdout(2, b"y"))
+            sent_second = True
+
+        nursery.start_soon(second)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not sent_second  # waits for room
+        transport.allow.set()
+    assert sent_second
+    assert stdout_of(bytes(transport.wire), 2) == b"y"
+
+
+async def test_a_closed_writer_fails_sends_at_once_and_wakes_waiters() -> None:
+    transport = FakeTransport(per_send=0)
+    harness = Harness(transport, core_with_requests(1, 2))
+    writer = harness.writer
+    async with trio.open_nursery() as nursery:
+        writer.nursery = nursery
+        await writer.send(Stdout(1, b"x" * QUEUE_LIMIT))
+        outcome: list[str] = []
+
+        async def waiter() -> None:
+            try:
+                await writer.send(Stdout(2, b"y"))
+            except trio.BrokenResourceError:
+                outcome.append("broken")
+
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        writer.close()
+        await trio.testing.wait_all_tasks_blocked()
+        assert outcome == ["broken"]
+        with pytest.raises(trio.BrokenResourceError):
+            await writer.send(Stdout(2, b"z"))
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_send_that_fails_raises_at_once_and_fails_the_connection() -> None:
+    transport = FakeTransport()
+    transport.fail_with = trio.BrokenResourceError("reset")
+    harness = Harness(transport, core_with_requests(1))
+    async with trio.open_nursery() as nursery:
+        harness.writer.nursery = nursery
+        with pytest.raises(trio.BrokenResourceError):
+            await harness.writer.send(Stdout(1, b"lost"))
+        assert harness.failed == 1
+        assert harness.writer.closed
+
+
+async def test_the_writer_task_failing_fails_the_connection() -> None:
+    transport = FakeTransport(per_send=1)
+    harness = Harness(transport, core_with_requests(1))
+    async with trio.open_nursery() as nursery:
+        harness.writer.nursery = nursery
+        await harness.writer.send(Stdout(1, b"partly"))
+        await trio.testing.wait_all_tasks_blocked()
+        transport.fail_with = trio.BrokenResourceError("reset")
+        transport.allow.set()
+    assert harness.failed == 1
+    with pytest.raises(trio.BrokenResourceError):
+        await harness.writer.send(Stdout(1, b"more"))
+
+
+async def test_half_close_follows_the_last_end_request_once_sent() -> None:
+    transport = FakeTransport(per_send=4)
+    harness = Harness(transport, core_with_requests(1))
+    async with trio.open_nursery() as nursery:
+        harness.writer.nursery = nursery
+        harness.closing = True
+        await harness.writer.send(EndRequest(1))
+        assert harness.half_closed == 0  # the END_REQUEST is still queued
+        transport.allow.set()
+    assert harness.half_closed == 1
+    assert records_of(bytes(transport.wire))[-1] == (END, 1)
+    with pytest.raises(trio.BrokenResourceError):  # nothing may follow a half-close
+        await harness.writer.send(Stdout(1, b"late"))
+
+
+async def test_wake_half_closes_an_idle_connection_that_should_close() -> None:
+    harness = Harness(FakeTransport(), core_with_requests())
+    async with trio.open_nursery() as nursery:
+        harness.writer.nursery = nursery
+        harness.writer.wake()
+        assert harness.half_closed == 0
+        harness.closing = True
+        harness.writer.wake()
+    assert harness.half_closed == 1
+
+
+async def test_a_full_socket_queues_and_the_writer_task_delivers_in_order() -> None:
+    """A real socket pair with a small buffer: two requests' large outputs
+    arrive whole, each in order, no record interleaved."""
+    ours, theirs = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    transport = SocketTransport(ours)
+    harness = Harness(transport, core_with_requests(1, 2))
+    chunks = {rid: [bytes([rid]) * size for size in (70_000, 3, 65_535, 200_000)] for rid in (1, 2)}
+    received = bytearray()
+    with theirs:
+        theirs.setblocking(False)
+        async with trio.open_nursery() as nursery:
+            harness.writer.nursery = nursery
+
+            async def write(rid: int) -> None:
+                for chunk in chunks[rid]:
+                    await harness.writer.send(Stdout(rid, chunk))
+
+            async def read() -> None:
+                expected = sum(len(c) for cs in chunks.values() for c in cs)
+                while (
+                    len(stdout_of(bytes(received), 1)) + len(stdout_of(bytes(received), 2))
+                    < expected
+                ):
+                    await trio.lowlevel.wait_readable(theirs)
+                    received.extend(theirs.recv(1 << 20))
+
+            nursery.start_soon(write, 1)
+            nursery.start_soon(write, 2)
+            nursery.start_soon(read)
+    ours.close()
+    for rid in (1, 2):
+        assert stdout_of(bytes(received), rid) == b"".join(chunks[rid])
