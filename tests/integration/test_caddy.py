@@ -39,7 +39,9 @@ def caddy_env(tmp_path: Path) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def caddy(tmp_path: Path, template: str, **values: object) -> AsyncIterator[httpx.AsyncClient]:
+async def caddy(
+    tmp_path: Path, template: str, **values: object
+) -> AsyncIterator[httpx.AsyncClient]:
     """Run Caddy from a docs/deploy template; yield an HTTP client for it."""
     port = free_port()
     config = render(template, tmp_path, tmp=tmp_path, port=port, **values)
