@@ -8,6 +8,7 @@ must be used, so a template and its test cannot drift apart silently.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -39,3 +40,17 @@ def render(template: str, directory: Path, **values: object) -> Path:
     target = directory / template
     target.write_text(render_text(text, {name: str(value) for name, value in values.items()}))
     return target
+
+
+#: The ``{{app}}`` of the templates whose web server starts the application
+#: itself: the ``trio-fastcgi`` command serving tests/integration/apps/spawned_app.py.
+SPAWNED_APP = "tests.integration.apps.spawned_app:app"
+
+
+def spawned_app_values(python: str, *site_dirs: str) -> dict[str, str]:
+    """``{{python}}``, ``{{app}}`` and ``{{pythonpath}}`` for those templates:
+    *python* runs ``-m trio_fastcgi`` with this checkout (and *site_dirs*, else
+    the current ``PYTHONPATH``) on its path."""
+    extra = list(site_dirs) or list(filter(None, [os.environ.get("PYTHONPATH")]))
+    pythonpath = os.pathsep.join([str(DEPLOY_DIR.parents[1]), *extra])
+    return {"python": python, "app": SPAWNED_APP, "pythonpath": pythonpath}

@@ -1,5 +1,7 @@
 """The test application as a program that a web server starts itself, with the
-listening socket as fd 0 (lighttpd's ``bin-path``, spawn-fcgi, mod_fcgid).
+listening socket as fd 0 (lighttpd's ``bin-path``, spawn-fcgi, mod_fcgid,
+H2O's ``fastcgi.spawn``): run as a script, or as
+``trio-fastcgi tests.integration.apps.spawned_app:app``.
 
 Besides the routes of :class:`~tests.integration.apps.echo.EchoApp` it answers
 ``whoami`` with its pid, its parent's pid and fd 0's socket family, so a test
@@ -32,6 +34,10 @@ class SpawnedApp:
         info = {"pid": os.getpid(), "ppid": os.getppid(), "fd0_family": family}
         await request.respond(json.dumps(info), content_type="application/json")
         return 0
+
+
+#: For the ``trio-fastcgi`` command: ``tests.integration.apps.spawned_app:app``.
+app = SpawnedApp()
 
 
 def main() -> None:
