@@ -2,7 +2,7 @@
 at the root of the site and mounted under a prefix.
 
 The applications are the files docs/howto/flask.rst and
-docs/howto/asgi-frameworks.rst show (tests/integration/apps/flaskapp.py,
+docs/howto/fastapi.rst show (tests/integration/apps/flaskapp.py,
 starletteapp.py, fastapi_prefix_app.py), each run as ``trio-fastcgi
 MODULE:app``. nginx runs from the docs' templates on a random (so
 non-default) port: docs/deploy/nginx-tcp.conf for the root of the site, and

@@ -1,4 +1,4 @@
-"""A FastAPI application, as docs/howto/asgi-frameworks.rst shows it.
+"""A FastAPI application, as docs/howto/fastapi.rst shows it.
 
 The integration tests (tests/integration/test_frameworks_prefix.py) serve this
 file with ``trio-fastcgi tests.integration.apps.fastapi_prefix_app:app``
@@ -22,7 +22,8 @@ class Items(BaseModel):
 
 
 @app.get("/", response_class=PlainTextResponse)
-async def index() -> str:
+def index() -> str:
+    """A plain ``def``: FastAPI runs it in a worker thread."""
     return "Hello from FastAPI over FastCGI!\n"
 
 

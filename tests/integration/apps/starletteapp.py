@@ -1,4 +1,4 @@
-"""A Starlette application, as docs/howto/asgi-frameworks.rst shows it.
+"""A Starlette application, as docs/howto/fastapi.rst shows it.
 
 The integration tests (tests/integration/test_frameworks_prefix.py) serve this
 file with ``trio-fastcgi tests.integration.apps.starletteapp:app`` behind a
