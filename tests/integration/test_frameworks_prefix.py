@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -43,6 +44,7 @@ FLASK = "tests.integration.apps.flaskapp:app"
 STARLETTE = "tests.integration.apps.starletteapp:app"
 FASTAPI = "tests.integration.apps.fastapi_prefix_app:app"
 NAMES = {FLASK: "Flask", STARLETTE: "Starlette", FASTAPI: "FastAPI"}
+HOWTO = REPO_ROOT / "docs" / "howto"
 MiB = 1024 * 1024
 
 
@@ -217,3 +219,21 @@ async def test_fastapi_docs_under_a_prefix(tmp_path: Path) -> None:
             schema = await site.client.get(f"{prefix}/openapi.json")
             assert schema.status_code == 200
             assert "/items" in schema.json()["paths"]
+
+
+def module_file(app: str) -> Path:
+    """The source file of ``MODULE:APP``."""
+    return REPO_ROOT / (app.partition(":")[0].replace(".", "/") + ".py")
+
+
+@pytest.mark.parametrize(
+    ("page", "apps"), [("flask.rst", [FLASK]), ("fastapi.rst", [FASTAPI, STARLETTE])]
+)
+def test_howto_pages_show_the_tested_files(page: str, apps: list[str]) -> None:
+    """The how-to pages include the very files these tests serve and
+    configure nginx with, so the pages cannot drift from what is tested."""
+    included = {
+        (HOWTO / path).resolve()
+        for path in re.findall(r"^\.\. literalinclude:: (\S+)$", (HOWTO / page).read_text(), re.M)
+    }
+    assert included == {PREFIX_TEMPLATE, *(module_file(app) for app in apps)}
