@@ -276,11 +276,12 @@ def test_background_grace_must_not_be_negative() -> None:
         ASGIHandler(response_then(trio.lowlevel.checkpoint), background_grace=-1)
 
 
-def starlette_with_background(log: list[str], release: trio.Event) -> Starlette:
+def starlette_with_background(log: list[str], release: trio.Event, done: trio.Event) -> Starlette:
     async def task(name: str) -> None:
         log.append(f"{name} started")
         await release.wait()
         log.append(f"{name} finished")
+        done.set()
 
     async def json_view(request: StarletteRequest) -> JSONResponse:
         return JSONResponse({"ok": True}, background=BackgroundTask(task, "json"))
@@ -301,7 +302,8 @@ async def test_starlette_background_task_runs_after_the_response(
 ) -> None:
     log: list[str] = []
     release = trio.Event()
-    app = starlette_with_background(log, release)
+    done = trio.Event()
+    app = starlette_with_background(log, release, done)
     web = await serve(nursery, ASGIHandler(app, lifespan="off"))
     await web.request(1, params={**GET, "SCRIPT_NAME": path, "REQUEST_URI": path})
     with trio.fail_after(5):
@@ -311,8 +313,7 @@ async def test_starlette_background_task_runs_after_the_response(
     assert f"{name} finished" not in log
     release.set()
     with trio.fail_after(5):
-        while f"{name} finished" not in log:
-            await trio.sleep(0)
+        await done.wait()
     assert log == [f"{name} started", f"{name} finished"]
 
 
