@@ -533,22 +533,23 @@ async def test_build_scope_header_names_cache_is_bounded() -> None:
 
 async def test_asgi_last_block_goes_out_before_the_app_returns(nursery: trio.Nursery) -> None:
     proceed = trio.Event()
+    returned = trio.Event()
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200})
         await send({"type": "http.response.body", "body": b"done"})
         await proceed.wait()  # background work after the response, set once it is out
+        returned.set()
 
     web = await serve(nursery, ASGIHandler(app))
     await web.request(1, params=GET)
     with trio.fail_after(5):
-        while 1 not in web.responses or not web.responses[1].stdout_closed:
-            await web._read_more()
-    assert web.responses[1].body == b"done"
-    assert web.responses[1].app_status is None  # the request is still on
+        response = await web.read_response(1)  # the request ends with the response
+    assert (response.body, response.stdout_closed, response.app_status) == (b"done", True, 0)
+    assert not returned.is_set()
     proceed.set()
-    response = await web.read_response(1)
-    assert response.app_status == 0
+    with trio.fail_after(5):
+        await returned.wait()
 
 
 async def test_asgi_failure_after_the_last_block_keeps_the_response(

@@ -15,6 +15,16 @@ message``). Supported: the ``http`` scope (ASGI spec 2.4) and ``lifespan``.
   then returns ``http.disconnect``.
 - ``http.response.start`` is held back and sent with the first body chunk; each
   ``http.response.body`` is sent as it comes (streaming).
+- The FastCGI request ends (end of stdout, ``FCGI_END_REQUEST``) as soon as the
+  response is complete (``more_body: False``), not when the application
+  returns: work after the response (Starlette's and FastAPI's background
+  tasks) runs on without holding the request. From then on ``receive()``
+  returns ``http.disconnect`` at once, and another ``http.response.*`` message
+  raises :class:`RuntimeError` (it would be an application bug, as uvicorn
+  treats it). An exception the application raises then is logged at ERROR
+  with the request id. Such applications are bounded only by shutdown: when
+  :meth:`ASGIHandler.lifespan` exits they get ``background_grace`` seconds
+  more, then are cancelled with a WARNING.
 - If the web server aborts the request (``FCGI_ABORT_REQUEST`` or a closed
   connection), ``receive()`` returns ``http.disconnect`` and ``send()`` raises
   :class:`ClientDisconnected`; the application then has
@@ -75,6 +85,10 @@ ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
 DISCONNECT_GRACE: Final = 1.0
 #: Seconds the application's lifespan shutdown may take.
 LIFESPAN_SHUTDOWN_TIMEOUT: Final = 30.0
+#: Seconds applications still running after their response (background tasks)
+#: get once serving has stopped, before they are cancelled. Below the
+#: supervisor's kill margin, so a worker ends them itself.
+DEFAULT_BACKGROUND_GRACE: Final = 3.0
 _ASGI_VERSION: Final = {"version": "3.0", "spec_version": "2.4"}
 _TRUE_VALUES: Final = frozenset({"on", "1", "yes", "true"})
 
@@ -248,6 +262,10 @@ class _Exchange:
     def disconnect(self) -> None:
         """The web server gave up on the request: wake a waiting receive()."""
         self.disconnected = True
+        self.wake_receive()
+
+    def wake_receive(self) -> None:
+        """Make a waiting receive() return ``http.disconnect``."""
         if self._reading is not None:
             self._reading.cancel()
         if self._disconnect_event is not None:
@@ -333,6 +351,19 @@ class _Exchange:
             raise ValueError(f"unexpected ASGI message type {kind!r} in an http scope")
 
 
+@final
+class _AppRun:
+    """One call of the application, and how to stop it."""
+
+    def __init__(self, request_id: int) -> None:
+        self.request_id = request_id
+        self.scope = trio.CancelScope()
+        self.done = trio.Event()
+        #: Set once its request ended with the response complete while the
+        #: application still runs (see ASGIHandler.__call__).
+        self.detached = False
+
+
 def mark_asyncio(app: ASGIApp) -> ASGIApp:
     """Mark *app* as needing asyncio, for ``loop="auto"``; returns *app*."""
     app.trio_fastcgi_loop = "asyncio"  # type: ignore[attr-defined]
@@ -351,6 +382,9 @@ class ASGIHandler:
       loop: ``"asyncio"`` runs the application on an asyncio loop in a thread;
         ``"auto"`` (the default) does so for Django's ASGIHandler and apps
         marked with :func:`mark_asyncio`, else it runs on Trio.
+      background_grace: seconds that applications still running after their
+        response was sent (background tasks) get when :meth:`lifespan` exits,
+        before they are cancelled.
     """
 
     def __init__(
@@ -360,6 +394,7 @@ class ASGIHandler:
         script_name: str | None = None,
         lifespan: Literal["auto", "on", "off"] = "auto",
         loop: Literal["trio", "asyncio", "auto"] = "auto",
+        background_grace: float = DEFAULT_BACKGROUND_GRACE,
     ) -> None:
         from ._asyncio_bridge import AsyncioApp, needs_asyncio
 
@@ -370,32 +405,52 @@ class ASGIHandler:
         self.lifespan_mode = lifespan
         #: Shared with the lifespan scope; each request gets a shallow copy.
         self.state: dict[str, Any] = {}
+        if background_grace < 0:
+            raise ValueError(f"background_grace must be >= 0, not {background_grace!r}")
+        self.background_grace = background_grace
+        #: Applications whose response is complete and that still run.
+        self._background: set[_AppRun] = set()
+
+    @property
+    def background_count(self) -> int:
+        """How many applications still run after their response was complete."""
+        return len(self._background)
 
     async def __call__(self, request: Request) -> None:
         scope = build_scope(request, script_name=self.script_name)
         scope["state"] = dict(self.state)
         exchange = _Exchange(request)
         failure: BaseException | None = None
-        app_scope = trio.CancelScope()
-        app_done = trio.Event()
+        run = _AppRun(request.request_id)
 
         async def run_app() -> None:
             nonlocal failure
             try:
-                with app_scope:
+                with run.scope:
                     await self.app(scope, exchange.receive, exchange.send)
             except trio.Cancelled:
                 raise  # only when the whole run ends
-            except BaseException as exc:  # raised again in the request's task
-                failure = exc
+            except BaseException as exc:
+                if run.detached:
+                    # Its request is over: nobody else can report it.
+                    LOGGER.error(
+                        "request %d: the ASGI application failed after its response was complete",
+                        run.request_id,
+                        exc_info=exc,
+                    )
+                else:
+                    failure = exc  # raised again in the request's task
             finally:
-                app_done.set()
+                run.done.set()
                 exchange.last_ready.set()
+                self._background.discard(run)
 
         # The application runs in a task of its own so that an abort reaches
         # this task first: the application is told and gets DISCONNECT_GRACE
-        # seconds. A system task (with this task's context) spares the
-        # nursery; this task always waits for it to end.
+        # seconds. And it may outlive the request: once the response is
+        # complete the request ends, while the application may go on
+        # (background tasks). A system task (with this task's context) is
+        # outside the request's cancel scope and spares the nursery.
         trio.lowlevel.spawn_system_task(
             run_app, name="trio_fastcgi.asgi application", context=contextvars.copy_context()
         )
@@ -404,23 +459,29 @@ class ASGIHandler:
             # when the application returns at once (the usual case), the block,
             # the end of stdout and END_REQUEST are queued in one step and go
             # out in one write.
-            while not app_done.is_set():
-                if exchange.last is not None:
-                    await self._send_last(exchange)
+            while exchange.last is None and not run.done.is_set():
                 await exchange.last_ready.wait()
                 exchange.last_ready = trio.Event()
+            if exchange.last is not None:
+                await self._send_last(exchange)
         except trio.Cancelled:
             # Aborted by the web server, or the connection closed: tell the
             # application, give it a moment, then stop it.
             exchange.disconnect()
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(DISCONNECT_GRACE):
-                    await app_done.wait()
-                app_scope.cancel()
-                await app_done.wait()
+                    await run.done.wait()
+                run.scope.cancel()
+                await run.done.wait()
             raise
-        if exchange.last is not None:
-            await self._send_last(exchange)
+        if not run.done.is_set():
+            # The response is complete and the application goes on: end the
+            # request now (END_REQUEST follows when this returns) and leave
+            # the application running until it returns or shutdown.
+            run.detached = True
+            self._background.add(run)
+            exchange.wake_receive()
+            return
         if failure is not None:
             if exchange.disconnected and isinstance(failure, OSError):
                 return
@@ -433,6 +494,30 @@ class ASGIHandler:
                 request.request_id,
             )
             await request.stdout.aclose()
+
+    async def wait_background(self) -> None:
+        """Wait up to ``background_grace`` seconds for the applications still
+        running after their response, then cancel the rest (a WARNING names
+        them) and wait for them to end. :meth:`lifespan` does this on exit."""
+        try:
+            with trio.move_on_after(self.background_grace):
+                while self._background:
+                    await next(iter(self._background)).done.wait()
+        finally:
+            left = sorted(self._background, key=lambda run: run.request_id)
+            if left:
+                LOGGER.warning(
+                    "cancelling %d ASGI application(s) still running after their response "
+                    "(background tasks), %g s after serving stopped: request(s) %s",
+                    len(left),
+                    self.background_grace,
+                    ", ".join(str(run.request_id) for run in left),
+                )
+                with trio.CancelScope(shield=True):
+                    for run in left:
+                        run.scope.cancel()
+                    for run in left:
+                        await run.done.wait()
 
     @staticmethod
     async def _send_last(exchange: _Exchange) -> None:
@@ -447,7 +532,18 @@ class ASGIHandler:
 
     @asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
-        """Run the application's lifespan startup, yield, then its shutdown."""
+        """Run the application's lifespan startup, yield, then its shutdown.
+
+        Before the shutdown, applications still running after their response
+        are waited for, then cancelled (:meth:`wait_background`)."""
+        async with self._app_lifespan():
+            try:
+                yield
+            finally:
+                await self.wait_background()
+
+    @asynccontextmanager
+    async def _app_lifespan(self) -> AsyncIterator[None]:
         if self.lifespan_mode == "off":
             yield
             return
