@@ -140,7 +140,6 @@ class ResponseStream(trio.abc.ReceiveStream):
         self._busy = False
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        """Wait for and return some stdout, at most *max_bytes*; ``b""`` at the end."""
         if max_bytes is not None and max_bytes < 1:
             raise ValueError("max_bytes must be >= 1")
         await trio.lowlevel.checkpoint()

@@ -37,15 +37,15 @@ client was closed.
 # CGI response), _client_errors, _client_streams (one request in flight),
 # _client (the connection and open_*), _client_cli (the command line).
 import sys
+from typing import TypeAlias
 
+from . import _client
 from ._cgi_response import CGIResponse as CGIResponse
 from ._cgi_response import CGIResponseError as CGIResponseError
 from ._cgi_response import parse_cgi_response as parse_cgi_response
 from ._client import DEFAULT_MAX_STDERR_SIZE as DEFAULT_MAX_STDERR_SIZE
 from ._client import DEFAULT_STDOUT_BUFFER_SIZE as DEFAULT_STDOUT_BUFFER_SIZE
-from ._client import BodyArg as BodyArg
 from ._client import Client as Client
-from ._client import ParamsArg as ParamsArg
 from ._client import _unwrap as _unwrap  # for trio_fastcgi.testing
 from ._client import open_client as open_client
 from ._client import open_tcp_client as open_tcp_client
@@ -78,6 +78,13 @@ __all__ = [
     "parse_address",
     "parse_cgi_response",
 ]
+
+# Aliases of the aliases, so that their documentation (the comments) is here.
+#: Params as a mapping, or ``(name, value)`` pairs (str or bytes; str is
+#: encoded as UTF-8 with ``surrogateescape``). Pairs keep order and duplicates.
+ParamsArg: TypeAlias = _client.ParamsArg
+#: The request body, as bytes or an async iterable of byte chunks (streamed).
+BodyArg: TypeAlias = _client.BodyArg
 
 
 def _fixup_module_metadata() -> None:
