@@ -89,17 +89,13 @@ class ByteBuffer:
     # -- the producer's side -----------------------------------------------------
 
     def room_for(self, nbytes: int = 0) -> bool:
-        """Whether *nbytes* more may be added without going over :attr:`max_size`
-        (always true for an empty buffer, and once adding is moot: the stream
-        ended or its bytes are discarded)."""
+        """Whether *nbytes* more may be added without going over :attr:`max_size`.
+
+        Always true for an empty buffer (so while discarding, which keeps it
+        empty) and after :meth:`break_off` (later bytes are dropped anyway).
+        """
         size = self._size
-        return (
-            size == 0
-            or size + nbytes <= self.max_size
-            or self._discarding
-            or self._eof
-            or self._broken_off
-        )
+        return size == 0 or size + nbytes <= self.max_size or self._broken_off
 
     def append(self, data: bytes) -> None:
         """Add *data* now, even past :attr:`max_size` (pair it with
@@ -138,8 +134,7 @@ class ByteBuffer:
     def break_off(self) -> None:
         """End the stream without an EOF (the producer failed): what is buffered
         can still be taken, later bytes are dropped, and both sides wake up."""
-        if not self._eof:
-            self._broken_off = True
+        self._broken_off = True
         self._wake_both()
 
     # -- the consumer's side -----------------------------------------------------
