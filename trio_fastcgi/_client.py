@@ -36,6 +36,7 @@ if sys.version_info < (3, 11):
 __all__ = [
     "DEFAULT_MAX_STDERR_SIZE",
     "DEFAULT_STDOUT_BUFFER_SIZE",
+    "MAX_CONCURRENT_REQUESTS",
     "BodyArg",
     "Client",
     "ParamsArg",

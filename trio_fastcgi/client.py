@@ -45,11 +45,18 @@ from ._cgi_response import CGIResponseError as CGIResponseError
 from ._cgi_response import parse_cgi_response as parse_cgi_response
 from ._client import DEFAULT_MAX_STDERR_SIZE as DEFAULT_MAX_STDERR_SIZE
 from ._client import DEFAULT_STDOUT_BUFFER_SIZE as DEFAULT_STDOUT_BUFFER_SIZE
+from ._client import MAX_CONCURRENT_REQUESTS as MAX_CONCURRENT_REQUESTS
 from ._client import Client as Client
 from ._client import _unwrap as _unwrap  # for trio_fastcgi.testing
 from ._client import open_client as open_client
 from ._client import open_tcp_client as open_tcp_client
 from ._client import open_unix_client as open_unix_client
+from ._client_cli import EXIT_DATAERR as EXIT_DATAERR
+from ._client_cli import EXIT_IOERR as EXIT_IOERR
+from ._client_cli import EXIT_PROTOCOL as EXIT_PROTOCOL
+from ._client_cli import EXIT_REFUSED as EXIT_REFUSED
+from ._client_cli import EXIT_TIMEOUT as EXIT_TIMEOUT
+from ._client_cli import EXIT_UNAVAILABLE as EXIT_UNAVAILABLE
 from ._client_cli import main as main
 from ._client_cli import parse_address as parse_address
 from ._client_errors import ClientError as ClientError
