@@ -24,7 +24,7 @@ WAKE_UP_DEADLINE = 60
     max_size=st.integers(1, 64),
     operations=st.lists(
         st.tuples(st.just("append"), st.binary(max_size=40))
-        | st.tuples(st.just("take"), st.none() | st.integers(1, 50)),
+        | st.tuples(st.sampled_from(["take", "take coalesced"]), st.none() | st.integers(1, 50)),
         max_size=60,
     ),
 )
@@ -45,11 +45,20 @@ def test_byte_buffer_append_and_take_match_a_model(
             assert argument is None or isinstance(argument, int)
             expected = b""
             if model:
-                expected = model[0] if argument is None else model[0][:argument]
-                model[0] = model[0][len(expected) :]
-                if not model[0]:
-                    del model[0]
-            assert buffer.take(argument) == expected
+                first = model.pop(0)
+                if argument is not None and len(first) > argument:
+                    model.insert(0, first[argument:])
+                    expected = first[:argument]
+                else:
+                    expected = first
+                    # Coalesced: the whole chunks after it, while they fit.
+                    while (
+                        operation == "take coalesced"
+                        and model
+                        and (argument is None or len(expected) + len(model[0]) <= argument)
+                    ):
+                        expected += model.pop(0)
+            assert buffer.take(argument, coalesce=operation == "take coalesced") == expected
         assert buffer.size == sum(map(len, model))
         assert buffer.room_for() == (buffer.size <= max_size)
     assert not buffer.ended

@@ -145,9 +145,14 @@ class ByteBuffer:
         while not (self._chunks or self._eof or self._broken_off or self._closed):
             await self._readable.park()
 
-    def take(self, max_bytes: int | None = None) -> bytes:
+    def take(self, max_bytes: int | None = None, *, coalesce: bool = False) -> bytes:
         """The oldest chunk, or its first *max_bytes* (the rest stays first in
-        line); ``b""`` when nothing is buffered. Never waits."""
+        line); ``b""`` when nothing is buffered. Never waits.
+
+        With *coalesce*, the chunks after it too, joined, as long as they fit
+        whole within *max_bytes* (all of them if it is None): fewer, larger
+        reads, at the cost of a copy.
+        """
         chunks = self._chunks
         if not chunks:
             return b""
@@ -155,6 +160,13 @@ class ByteBuffer:
         if max_bytes is not None and len(data) > max_bytes:
             chunks.appendleft(data[max_bytes:])
             data = data[:max_bytes]
+        elif coalesce and chunks:
+            parts = [data]
+            size = len(data)
+            while chunks and (max_bytes is None or size + len(chunks[0]) <= max_bytes):
+                parts.append(chunks.popleft())
+                size += len(parts[-1])
+            data = b"".join(parts)
         self._size -= len(data)
         if self._writable:
             self._writable.unpark_all()
