@@ -134,6 +134,29 @@ async def test_byte_buffer_producer_waits_while_full(
     assert buffer.take() == b"y" * 8
 
 
+async def test_byte_buffer_producer_may_wait_for_room_before_adding(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    buffer = ByteBuffer(10)
+    buffer.append(b"x" * 6)
+    added = trio.Event()
+
+    async def produce() -> None:
+        await buffer.wait_room_for(5)
+        buffer.append(b"y" * 5)
+        added.set()
+
+    with trio.fail_after(WAKE_UP_DEADLINE):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(produce)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not added.is_set()  # 6 + 5 > 10: nothing added yet
+            assert buffer.size == 6
+            assert buffer.take(1) == b"x"
+    assert added.is_set()
+    assert buffer.size == 10
+
+
 async def test_byte_buffer_waits_are_not_checkpoints_when_ready() -> None:
     buffer = ByteBuffer(4)
     with trio.testing.assert_no_checkpoints():

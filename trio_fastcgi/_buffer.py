@@ -1,10 +1,10 @@
 """A bounded byte buffer between two tasks: one puts chunks in, one takes bytes out.
 
-This is the one place that knows how a stream of received bytes waits for its
-reader: a producer that gets ahead waits for room (backpressure), a reader with
-nothing to read waits for data or the end. The streams built on it (the
-client's :class:`~trio_fastcgi.client.ResponseStream`) keep their own rules on
-top: which errors to raise, and who may read at once.
+It knows how received bytes wait for their reader: a producer that gets ahead
+waits for room (backpressure), a reader with nothing to read waits for data or
+the end. The streams built on it (the client's
+:class:`~trio_fastcgi.client.ResponseStream`) keep their own rules on top:
+which errors to raise, and who may read at once.
 """
 
 from __future__ import annotations
@@ -26,7 +26,11 @@ class ByteBuffer:
 
     The producer calls :meth:`append` (which never waits) and
     :meth:`wait_room_for` (which does), and ends with :meth:`put_eof`, or with
-    :meth:`break_off` if it fails. The consumer calls :meth:`wait_readable`
+    :meth:`break_off` if it fails. It may wait before adding
+    (``await wait_room_for(len(data)); append(data)``: never over the bound
+    but for one chunk in an empty buffer) or after (``append(data); await
+    wait_room_for()``: the reader sees the chunk at once, and the buffer may
+    go over by that one chunk). The consumer calls :meth:`wait_readable`
     and :meth:`take`, and :meth:`discard` or :meth:`close` once it stops
     reading. Neither side is guarded against concurrent use: the stream on
     top decides who may read.
