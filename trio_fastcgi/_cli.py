@@ -29,7 +29,7 @@ from ._config import (
     DEFAULT_WRITE_TIMEOUT,
     Config,
     ServerOptions,
-    parse_address,
+    parse_ip_address,
 )
 from ._connection import DEFAULT_MAX_CONNS, DEFAULT_MAX_PARAMS_SIZE, DEFAULT_MAX_REQS
 from ._listeners import DEFAULT_BACKLOG, ListenError, protect_std_fds
@@ -235,7 +235,7 @@ def web_server_addrs(environ: Mapping[str, str]) -> list[str] | None:
     addresses = [a for a in addresses if a]
     for address in addresses:
         try:
-            parse_address(address)
+            parse_ip_address(address)
         except ValueError:
             raise CLIError(f"FCGI_WEB_SERVER_ADDRS: {address!r} is not an IP address") from None
     return addresses or None

@@ -64,7 +64,7 @@ def _timeout(instance: object, attribute: attrs.Attribute[float], value: float |
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def parse_address(text: str) -> IPAddress:
+def parse_ip_address(text: str) -> IPAddress:
     """An IP address, with IPv4-mapped IPv6 (``::ffff:a.b.c.d``) folded to IPv4."""
     address = ipaddress.ip_address(text.strip().split("%", 1)[0])
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
@@ -75,7 +75,7 @@ def parse_address(text: str) -> IPAddress:
 def _web_server_addrs(value: Collection[str] | None) -> frozenset[IPAddress]:
     if value is None:
         value = [a for a in os.environ.get("FCGI_WEB_SERVER_ADDRS", "").split(",") if a.strip()]
-    return frozenset(parse_address(address) for address in value)
+    return frozenset(parse_ip_address(address) for address in value)
 
 
 def _roles(value: Collection[Role | int]) -> frozenset[Role]:

@@ -16,7 +16,7 @@ import trio
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
 
-from ._config import Config, parse_address
+from ._config import Config, parse_ip_address
 from ._hibernation import Hibernation, hibernation_supported
 from ._listeners import (
     FCGI_LISTENSOCK_FILENO,
@@ -235,7 +235,7 @@ class _Server:
             return True
         try:
             address = transport.peer if transport.peer is not None else sock.getpeername()
-            peer = parse_address(address[0])  # type: ignore[index]
+            peer = parse_ip_address(address[0])  # type: ignore[index]
         except (OSError, ValueError):
             return False
         if peer in allowed:
