@@ -51,7 +51,7 @@ from ._lifecycle import Expiry, Lifecycle, Phase, TimeoutPolicy
 from ._request import Request, format_cgi_head
 from ._streams import InputStream, queue_output
 from ._transport import Transport, WriteTimeout, close_socket
-from ._wire import ProtocolStatus
+from ._wire import ProtocolStatus, Role
 
 if TYPE_CHECKING:
     from ._config import Config
@@ -77,6 +77,15 @@ _ERROR_RESPONSE: Final = (
     + b"Internal Server Error\n"
 )
 _MAX_APP_STATUS: Final = 0xFFFFFFFF
+#: How to enable the roles a server may leave off, for the refusal warning.
+_ROLE_OPTIONS: Final[dict[int, str]] = {
+    Role.AUTHORIZER: "roles={Role.RESPONDER, Role.AUTHORIZER} (serve_*) or --roles "
+    "responder,authorizer (the trio-fastcgi command)",
+    Role.FILTER: "roles={Role.RESPONDER, Role.FILTER} (serve_*) or --roles "
+    "responder,filter (the trio-fastcgi command)",
+    Role.RESPONDER: "roles={Role.RESPONDER} (serve_*) or --roles responder "
+    "(the trio-fastcgi command)",
+}
 
 
 def timeout_policy(config: Config) -> TimeoutPolicy:
@@ -356,14 +365,25 @@ class ServedConnection:
             case RequestRejected(request_id, protocol_status, role):
                 # The first refusal is news; a flood of them must not flood the log.
                 self._refusals += 1
-                LOGGER.log(
-                    logging.INFO if self._refusals == 1 else logging.DEBUG,
-                    "%s: refused request %d (role %d): %s",
-                    self.name,
-                    request_id,
-                    role,
-                    protocol_status.name,
-                )
+                disabled = protocol_status is ProtocolStatus.UNKNOWN_ROLE and role in _ROLE_OPTIONS
+                if disabled and self._refusals == 1:
+                    LOGGER.warning(
+                        "%s: refused request %d: the web server asked for the %s role, "
+                        "which is not enabled; turn it on with %s",
+                        self.name,
+                        request_id,
+                        Role(role).name.capitalize(),
+                        _ROLE_OPTIONS[role],
+                    )
+                else:
+                    LOGGER.log(
+                        logging.INFO if self._refusals == 1 else logging.DEBUG,
+                        "%s: refused request %d (role %d): %s",
+                        self.name,
+                        request_id,
+                        role,
+                        protocol_status.name,
+                    )
                 await queue_output(self._outbox, EndRequest(request_id, 0, protocol_status))
             case GetValues(names):
                 await queue_output(self._outbox, self._conn.get_values_result(names))

@@ -210,6 +210,13 @@ class OutputStream(trio.abc.SendStream):
     yields to other tasks) only while the connection's outbox is full.
     """
 
+    # Class-level defaults: a request that writes nothing pays nothing for them.
+    _bytes_sent: int = 0
+    #: The first non-empty chunk written (the access log reads the status there).
+    _first_chunk: bytes = b""
+    #: What writing to the closed stream says (``respond()`` sets its own).
+    _closed_reason: str = "the output stream is closed"
+
     def __init__(
         self,
         request_id: int,
@@ -228,6 +235,11 @@ class OutputStream(trio.abc.SendStream):
         """True once the stream was closed, or its request ended."""
         return self._closed
 
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes written to this stream so far (for stdout, the CGI head included)."""
+        return self._bytes_sent
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Queue *data* for the web server; waits while the outbox is full.
 
@@ -238,14 +250,17 @@ class OutputStream(trio.abc.SendStream):
         if self._busy:
             raise trio.BusyResourceError("another task is already writing this stream")
         if self._closed:
-            raise trio.ClosedResourceError("the output stream is closed")
+            raise trio.ClosedResourceError(self._closed_reason)
         if not data:
             await trio.lowlevel.checkpoint()
             return
         self._busy = True
         try:
             chunk = data if type(data) is bytes else bytes(data)
+            if not self._sent_data:
+                self._first_chunk = chunk
             self._sent_data = True
+            self._bytes_sent += len(chunk)
             await queue_output(self._outbox, self._event_type(self._request_id, chunk))
         finally:
             self._busy = False
@@ -253,7 +268,7 @@ class OutputStream(trio.abc.SendStream):
     async def wait_send_all_might_not_block(self) -> None:
         """Returns at once: the outbox gives no finer readiness signal."""
         if self._closed:
-            raise trio.ClosedResourceError("the output stream is closed")
+            raise trio.ClosedResourceError(self._closed_reason)
         await trio.lowlevel.checkpoint()
 
     async def aclose(self) -> None:
