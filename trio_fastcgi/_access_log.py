@@ -90,6 +90,7 @@ def response_summary(first_chunk: bytes, bytes_sent: int) -> tuple[int | None, i
     *first_chunk* and had *bytes_sent* bytes in all; None where that chunk does
     not tell (it ends inside the head)."""
     status: int | None = None
+    has_status = False
     redirect = False
     position = 0
     while True:
@@ -103,12 +104,13 @@ def response_summary(first_chunk: bytes, bytes_sent: int) -> tuple[int | None, i
             break
         name, _, value = line.partition(b":")
         name = name.strip().lower()
-        if name == b"status" and status is None:
+        if name == b"status" and not has_status:
+            has_status = True
             code = value.strip()[:3]
-            status = int(code) if code.isdigit() else None
+            status = int(code) if code.isdigit() else None  # the web server refuses it
         elif name == b"location":
             redirect = b"://" in value
-    if status is None:
+    if not has_status:
         status = 302 if redirect else 200
     return status, bytes_sent - position
 

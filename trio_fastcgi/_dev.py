@@ -352,7 +352,7 @@ async def serve_dev(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ._cli import INTERFACES, LOG_LEVELS, _count
+    from ._cli import INTERFACES, _app_spec, _count, add_logging_options
 
     parser = argparse.ArgumentParser(
         prog="trio-fastcgi dev",
@@ -364,7 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
             "behind a real web server."
         ),
     )
-    parser.add_argument("app", metavar="MODULE:APP", help="the application, e.g. myapp:app")
+    parser.add_argument(
+        "app", metavar="MODULE:APP", type=_app_spec, help="the application, e.g. myapp:app"
+    )
     parser.add_argument("--host", default=DEFAULT_HOST, help="HTTP address (default 127.0.0.1)")
     parser.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help="HTTP port (default 8000; 0 picks one)"
@@ -376,9 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--lifespan", choices=("auto", "on", "off"), default="auto", help="ASGI lifespan"
     )
-    parser.add_argument(
-        "--log-level", type=str.lower, choices=LOG_LEVELS, default="info", help="logging level"
-    )
+    add_logging_options(parser.add_argument_group("logging"))
     return parser
 
 
@@ -389,7 +389,12 @@ def main(argv: Sequence[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.workers = 0
-    configure_logging(args.log_level)
+    try:
+        args.access_log_on = configure_logging(
+            args.log_level, config_file=args.log_config, access_log=args.access_log
+        )
+    except CLIError as exc:
+        parser.exit(2, f"trio-fastcgi dev: error: {exc}\n")
     sys.stderr.write(BANNER + "\n")
     try:
         loaded = loader(args)()
