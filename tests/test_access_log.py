@@ -171,7 +171,7 @@ def wsgi_app(environ: dict[str, object], start_response: object) -> list[bytes]:
 async def test_access_log_handler_reads_wsgi_responses(
     access_records: list[logging.LogRecord],
 ) -> None:
-    handler = AccessLogHandler(WSGIHandler(wsgi_app))  # type: ignore[arg-type]
+    handler = AccessLogHandler(WSGIHandler(wsgi_app))
     assert handler.abandon() == []  # passed on to the WSGI handler
     async with open_test_client(handler) as client:
         response = await client.post("/tea", body=b"x")
@@ -224,7 +224,7 @@ def test_access_log_to_stdout_in_the_dev_server(tmp_path: Path) -> None:
     ]  # fmt: skip
     process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        wait_for_tcp(port, process=process)  # type: ignore[arg-type]
+        wait_for_tcp(port, process=process)
         seen = httpx.get(f"http://127.0.0.1:{port}/seen?a=1", headers={"User-Agent": "probe"})
         assert seen.status_code == 200
     finally:
