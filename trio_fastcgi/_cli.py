@@ -713,9 +713,10 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         if args.pid is not None:
             cleanup.enter_context(pid_file(args.pid))
         if args.workers == 0:
-            return _serve_in_this_process(args, binds, options, cleanup)
-        return _supervise(args, binds, options)
-    raise AssertionError("unreachable")  # pragma: no cover - for mypy
+            status = _serve_in_this_process(args, binds, options, cleanup)
+        else:
+            status = _supervise(args, binds, options)
+    return status
 
 
 def _serve_in_this_process(
