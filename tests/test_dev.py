@@ -368,6 +368,8 @@ def test_dev_reload_restarts_when_the_app_changes(tmp_path: Path) -> None:
     assert first_pid != second_pid != reloader.pid  # a fresh process imported it afresh
     assert re.search(r"WARNING trio_fastcgi.dev: changed: \S*reloadme.py; restarting", log)
     assert "Traceback" not in log
+    assert "WARNING watchfiles" not in log  # a stop is not news
+    assert log.rstrip().endswith("INFO trio_fastcgi.dev: stopped")
     for pid in (first_pid, second_pid):  # both servers are gone with the reloader
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)

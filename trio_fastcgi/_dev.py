@@ -446,12 +446,16 @@ def _serve_reloaded(argv: list[str]) -> None:
     sys.exit(main(argv, reloaded=True))
 
 
-class _NoCleanExitNotice(logging.Filter):
-    """watchfiles warns "process already dead, exit code: 0" when Ctrl+C, which
-    the terminal sends to both processes, stopped the server first."""
+class _QuietStop(logging.Filter):
+    """Drops the WARNINGs watchfiles logs on an ordinary stop: the signal it
+    got, and "process already dead, exit code: 0" when Ctrl+C, which the
+    terminal sends to both processes, stopped the server first."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (str(record.msg).startswith("process already dead") and record.args == (0,))
+        message = str(record.msg)
+        if message.startswith("process already dead"):
+            return record.args != (0,)
+        return not message.startswith(("KeyboardInterrupt caught", "received signal"))
 
 
 def _reload(argv: list[str], args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -475,7 +479,7 @@ def _reload(argv: list[str], args: argparse.Namespace, parser: argparse.Argument
     for directory in directories:
         if not os.path.isdir(directory):
             parser.exit(2, f"trio-fastcgi dev: error: cannot watch {directory}: not a directory\n")
-    logging.getLogger("watchfiles.main").addFilter(_NoCleanExitNotice())
+    logging.getLogger("watchfiles.main").addFilter(_QuietStop())
     LOGGER.info("reloading on changes to .py files in %s", ", ".join(directories))
 
     def restarting(changes: set[tuple[watchfiles.Change, str]]) -> None:
