@@ -172,7 +172,6 @@ async def test_access_log_handler_reads_wsgi_responses(
     access_records: list[logging.LogRecord],
 ) -> None:
     handler = AccessLogHandler(WSGIHandler(wsgi_app))
-    assert handler.abandon() == []  # passed on to the WSGI handler
     async with open_test_client(handler) as client:
         response = await client.post("/tea", body=b"x")
     assert response.status == 418
@@ -251,3 +250,15 @@ def test_access_log_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
     assert result.stderr.rstrip().splitlines()[-1] == (
         f"trio-fastcgi: error: --access-log {missing}: cannot open it: No such file or directory"
     )
+
+
+def test_access_log_handler_passes_abandon_on() -> None:
+    class Stuck:
+        async def __call__(self, request: Request) -> None: ...
+
+        def abandon(self) -> list[Request]:
+            return given
+
+    given: list[Request] = []
+    assert AccessLogHandler(Stuck()).abandon() is given
+    assert AccessLogHandler(native).abandon() == []  # nothing to abandon
