@@ -3,6 +3,7 @@ on fd 0, systemd sockets and unix sockets, FCGI_WEB_SERVER_ADDRS."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -542,3 +543,222 @@ async def test_cli_on_fd0_serves_in_the_spawned_process_by_default(
         assert pid == process.pid
         assert "supervisor" not in err
         assert "WARNING" not in err
+
+
+# -- messages that say what to do (issue 14) -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("habit", "message"),
+    [
+        (["--port", "9000"], "--port is not an option: use --bind 127.0.0.1:9000"),
+        (["--port=9001"], "--port is not an option: use --bind 127.0.0.1:9001"),
+        (["--host", "0.0.0.0"], "--host is not an option: use --bind 0.0.0.0:9000"),
+        (
+            ["--host=0.0.0.0", "--port", "8080"],
+            "--host and --port are not options: use --bind 0.0.0.0:8080",
+        ),
+        (["--host", "::1", "--port", "9"], "--host and --port are not options: use --bind [::1]:9"),
+        (["--uds", "/run/app.sock"], "--uds is not an option: use --bind unix:/run/app.sock"),
+        (["--fd", "3"], "--fd is not an option: use --bind fd://3"),
+        (["--reload"], "--reload is an option of `trio-fastcgi dev`"),
+    ],
+)
+def test_other_servers_options_point_to_ours(
+    habit: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["examples.hello:handler", *habit])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"trio-fastcgi: error: {message}" in err
+    assert "unrecognized arguments" not in err
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("bad", "'bad': expected MODULE:APP, like myapp:app"),
+        ("bad.py:app", "'bad.py:app': use the module name, not the file name: bad:app"),
+        ("bad.py", "use the module name, not the file name: bad:app"),
+        ("src/bad.py:handler", "not the file name: bad:handler --app-dir src"),
+    ],
+)
+def test_app_spec_is_checked_before_anything_starts(
+    spec: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([spec, "--workers=2", "--bind=127.0.0.1:0"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "worker(s)" not in err  # the supervisor never started
+
+
+def test_app_spec_without_colon_fails_before_the_supervisor_logs() -> None:
+    result = subprocess.run(
+        [*command("bad", "--workers=2", "--bind=127.0.0.1:0")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "expected MODULE:APP" in result.stderr
+    assert "worker(s)" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+SYNC_APP = """
+def handler(request):
+    return None
+"""
+
+
+@pytest.mark.parametrize("interface", [None, "--interface=native"])
+def test_sync_native_handler_is_refused_when_loading(
+    interface: str | None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "syncapp.py").write_text(SYNC_APP)
+    argv = ["syncapp:handler", "--workers=0", "--bind=127.0.0.1:0", "--app-dir", str(tmp_path)]
+    if interface is not None:
+        argv.append(interface)
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert "a native handler must be `async def`" in capsys.readouterr().err
+
+
+def test_detect_interface_says_a_native_handler_must_be_async() -> None:
+    def handler(request: object) -> None: ...
+
+    with pytest.raises(CLIError, match="a native handler must be `async def`"):
+        detect_interface(handler)
+
+
+# -- --pid, --log-config --------------------------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("workers", ["--workers=0", "--workers=2"])
+async def test_pid_file_holds_the_server_pid_and_goes_on_exit(
+    processes: list[subprocess.Popen[bytes]], tmp_path: Path, workers: str
+) -> None:
+    pid_path = tmp_path / "run" / "app.pid"
+    pid_path.parent.mkdir()
+    port = free_port()
+    process = start(
+        processes,
+        command("examples.hello:handler", f"--bind=127.0.0.1:{port}", workers, f"--pid={pid_path}"),
+    )
+    assert await hello_over_tcp(port, process) == b"Hello from trio-fastcgi! You asked for /probe\n"
+    assert pid_path.read_text() == f"{process.pid}\n"
+    err = stop(process)
+    assert process.returncode == 0, err
+    assert not pid_path.exists()
+
+
+def test_pid_file_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such" / "dir" / "app.pid"
+    result = subprocess.run(
+        command("examples.hello:handler", "--bind=127.0.0.1:0", f"--pid={missing}"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.rstrip().splitlines()[-1] == (
+        f"trio-fastcgi: error: --pid {missing}: cannot write the PID file: "
+        "No such file or directory"
+    )
+    assert "listening" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("broken.json", "{not json", "not valid JSON: Expecting property name"),
+        ("list.json", "[1, 2]", "expected an object (a dictConfig dictionary)"),
+        ("broken.toml", "version = ", "not valid TOML: "),
+        ("noversion.json", "{}", "dictionary doesn't specify a version"),
+        (
+            "badhandler.json",
+            json.dumps({"version": 1, "handlers": {"h": {"class": "no.such.Handler"}}}),
+            "Unable to configure handler 'h'",
+        ),
+        (None, "", "cannot read it: No such file or directory"),
+    ],
+)
+def test_bad_log_config_is_one_line(
+    tmp_path: Path, name: str | None, content: str, message: str
+) -> None:
+    path = tmp_path / (name or "missing.json")
+    if name is not None:
+        path.write_text(content)
+    result = subprocess.run(
+        command("examples.hello:handler", "--bind=127.0.0.1:0", f"--log-config={path}"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.rstrip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"trio-fastcgi: error: --log-config {path}: ")
+    assert message in lines[0]
+
+
+LOG_CONFIG = {
+    "version": 1,
+    "formatters": {"tagged": {"format": "TAGGED %(levelname)s %(name)s %(message)s"}},
+    "handlers": {
+        "file": {"class": "logging.FileHandler", "filename": "PATH", "formatter": "tagged"}
+    },
+    "root": {"level": "INFO", "handlers": ["file"]},
+}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("kind", ["json", "toml"])
+async def test_log_config_replaces_the_default_logging(
+    processes: list[subprocess.Popen[bytes]], tmp_path: Path, kind: str
+) -> None:
+    log_path = tmp_path / "server.log"
+    config_path = tmp_path / f"logging.{kind}"
+    if kind == "json":
+        config = json.loads(json.dumps(LOG_CONFIG).replace("PATH", str(log_path)))
+        config_path.write_text(json.dumps(config))
+    else:
+        config_path.write_text(
+            "version = 1\n"
+            "[formatters.tagged]\n"
+            'format = "TAGGED %(levelname)s %(name)s %(message)s"\n'
+            "[handlers.file]\n"
+            'class = "logging.FileHandler"\n'
+            f"filename = {json.dumps(str(log_path))}\n"
+            'formatter = "tagged"\n'
+            "[root]\n"
+            'level = "INFO"\n'
+            'handlers = ["file"]\n'
+        )
+    port = free_port()
+    process = start(
+        processes,
+        command(
+            "examples.hello:handler",
+            f"--bind=127.0.0.1:{port}",
+            "--workers=1",
+            f"--log-config={config_path}",
+        ),
+    )
+    assert await hello_over_tcp(port, process) == b"Hello from trio-fastcgi! You asked for /probe\n"
+    err = stop(process)
+    assert process.returncode == 0, err
+    logged = log_path.read_text()
+    # Loggers made before the config was read still log (not disabled).
+    assert re.search(r"^TAGGED INFO trio_fastcgi.cli trio-fastcgi .* with 1 worker", logged, re.M)
+    assert "TAGGED INFO trio_fastcgi.workers supervisor" in logged
+    assert "INFO trio_fastcgi.cli" not in err  # not the default stderr logging

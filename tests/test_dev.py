@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
@@ -310,3 +313,83 @@ def test_log_level_is_case_insensitive(level: str) -> None:
         level.lower()
     )
     assert build_parser().parse_args(["m:app", f"--log-level={level}"]).log_level == level.lower()
+
+
+# -- --reload --------------------------------------------------------------------------
+
+RELOAD_APP = """
+import os
+
+async def app(request):
+    await request.respond(f"{{VERSION}} from {{os.getpid()}}")
+
+VERSION = {version!r}
+"""
+
+
+def _get_until(port: int, process: subprocess.Popen[bytes], wanted: str) -> str:
+    """GET / until the body starts with *wanted* (bounded): the body."""
+    deadline = time.monotonic() + 20
+    body = ""
+    while not body.startswith(wanted):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still {body!r}, not {wanted!r}, after 20 s")
+        if process.poll() is not None:
+            raise AssertionError(f"the reloader exited with {process.returncode}")
+        try:
+            body = httpx.get(f"http://127.0.0.1:{port}/", timeout=5).text
+        except httpx.TransportError:
+            body = ""  # between two servers, or not started yet
+        time.sleep(0.1)
+    return body
+
+
+def test_dev_reload_restarts_when_the_app_changes(tmp_path: Path) -> None:
+    app_dir = tmp_path / "project"
+    app_dir.mkdir()
+    module = app_dir / "reloadme.py"
+    module.write_text(RELOAD_APP.format(version="first"))
+    port = free_port()
+    argv = [
+        sys.executable, "-m", "trio_fastcgi", "dev", "reloadme:app", "--reload",
+        "--port", str(port), "--app-dir", str(app_dir),
+    ]  # fmt: skip
+    with ManagedProcess(argv, cwd=tmp_path, log_path=tmp_path / "dev.log") as reloader:
+        first = _get_until(port, reloader.process, "first")
+        # Another length as well: a same-size source in the same second could
+        # look unchanged to the bytecode cache.
+        module.write_text(RELOAD_APP.format(version="second, edited"))
+        second = _get_until(port, reloader.process, "second, edited")
+        reloader.process.send_signal(signal.SIGTERM)
+        status = reloader.process.wait(timeout=30)
+        log = reloader.log()
+    assert status == 0, log
+    first_pid, second_pid = int(first.rsplit(" ", 1)[1]), int(second.rsplit(" ", 1)[1])
+    assert first_pid != second_pid != reloader.pid  # a fresh process imported it afresh
+    assert re.search(r"WARNING trio_fastcgi.dev: changed: \S*reloadme.py; restarting", log)
+    assert "Traceback" not in log
+    assert "WARNING watchfiles" not in log  # a stop is not news
+    assert log.rstrip().endswith("INFO trio_fastcgi.dev: stopped")
+    for pid in (first_pid, second_pid):  # both servers are gone with the reloader
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_dev_reload_without_watchfiles_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trio_fastcgi._dev import main as dev_main
+
+    monkeypatch.setitem(sys.modules, "watchfiles", None)  # as if not installed
+    with pytest.raises(SystemExit) as info:
+        dev_main(["examples.hello:handler", "--reload"])
+    assert info.value.code == 2
+    assert "--reload needs the watchfiles package: pip install 'trio-fastcgi[reload]'" in (
+        capsys.readouterr().err
+    )
+
+
+def test_dev_app_spec_is_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_dev_parser().parse_args(["app.py:app"])
+    assert "use the module name, not the file name: app:app" in capsys.readouterr().err

@@ -17,8 +17,16 @@ import trio.testing
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
 
-from tests.helpers import FakeWebServer
-from trio_fastcgi import Request, serve_inherited, serve_listeners, serve_tcp, serve_unix
+from tests.helpers import AUTHORIZER, FILTER, FakeWebServer
+from trio_fastcgi import (
+    ProtocolStatus,
+    Request,
+    serve_connection,
+    serve_inherited,
+    serve_listeners,
+    serve_tcp,
+    serve_unix,
+)
 
 
 async def hello(request: Request) -> None:
@@ -367,3 +375,120 @@ async def test_ctrl_c_reaches_the_caller_as_keyboard_interrupt() -> None:
         await serve_and_request()
     (raised,) = caught.value.exceptions  # what serve_tcp raised
     assert type(raised) is KeyboardInterrupt
+
+
+# -- messages that name the fix (issue 14) --------------------------------------------
+
+
+def sync_handler(request: Request) -> None:
+    """The mistake: a plain def, whose call gives no awaitable."""
+
+
+class SyncCallable:
+    def __call__(self, request: Request) -> None: ...
+
+
+class AsyncCallable:
+    async def __call__(self, request: Request) -> None: ...
+
+
+def sync_wrapper_of_async(request: Request) -> object:
+    return hello(request)
+
+
+sync_wrapper_of_async = functools.wraps(hello)(sync_wrapper_of_async)
+
+
+@pytest.mark.parametrize("handler", [sync_handler, SyncCallable(), functools.partial(sync_handler)])
+async def test_serve_refuses_a_sync_handler_up_front(handler: object) -> None:
+    message = "a native handler must be `async def`"
+    with pytest.raises(TypeError, match=message):
+        await serve_tcp(handler, 0, host="127.0.0.1")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=message):
+        await serve_listeners(handler, [])  # type: ignore[arg-type]
+    _, server = trio.testing.memory_stream_pair()
+    with pytest.raises(TypeError, match=message):
+        await serve_connection(handler, server)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="not callable"):
+        await serve_tcp("handler", 0, host="127.0.0.1")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "handler",
+    [
+        hello,
+        AsyncCallable(),
+        functools.partial(hello),
+        sync_wrapper_of_async,
+        AsyncCallable().__call__,
+    ],
+)
+async def test_serve_accepts_async_handlers_and_their_wrappers(
+    handler: object, nursery: trio.Nursery
+) -> None:
+    listeners = await nursery.start(
+        functools.partial(serve_tcp, handler, 0, host="127.0.0.1")  # type: ignore[arg-type]
+    )
+    web = await connect(listeners)
+    await web.request(1)
+    response = await web.read_response(1)
+    assert response.app_status == 0
+
+
+async def test_refused_authorizer_warns_naming_the_role_and_the_option(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client, server = trio.testing.memory_stream_pair()
+    web = FakeWebServer(client)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_connection, hello, server)
+        await web.request(1, role=AUTHORIZER)
+        refused = await web.read_response(1)
+        await web.request(2, role=FILTER, data=b"x")
+        refused_filter = await web.read_response(2)
+        await web.request(3)
+        served = await web.read_response(3)
+        nursery.cancel_scope.cancel()
+    assert refused.protocol_status == ProtocolStatus.UNKNOWN_ROLE
+    assert refused_filter.protocol_status == ProtocolStatus.UNKNOWN_ROLE
+    assert served.body == b"hello world"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1  # per connection, the first refusal only
+    assert "refused request 1: the web server asked for the Authorizer role" in warnings[0]
+    assert "roles={Role.RESPONDER, Role.AUTHORIZER}" in warnings[0]
+    assert "--roles responder,authorizer" in warnings[0]
+
+
+async def test_refused_filter_names_its_option(caplog: pytest.LogCaptureFixture) -> None:
+    client, server = trio.testing.memory_stream_pair()
+    web = FakeWebServer(client)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_connection, hello, server)
+        await web.request(1, role=FILTER, data=b"x")
+        await web.read_response(1)
+        nursery.cancel_scope.cancel()
+    assert "Filter role, which is not enabled; turn it on with roles=" in caplog.text
+    assert "--roles responder,filter" in caplog.text
+
+
+async def test_writing_after_respond_says_respond_ended_the_response() -> None:
+    errors: list[str] = []
+
+    async def twice(request: Request) -> None:
+        await request.respond("first")
+        for late in (request.respond("again"), request.stdout.send_all(b"more")):
+            try:
+                await late
+            except trio.ClosedResourceError as exc:
+                errors.append(str(exc))
+
+    client, server = trio.testing.memory_stream_pair()
+    web = FakeWebServer(client)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_connection, twice, server)
+        await web.request(1)
+        response = await web.read_response(1)
+        nursery.cancel_scope.cancel()
+    assert response.body == b"first"
+    assert len(errors) == 2
+    assert all(e.startswith("respond() already ended the response") for e in errors)

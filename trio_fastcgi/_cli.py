@@ -8,17 +8,23 @@ plain HTTP for development (see :mod:`trio_fastcgi._dev`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import inspect
+import json
 import logging
+import logging.config
+import logging.handlers
 import os
 import socket
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import PurePath
 from typing import Final, Literal
 
 import trio
 
+from ._access_log import ACCESS_LOGGER, AccessLogHandler
 from ._bind import Bind, BindError, BoundSocket, default_binds, open_binds, parse_bind
 from ._config import (
     DEFAULT_GRACE_PERIOD,
@@ -33,6 +39,7 @@ from ._config import (
 )
 from ._connection import DEFAULT_MAX_CONNS, DEFAULT_MAX_PARAMS_SIZE, DEFAULT_MAX_REQS
 from ._listeners import DEFAULT_BACKLOG, ListenError, protect_std_fds
+from ._server import check_handler
 from ._version import __version__
 from ._wire import Role
 from ._workers import LoadedApp, Supervisor, exit_now, run_worker
@@ -56,11 +63,39 @@ class CLIError(Exception):
 # -- the application -----------------------------------------------------------
 
 
+def check_app_spec(spec: str) -> str:
+    """*spec* if it has the ``MODULE:ATTR`` form.
+
+    Raises:
+      CLIError: it does not, with the form to use (a file name such as
+        ``app.py:app`` gets its module name).
+    """
+    module_name, sep, attr = spec.partition(":")
+    if module_name.endswith(".py") or "/" in module_name:
+        path = PurePath(module_name)
+        module = path.stem if path.suffix == ".py" else path.name
+        suggestion = f"{module}:{attr or 'app'}"
+        if str(path.parent) != ".":
+            suggestion = f"{suggestion} --app-dir {path.parent}"
+        raise CLIError(f"{spec!r}: use the module name, not the file name: {suggestion}")
+    if not sep or not module_name or not attr:
+        raise CLIError(
+            f"{spec!r}: expected MODULE:APP, like myapp:app or package.module:handler "
+            "(the module, a colon, then the application's name in it)"
+        )
+    return spec
+
+
+def _app_spec(text: str) -> str:
+    try:
+        return check_app_spec(text)
+    except CLIError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def load_app(spec: str, app_dir: str = ".") -> object:
     """Import ``MODULE:ATTR`` (ATTR may be dotted) from *app_dir* first."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise CLIError(f"{spec!r}: expected MODULE:APP, like myapp:app or package.module:handler")
+    module_name, _, attr = check_app_spec(spec).partition(":")
     directory = os.path.abspath(app_dir)
     if directory not in sys.path:
         sys.path.insert(0, directory)
@@ -115,6 +150,11 @@ def detect_interface(app: object) -> Interface:
         return "asgi"
     if not is_async and count == 2:
         return "wsgi"
+    if not is_async and count == 1:
+        raise CLIError(
+            f"{app!r}: a native handler must be `async def` "
+            "(write `async def handler(request):`); or use --interface wsgi|asgi"
+        )
     raise CLIError(
         f"cannot tell what kind of application {app!r} is "
         f"({'async' if is_async else 'sync'}, {count} positional parameters); "
@@ -146,6 +186,10 @@ def make_handler(app: object, interface: Interface, args: argparse.Namespace) ->
             loop=getattr(args, "asgi_loop", "auto"),
         )
         return handler, handler.lifespan()
+    try:
+        check_handler(app)
+    except TypeError as exc:
+        raise CLIError(str(exc)) from None
     return app, None  # type: ignore[return-value]
 
 
@@ -156,7 +200,10 @@ def loader(args: argparse.Namespace) -> Callable[[], LoadedApp]:
         app = load_app(args.app, args.app_dir)
         interface: Interface = detect_interface(app) if args.interface == "auto" else args.interface
         LOGGER.info("serving %s (%s) in process %d", args.app, interface, os.getpid())
-        return make_handler(app, interface, args)
+        handler, lifespan = make_handler(app, interface, args)
+        if getattr(args, "access_log_on", False):
+            handler = AccessLogHandler(handler)
+        return handler, lifespan
 
     return load
 
@@ -291,7 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
             "of web servers allowed to connect over TCP."
         ),
     )
-    parser.add_argument("app", metavar="MODULE:APP", help="the application, e.g. myapp:app")
+    parser.add_argument(
+        "app", metavar="MODULE:APP", type=_app_spec, help="the application, e.g. myapp:app"
+    )
     parser.add_argument("--version", action="version", version=f"trio-fastcgi {__version__}")
 
     group = parser.add_argument_group("application")
@@ -395,12 +444,14 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     group.add_argument(
-        "--log-level",
-        type=str.lower,
-        choices=LOG_LEVELS,
-        default="info",
-        help="logging to stderr (default info)",
+        "--pid",
+        metavar="FILE",
+        default=None,
+        help="write the PID of the server (the supervisor) to FILE; removed on exit",
     )
+
+    group = parser.add_argument_group("logging")
+    add_logging_options(group)
 
     group = parser.add_argument_group("FastCGI limits")
     group.add_argument(
@@ -486,12 +537,141 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
+def add_logging_options(group: argparse._ArgumentGroup) -> None:
+    """``--log-level``, ``--log-config`` and ``--access-log`` (both commands)."""
+    group.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        default="info",
+        help="logging to stderr (default info; not used with --log-config)",
     )
+    group.add_argument(
+        "--log-config",
+        metavar="FILE",
+        default=None,
+        help=(
+            "configure logging with logging.config.dictConfig from FILE, JSON or "
+            "(if it ends in .toml) TOML, instead of the default logging to stderr"
+        ),
+    )
+    group.add_argument(
+        "--access-log",
+        metavar="PATH",
+        default=None,
+        help=(
+            "log one line per request (combined log format, plus request id and "
+            "duration) to PATH, or to stdout if PATH is -; off by default. The "
+            f"logger is {ACCESS_LOGGER.name}"
+        ),
+    )
+
+
+_LOG_FORMAT: Final = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
+
+
+def read_log_config(path: str) -> dict[str, object]:
+    """The dictConfig dictionary in the JSON or TOML file at *path*.
+
+    Raises:
+      CLIError: it cannot be read or parsed, or is not a table/object.
+    """
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError as exc:
+        raise CLIError(f"--log-config {path}: cannot read it: {exc.strerror or exc}") from None
+    config: object
+    if path.endswith(".toml"):
+        try:
+            import tomllib  # type: ignore[import-not-found,unused-ignore]
+        except ImportError:  # Python 3.10
+            raise CLIError(f"--log-config {path}: TOML needs Python 3.11; use JSON") from None
+        try:
+            config = tomllib.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise CLIError(f"--log-config {path}: not valid TOML: {exc}") from None
+    else:
+        try:
+            config = json.loads(data)
+        except ValueError as exc:
+            raise CLIError(f"--log-config {path}: not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise CLIError(f"--log-config {path}: expected an object (a dictConfig dictionary)")
+    return config
+
+
+def configure_logging(
+    level: str, *, config_file: str | None = None, access_log: str | None = None
+) -> bool:
+    """Set up logging as the options say; True if the access log is on (by
+    ``--access-log``, or by a ``--log-config`` that configures its logger).
+
+    Raises:
+      CLIError: a bad ``--log-config`` file, or an ``--access-log`` that
+        cannot be opened.
+    """
+    access_on = access_log is not None
+    if config_file is None:
+        logging.basicConfig(level=level.upper(), stream=sys.stderr, format=_LOG_FORMAT)
+    else:
+        config = read_log_config(config_file)
+        # Else the loggers made at import time (this module's among them) go silent.
+        config.setdefault("disable_existing_loggers", False)
+        loggers = config.get("loggers")
+        access_on = access_on or (isinstance(loggers, dict) and ACCESS_LOGGER.name in loggers)
+        try:
+            logging.config.dictConfig(config)
+        except (ValueError, TypeError, AttributeError, ImportError, KeyError) as exc:
+            cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
+            raise CLIError(f"--log-config {config_file}: {exc}{cause}") from None
+    if access_log is not None:
+        open_access_log(access_log)
+    return access_on
+
+
+def open_access_log(target: str) -> None:
+    """Send :data:`ACCESS_LOGGER` to the file *target* (or stdout for ``-``),
+    and no longer to the root logger's handlers."""
+    handler: logging.Handler
+    if target == "-":
+        handler = logging.StreamHandler(sys.stdout)
+    else:
+        try:
+            # Reopens the file if logrotate moved it.
+            handler = logging.handlers.WatchedFileHandler(target, encoding="utf-8")
+        except OSError as exc:
+            raise CLIError(
+                f"--access-log {target}: cannot open it: {exc.strerror or exc}"
+            ) from None
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    ACCESS_LOGGER.addHandler(handler)
+    ACCESS_LOGGER.setLevel(logging.INFO)
+    ACCESS_LOGGER.propagate = False
+
+
+@contextlib.contextmanager
+def pid_file(path: str) -> Iterator[None]:
+    """Write this process's PID to *path*; remove the file on exit, unless
+    another process wrote its own PID there since.
+
+    Raises:
+      CLIError: it cannot be written.
+    """
+    pid = str(os.getpid())
+    try:
+        with open(path, "w", encoding="ascii") as file:
+            file.write(pid + "\n")
+    except OSError as exc:
+        raise CLIError(f"--pid {path}: cannot write the PID file: {exc.strerror or exc}") from None
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            with open(path, encoding="ascii") as file:
+                ours = file.read().strip() == pid
+            if ours:
+                os.remove(path)
 
 
 def worker_count(requested: int | None, binds: Sequence[Bind]) -> int:
@@ -529,25 +709,44 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     options = server_options(args, environ)
     binds: list[Bind] = args.bind or default_binds(environ)
     args.workers = worker_count(args.workers, binds)
+    with contextlib.ExitStack() as cleanup:
+        if args.pid is not None:
+            cleanup.enter_context(pid_file(args.pid))
+        if args.workers == 0:
+            status = _serve_in_this_process(args, binds, options, cleanup)
+        else:
+            status = _supervise(args, binds, options)
+    return status
+
+
+def _serve_in_this_process(
+    args: argparse.Namespace,
+    binds: list[Bind],
+    options: ServerOptions,
+    cleanup: contextlib.ExitStack,
+) -> int:
+    loaded = loader(args)()  # import errors show before anything listens
+    bound = _open(args, binds)
+    LOGGER.info("listening on %s", ", ".join(b.describe() for b in bound))
+    try:
+        abandoned = run_worker(
+            lambda: loaded,
+            [b.sock for b in bound],
+            options,
+            max_requests=args.max_requests,
+        )
+    finally:
+        for b in bound:
+            b.close()
+            b.remove_file()
+    if abandoned:
+        cleanup.close()  # the PID file: exit_now skips every finally
+        exit_now(0)  # threads still in the application must not hold the exit
+    return 0
+
+
+def _supervise(args: argparse.Namespace, binds: list[Bind], options: ServerOptions) -> int:
     load = loader(args)
-    if args.workers == 0:
-        loaded = load()  # import errors show before anything listens
-        bound = _open(args, binds)
-        LOGGER.info("listening on %s", ", ".join(b.describe() for b in bound))
-        try:
-            abandoned = run_worker(
-                lambda: loaded,
-                [b.sock for b in bound],
-                options,
-                max_requests=args.max_requests,
-            )
-        finally:
-            for b in bound:
-                b.close()
-                b.remove_file()
-        if abandoned:
-            exit_now(0)  # threads still in the application must not hold the exit
-        return 0
     bound = _open(args, binds)
     LOGGER.info(
         "trio-fastcgi %s: %s on %s with %d worker(s)",
@@ -598,11 +797,55 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.exit(f"trio-fastcgi dev: error: {exc}; install it with: pip install h11")
         return dev_main(arguments[1:])
     parser = build_parser()
+    habit = foreign_option_hint(arguments)
+    if habit is not None:
+        parser.error(habit)
     args = parser.parse_args(arguments)
-    configure_logging(args.log_level)
     try:
+        args.access_log_on = configure_logging(
+            args.log_level, config_file=args.log_config, access_log=args.access_log
+        )
         return serve(args, os.environ)
     except CLIError as exc:
         parser.exit(2, f"trio-fastcgi: error: {exc}\n")
     except KeyboardInterrupt:
         return 130
+
+
+#: Options of other servers (uvicorn, hypercorn) that --bind replaces.
+_BIND_HABITS: Final = ("--host", "--port", "--uds", "--fd")
+
+
+def foreign_option_hint(arguments: Sequence[str]) -> str | None:
+    """What to say if *arguments* use another server's option that this
+    command spells differently (``--port 9000``: use ``--bind``), else None."""
+    found: dict[str, str] = {}
+    for index, argument in enumerate(arguments):
+        if argument == "--":
+            break
+        name, equals, value = argument.partition("=")
+        if name == "--reload":
+            return (
+                "--reload is an option of `trio-fastcgi dev`; in production, SIGHUP "
+                "reloads the application (with --workers 1 or more)"
+            )
+        if name not in _BIND_HABITS:
+            continue
+        if not equals:
+            following = arguments[index + 1] if index + 1 < len(arguments) else ""
+            value = "" if following.startswith("-") else following
+        found[name] = value
+    if not found:
+        return None
+    if "--uds" in found:
+        bind = f"unix:{found['--uds'] or '/run/app.sock'}"
+    elif "--fd" in found:
+        bind = f"fd://{found['--fd'] or '0'}"
+    else:
+        host = found.get("--host") or "127.0.0.1"
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        bind = f"{host}:{found.get('--port') or '9000'}"
+    names = " and ".join(found)
+    verb = "is not an option" if len(found) == 1 else "are not options"
+    return f"{names} {verb}: use --bind {bind}"

@@ -20,8 +20,11 @@ front of ``trio-fastcgi MODULE:APP``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http
 import logging
+import os
+import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
@@ -352,7 +355,7 @@ async def serve_dev(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ._cli import INTERFACES, LOG_LEVELS, _count
+    from ._cli import INTERFACES, _app_spec, _count, add_logging_options
 
     parser = argparse.ArgumentParser(
         prog="trio-fastcgi dev",
@@ -364,7 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
             "behind a real web server."
         ),
     )
-    parser.add_argument("app", metavar="MODULE:APP", help="the application, e.g. myapp:app")
+    parser.add_argument(
+        "app", metavar="MODULE:APP", type=_app_spec, help="the application, e.g. myapp:app"
+    )
     parser.add_argument("--host", default=DEFAULT_HOST, help="HTTP address (default 127.0.0.1)")
     parser.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help="HTTP port (default 8000; 0 picks one)"
@@ -376,20 +381,43 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--lifespan", choices=("auto", "on", "off"), default="auto", help="ASGI lifespan"
     )
-    parser.add_argument(
-        "--log-level", type=str.lower, choices=LOG_LEVELS, default="info", help="logging level"
+    group = parser.add_argument_group("reloading")
+    group.add_argument(
+        "--reload",
+        action="store_true",
+        help=(
+            "restart the server, importing the application afresh in a new process, "
+            "when a .py file changes under --app-dir or a --reload-dir "
+            "(needs watchfiles: pip install 'trio-fastcgi[reload]')"
+        ),
     )
+    group.add_argument(
+        "--reload-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also watch DIR with --reload; repeat for several",
+    )
+    add_logging_options(parser.add_argument_group("logging"))
     return parser
 
 
-def main(argv: Sequence[str]) -> int:
-    """``trio-fastcgi dev``: the exit status."""
+def main(argv: Sequence[str], *, reloaded: bool = False) -> int:
+    """``trio-fastcgi dev``: the exit status. *reloaded* is set in the process
+    that ``--reload`` starts, which serves and leaves the watching to its parent."""
     from ._cli import CLIError, configure_logging, loader
 
     parser = build_parser()
     args = parser.parse_args(argv)
     args.workers = 0
-    configure_logging(args.log_level)
+    if args.reload and not reloaded:
+        return _reload(list(argv), args, parser)
+    try:
+        args.access_log_on = configure_logging(
+            args.log_level, config_file=args.log_config, access_log=args.access_log
+        )
+    except CLIError as exc:
+        parser.exit(2, f"trio-fastcgi dev: error: {exc}\n")
     sys.stderr.write(BANNER + "\n")
     try:
         loaded = loader(args)()
@@ -406,6 +434,70 @@ def main(argv: Sequence[str]) -> int:
         if failed is None:
             raise
         parser.exit(1, f"trio-fastcgi dev: error: {failed}\n")
+    return 0
+
+
+def _serve_reloaded(argv: list[str]) -> None:
+    """The target of each process ``--reload`` starts (by reference: it is
+    started with multiprocessing's spawn, so it imports everything afresh)."""
+    # The reloader stops this process with SIGINT, even if the shell that
+    # started the reloader in the background left SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    sys.exit(main(argv, reloaded=True))
+
+
+class _QuietStop(logging.Filter):
+    """Drops the WARNINGs watchfiles logs on an ordinary stop: the signal it
+    got, and "process already dead, exit code: 0" when Ctrl+C, which the
+    terminal sends to both processes, stopped the server first."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        if message.startswith("process already dead"):
+            return record.args != (0,)
+        return not message.startswith(("KeyboardInterrupt caught", "received signal"))
+
+
+def _reload(argv: list[str], args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run the dev server in a child process, and start a new one whenever a
+    watched ``.py`` file changes, until SIGINT or SIGTERM."""
+    from ._cli import CLIError, configure_logging
+
+    try:
+        import watchfiles
+    except ImportError:
+        parser.exit(
+            2,
+            "trio-fastcgi dev: error: --reload needs the watchfiles package: "
+            "pip install 'trio-fastcgi[reload]' (or pip install watchfiles)\n",
+        )
+    try:
+        configure_logging(args.log_level, config_file=args.log_config)
+    except CLIError as exc:
+        parser.exit(2, f"trio-fastcgi dev: error: {exc}\n")
+    directories = [os.path.abspath(d) for d in [args.app_dir, *args.reload_dir]]
+    for directory in directories:
+        if not os.path.isdir(directory):
+            parser.exit(2, f"trio-fastcgi dev: error: cannot watch {directory}: not a directory\n")
+    logging.getLogger("watchfiles.main").addFilter(_QuietStop())
+    LOGGER.info("reloading on changes to .py files in %s", ", ".join(directories))
+
+    def restarting(changes: set[tuple[watchfiles.Change, str]]) -> None:
+        names = sorted({os.path.relpath(path) for _, path in changes})
+        LOGGER.warning("changed: %s; restarting", ", ".join(names))
+
+    # run_process stops the server it started on the way out, also when
+    # SIGTERM (which it turns into KeyboardInterrupt) comes during a restart.
+    with contextlib.suppress(KeyboardInterrupt):
+        watchfiles.run_process(
+            *directories,
+            target=_serve_reloaded,
+            args=(argv,),
+            target_type="function",
+            callback=restarting,
+            watch_filter=watchfiles.PythonFilter(),
+        )
+    LOGGER.info("stopped")
     return 0
 
 

@@ -239,7 +239,8 @@ class Request:
         """Write a whole CGI response (status, headers, body) and end stdout.
 
         A ``str`` body is encoded as UTF-8. *content_type* is added unless it
-        is None or *headers* already name a Content-Type.
+        is None or *headers* already name a Content-Type. Writing after it, or
+        calling it again, raises :exc:`trio.ClosedResourceError`.
         """
         items = list(_header_items(headers))
         if content_type is not None and not any(
@@ -248,6 +249,10 @@ class Request:
             items.append(("Content-Type", content_type))
         payload = body.encode() if isinstance(body, str) else body
         await self.stdout._send_last(format_cgi_head(status, items) + payload)
+        self.stdout._closed_reason = (
+            "respond() already ended the response; to send one in parts, "
+            "write to request.stdout instead"
+        )
 
     async def authorize(self, variables: Mapping[str, str] | None = None) -> None:
         """Authorizer role: allow the request (status 200).

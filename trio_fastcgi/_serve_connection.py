@@ -51,7 +51,7 @@ from ._lifecycle import Expiry, Lifecycle, Phase, TimeoutPolicy
 from ._request import Request, format_cgi_head
 from ._streams import InputStream
 from ._transport import Transport, close_socket
-from ._wire import ProtocolStatus
+from ._wire import ProtocolStatus, Role
 from ._writer import Writer
 
 if TYPE_CHECKING:
@@ -71,6 +71,15 @@ _ERROR_RESPONSE: Final = (
     + b"Internal Server Error\n"
 )
 _MAX_APP_STATUS: Final = 0xFFFFFFFF
+#: How to enable the roles a server may leave off, for the refusal warning.
+_ROLE_OPTIONS: Final[dict[int, str]] = {
+    Role.AUTHORIZER: "roles={Role.RESPONDER, Role.AUTHORIZER} (serve_*) or --roles "
+    "responder,authorizer (the trio-fastcgi command)",
+    Role.FILTER: "roles={Role.RESPONDER, Role.FILTER} (serve_*) or --roles "
+    "responder,filter (the trio-fastcgi command)",
+    Role.RESPONDER: "roles={Role.RESPONDER} (serve_*) or --roles responder "
+    "(the trio-fastcgi command)",
+}
 
 
 def timeout_policy(config: Config) -> TimeoutPolicy:
@@ -351,14 +360,25 @@ class ServedConnection:
             case RequestRejected(request_id, protocol_status, role):
                 # The first refusal is news; a flood of them must not flood the log.
                 self._refusals += 1
-                LOGGER.log(
-                    logging.INFO if self._refusals == 1 else logging.DEBUG,
-                    "%s: refused request %d (role %d): %s",
-                    self.name,
-                    request_id,
-                    role,
-                    protocol_status.name,
-                )
+                disabled = protocol_status is ProtocolStatus.UNKNOWN_ROLE and role in _ROLE_OPTIONS
+                if disabled and self._refusals == 1:
+                    LOGGER.warning(
+                        "%s: refused request %d: the web server asked for the %s role, "
+                        "which is not enabled; turn it on with %s",
+                        self.name,
+                        request_id,
+                        Role(role).name.capitalize(),
+                        _ROLE_OPTIONS[role],
+                    )
+                else:
+                    LOGGER.log(
+                        logging.INFO if self._refusals == 1 else logging.DEBUG,
+                        "%s: refused request %d (role %d): %s",
+                        self.name,
+                        request_id,
+                        role,
+                        protocol_status.name,
+                    )
                 await self._writer.send(EndRequest(request_id, 0, protocol_status))
             case GetValues(names):
                 await self._writer.send(self._conn.get_values_result(names))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import functools
+import inspect
 import logging
 import os
 import socket
@@ -48,6 +50,32 @@ AnyListener: TypeAlias = trio.abc.Listener[trio.abc.Stream]
 ListenerT = TypeVar("ListenerT", bound=AnyListener)
 
 
+def check_handler(handler: object) -> None:
+    """Raise :exc:`TypeError` if *handler* is surely not a native handler: not
+    callable, or a plain ``def`` (calling it would give no awaitable).
+
+    A sync wrapper around an ``async def`` (``functools.wraps`` sets
+    ``__wrapped__``) passes, as do callables whose kind cannot be told.
+    """
+    if not callable(handler):
+        raise TypeError(f"the handler {handler!r} is not callable")
+    target: object = handler
+    while isinstance(target, functools.partial):
+        target = target.func
+    if not (inspect.isfunction(target) or inspect.ismethod(target)):
+        call = getattr(type(target), "__call__", None)  # noqa: B004
+        if inspect.isclass(target) or not inspect.isfunction(call):
+            return
+        target = call
+    if inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(inspect.unwrap(target)):
+        return
+    name = getattr(handler, "__qualname__", None) or repr(handler)
+    raise TypeError(
+        f"a native handler must be `async def`: {name} is a plain `def` "
+        "(write `async def handler(request):` and await its I/O)"
+    )
+
+
 async def serve_connection(
     handler: Handler, stream: trio.abc.Stream, **options: Unpack[ServerOptions]
 ) -> None:
@@ -59,6 +87,7 @@ async def serve_connection(
     ``shutdown_event`` option lets the requests in flight finish (within
     ``grace_period``), then closes the connection.
     """
+    check_handler(handler)
     config = Config.from_options(options)
     connection = ServedConnection(handler, open_transport(stream), config)
     if config.shutdown_event is None:
@@ -324,7 +353,8 @@ async def serve_listeners(
     protocolStatus. Any other exception is logged with its traceback to the
     ``trio_fastcgi`` logger and ends the request with appStatus 1 (and, if the
     handler wrote nothing yet, a plain 500 response); the connection and its
-    other requests carry on.
+    other requests carry on. A *handler* that is a plain ``def`` raises
+    :exc:`TypeError` at once, before anything is served.
 
     Cancelling this function closes the listeners and, without
     *handler_nursery*, cancels every connection and request at once. With a
@@ -334,6 +364,7 @@ async def serve_listeners(
     option instead stops gracefully (see :class:`Config`), after which this
     function returns.
     """
+    check_handler(handler)
     config = Config.from_options(options)
     protect_std_fds()
     server = _Server(handler, config)
@@ -382,6 +413,7 @@ async def serve_tcp(
     ``web_server_addrs``; serving a non-loopback address without it logs a
     WARNING.
     """
+    check_handler(handler)
     Config.from_options(options)  # fail on a bad option before binding
     listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
     await serve_listeners(
@@ -406,6 +438,7 @@ async def serve_unix(
     write access; None keeps the umask's). The file is removed on exit.
     Options and error handling as in :func:`serve_listeners`.
     """
+    check_handler(handler)
     Config.from_options(options)
     listener = await open_unix_listener(path, mode=mode, backlog=backlog)
     inode = os.stat(path).st_ino
@@ -431,6 +464,7 @@ async def serve_inherited(
     an application: the listening socket is fd 0 (``FCGI_LISTENSOCK_FILENO``).
     Options and error handling as in :func:`serve_listeners`.
     """
+    check_handler(handler)
     Config.from_options(options)
     listener = inherited_listener(fd)
     await serve_listeners(

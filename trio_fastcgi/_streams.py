@@ -213,6 +213,13 @@ class OutputStream(trio.abc.SendStream):
     output queue is full.
     """
 
+    # Class-level defaults: a request that writes nothing pays nothing for them.
+    _bytes_sent: int = 0
+    #: The first non-empty chunk written (the access log reads the status there).
+    _first_chunk: bytes = b""
+    #: What writing to the closed stream says (``respond()`` sets its own).
+    _closed_reason: str = "the output stream is closed"
+
     def __init__(
         self,
         request_id: int,
@@ -231,6 +238,11 @@ class OutputStream(trio.abc.SendStream):
         """True once the stream was closed, or its request ended."""
         return self._closed
 
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes written to this stream so far (for stdout, the CGI head included)."""
+        return self._bytes_sent
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send *data* to the web server; waits while the output queue is full.
 
@@ -241,14 +253,17 @@ class OutputStream(trio.abc.SendStream):
         if self._busy:
             raise trio.BusyResourceError("another task is already writing this stream")
         if self._closed:
-            raise trio.ClosedResourceError("the output stream is closed")
+            raise trio.ClosedResourceError(self._closed_reason)
         if not data:
             await trio.lowlevel.checkpoint()
             return
         self._busy = True
         try:
             chunk = data if type(data) is bytes else bytes(data)
+            if not self._sent_data:
+                self._first_chunk = chunk
             self._sent_data = True
+            self._bytes_sent += len(chunk)
             await self._outbox.send(self._event_type(self._request_id, chunk))
         finally:
             self._busy = False
@@ -258,11 +273,14 @@ class OutputStream(trio.abc.SendStream):
         if self._busy:
             raise trio.BusyResourceError("another task is already writing this stream")
         if self._closed:
-            raise trio.ClosedResourceError("the output stream is closed")
+            raise trio.ClosedResourceError(self._closed_reason)
         self._busy = True
         try:
             if data:
+                if not self._sent_data:
+                    self._first_chunk = data
                 self._sent_data = True
+                self._bytes_sent += len(data)
             self._closed = True
             event_type, request_id = self._event_type, self._request_id
             last = event_type(request_id, b"")
@@ -273,7 +291,7 @@ class OutputStream(trio.abc.SendStream):
     async def wait_send_all_might_not_block(self) -> None:
         """Returns at once: the output queue gives no finer readiness signal."""
         if self._closed:
-            raise trio.ClosedResourceError("the output stream is closed")
+            raise trio.ClosedResourceError(self._closed_reason)
         await trio.lowlevel.checkpoint()
 
     async def aclose(self) -> None:

@@ -202,13 +202,14 @@ async def serve_worker(
     """
     handler, lifespan = loaded
     stop = trio.Event()
+    # Before the counting wrapper, which has no abandon() to find.
+    abandonment = _Abandonment(handler)
     if max_requests > 0:
         handler = _counting(handler, max_requests, stop)
     listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in sockets]
     # A second SIGTERM/SIGINT stops at once, but only when no supervisor is
     # there: a worker gets Ctrl+C's SIGINT and the supervisor's SIGTERM.
     hard_stop = trio.CancelScope()
-    abandonment = _Abandonment(handler)
     with hard_stop:
         await _serve_until_stopped(
             abandonment,

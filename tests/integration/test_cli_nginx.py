@@ -190,3 +190,39 @@ async def test_cli_nginx_graceful_stop_under_load_truncates_nothing(tmp_path: Pa
     assert late
     for status, body in late:
         assert (status, body) == (200, b"Hello from Flask over FastCGI!\n") or status == 502
+
+
+def _combined_fields(line: str) -> tuple[str, ...]:
+    """Client, request line, status, body bytes, referer and user agent of a
+    combined-format log line."""
+    match = re.match(r'(\S+) - \S+ \[[^]]+\] "([^"]*)" (\d+|-) (\d+|-) "([^"]*)" "([^"]*)"', line)
+    assert match is not None, line
+    return match.groups()
+
+
+async def test_cli_nginx_access_log_agrees_with_nginx(tmp_path: Path) -> None:
+    access_log = tmp_path / "app-access.log"
+    body = random.Random(6).randbytes(100_000)
+    async with behind_nginx(
+        tmp_path, "examples.flask_app:app", "--workers=2", f"--access-log={access_log}"
+    ) as (_, client):
+        seen = await client.get(
+            "/headers?a=b", headers={"User-Agent": "nginx-test", "Referer": "http://ref.example/"}
+        )
+        echoed = await client.post("/echo", content=body)
+        failed = await client.get("/fail")
+        missing = await client.get("/no/such/page")
+    assert [seen.status_code, echoed.status_code, failed.status_code, missing.status_code] == [
+        200, 200, 500, 404,
+    ]  # fmt: skip
+    ours = access_log.read_text().splitlines()
+    theirs = (tmp_path / "nginx-access.log").read_text().splitlines()
+    assert len(ours) == len(theirs) == 4, (ours, theirs)
+    # Status, body size, request line, client, referer and user agent: what
+    # the application logged is what nginx sent.
+    assert [_combined_fields(line) for line in ours] == [
+        _combined_fields(entry) for entry in theirs
+    ]
+    assert _combined_fields(ours[1])[2:4] == ("200", str(len(body)))
+    for line in ours:
+        assert re.search(r" request_id=1 duration=\d+\.\d{6}$", line), line
