@@ -30,7 +30,7 @@ from ._events import (
 )
 from ._exceptions import LocalProtocolError, RemoteProtocolError
 from ._record_protocol import RecordProtocol
-from ._state import STREAM_STATES, Action, RequestState, state_after, stream_action
+from ._state import NEXT_STATES, STREAM_ACTIONS, Action, RequestState
 from ._wire import (
     BEGIN_REQUEST_BODY,
     KEEP_CONN_FLAG,
@@ -75,6 +75,23 @@ _MANAGEMENT_RECORDS: Final = frozenset(
 _STDERR_UNUSED, _STDERR_OPEN, _STDERR_CLOSED = 0, 1, 2
 _EMPTY: Final = b""
 
+# The hot path compares plain ints and module-level names: reading an enum
+# member off its class costs ten times a global lookup.
+_BEGIN_REQUEST: Final = int(RecordType.BEGIN_REQUEST)
+_ABORT_REQUEST: Final = int(RecordType.ABORT_REQUEST)
+_PARAMS: Final = int(RecordType.PARAMS)
+_STDIN: Final = int(RecordType.STDIN)
+_GET_VALUES: Final = int(RecordType.GET_VALUES)
+_STREAM_RECORDS: Final = frozenset({_PARAMS, _STDIN, int(RecordType.DATA)})
+_DELIVER: Final = Action.DELIVER
+_IGNORE: Final = Action.IGNORE
+_ABORTED: Final = RequestState.ABORTED
+_READING_PARAMS: Final = RequestState.PARAMS
+_ROLES_BY_NUMBER: Final = {int(role): role for role in Role}
+_UNKNOWN_ROLE: Final = ProtocolStatus.UNKNOWN_ROLE
+_CANT_MPX_CONN: Final = ProtocolStatus.CANT_MPX_CONN
+_OVERLOADED: Final = ProtocolStatus.OVERLOADED
+
 
 @final
 class _Request:
@@ -94,7 +111,7 @@ class _Request:
     def __init__(self, role: Role, keep_conn: bool) -> None:
         self.role = role
         self.keep_conn = keep_conn
-        self.state = RequestState.PARAMS
+        self.state = _READING_PARAMS
         self.params: list[bytes] = []
         self.params_size = 0
         self.params_complete = False
@@ -193,8 +210,27 @@ class FastCGIConnection(RecordProtocol[InputEvent]):
     def _handle_record(
         self, record_type: int, request_id: int, content: bytes
     ) -> InputEvent | None:
+        request = self._requests.get(request_id)
+        if request is not None and record_type in _STREAM_RECORDS:
+            # The common case first: a stream record of an active request.
+            state = request.state
+            action = STREAM_ACTIONS[state, record_type, not content]
+            if action is _DELIVER:
+                if record_type == _PARAMS:
+                    return self._params(request_id, request, content)
+                if not content:
+                    request.state = NEXT_STATES[request.role, state]
+                if record_type == _STDIN:
+                    return Stdin(request_id, content)
+                return Data(request_id, content)
+            if action is _IGNORE:
+                return None
+            raise RemoteProtocolError(
+                f"{RecordType(record_type).name} record for request {request_id} "
+                f"while {state.value} ({request.role.name})"
+            )
         if request_id == NULL_REQUEST_ID:
-            if record_type == RecordType.GET_VALUES:
+            if record_type == _GET_VALUES:
                 try:
                     pairs = decode_pairs(content)
                 except WireError as exc:
@@ -208,8 +244,7 @@ class FastCGIConnection(RecordProtocol[InputEvent]):
                 # UNKNOWN_TYPE would tell the web server we do not know its type.
                 return None
             return UnknownRecord(record_type, request_id)
-        request = self._requests.get(request_id)
-        if record_type == RecordType.BEGIN_REQUEST:
+        if record_type == _BEGIN_REQUEST:
             if request is not None or request_id in self._rejected:
                 raise RemoteProtocolError(
                     f"FCGI_BEGIN_REQUEST for request {request_id}, which is already active"
@@ -219,27 +254,13 @@ class FastCGIConnection(RecordProtocol[InputEvent]):
             # Spec 3.3: records for inactive ids are ignored. They follow rejected
             # or aborted requests, and lighttpd's empty STDIN to Authorizers.
             return None
-        if record_type == RecordType.ABORT_REQUEST:
-            if request.state is RequestState.ABORTED:
-                return None
-            request.state = RequestState.ABORTED
-            request.params = []
-            return AbortRequest(request_id)
-        action = stream_action(request.state, record_type, not content)
-        if action is Action.IGNORE:
+        # The only request record left: stream records were handled above.
+        assert record_type == _ABORT_REQUEST
+        if request.state is _ABORTED:
             return None
-        if action is Action.ERROR:
-            raise RemoteProtocolError(
-                f"{RecordType(record_type).name} record for request {request_id} "
-                f"while {request.state.value} ({request.role.name})"
-            )
-        if record_type == RecordType.PARAMS:
-            return self._params(request_id, request, content)
-        if not content:
-            request.state = state_after(request.role, STREAM_STATES[record_type])
-        if record_type == RecordType.STDIN:
-            return Stdin(request_id, content)
-        return Data(request_id, content)
+        request.state = _ABORTED
+        request.params = []
+        return AbortRequest(request_id)
 
     def _begin(self, request_id: int, content: bytes) -> BeginRequest | RequestRejected:
         if len(content) < BEGIN_REQUEST_BODY.size:
@@ -251,17 +272,17 @@ class FastCGIConnection(RecordProtocol[InputEvent]):
         keep_conn = bool(flags & KEEP_CONN_FLAG)
         status: ProtocolStatus | None = None
         if role_number not in self._roles:
-            status = ProtocolStatus.UNKNOWN_ROLE
+            status = _UNKNOWN_ROLE
         elif self._requests and not self._mpxs_conns:
-            status = ProtocolStatus.CANT_MPX_CONN
+            status = _CANT_MPX_CONN
         elif len(self._requests) >= self._max_reqs:
-            status = ProtocolStatus.OVERLOADED
+            status = _OVERLOADED
         if status is not None:
             self._rejected[request_id] = None
             if not keep_conn:
                 self._keep_alive = False
             return RequestRejected(request_id, status, role_number)
-        role = Role(role_number)
+        role = _ROLES_BY_NUMBER[role_number]
         self._requests[request_id] = _Request(role, keep_conn)
         return BeginRequest(request_id, role, keep_conn)
 
@@ -284,7 +305,7 @@ class FastCGIConnection(RecordProtocol[InputEvent]):
             raise RemoteProtocolError(
                 f"malformed FCGI_PARAMS for request {request_id}: {exc}"
             ) from None
-        request.state = state_after(request.role, RequestState.PARAMS)
+        request.state = NEXT_STATES[request.role, _READING_PARAMS]
         request.params_complete = True
         return Params(request_id, tuple(pairs))
 

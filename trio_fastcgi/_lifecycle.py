@@ -43,6 +43,10 @@ DRAIN_TIMEOUT: Final = 5.0
 class Phase(enum.Enum):
     """Where a served connection is in its life."""
 
+    # Members are compared by identity: hash them so too (Enum's own
+    # __hash__ is Python code, and these are dict keys on the hot path).
+    __hash__ = object.__hash__
+
     #: Serving requests.
     SERVING = "serving"
     #: Graceful shutdown: finish the requests in flight (and new ones that
@@ -58,6 +62,10 @@ class Phase(enum.Enum):
 
 class Expiry(enum.Enum):
     """What the deadline's coming means."""
+
+    # Members are compared by identity: hash them so too (Enum's own
+    # __hash__ is Python code, and these are dict keys on the hot path).
+    __hash__ = object.__hash__
 
     #: Nothing is due (the deadline moved later meanwhile): read on.
     NOTHING = "nothing"
@@ -85,6 +93,23 @@ class TimeoutPolicy:
 
 
 _OPEN: Final = frozenset({Phase.SERVING, Phase.SHUTTING_DOWN})
+# Module-level names for the members: reading one off its class costs ten
+# times a global lookup, and deadline() runs before every receive.
+_SERVING, _SHUTTING_DOWN, _CLOSING, _DRAINING, _CLOSED = (
+    Phase.SERVING,
+    Phase.SHUTTING_DOWN,
+    Phase.CLOSING,
+    Phase.DRAINING,
+    Phase.CLOSED,
+)
+_NOTHING, _READ_TIMEOUT, _DRAIN_TIMEOUT, _IDLE_TIMEOUT, _NO_FIRST_REQUEST, _HIBERNATE = (
+    Expiry.NOTHING,
+    Expiry.READ_TIMEOUT,
+    Expiry.DRAIN_TIMEOUT,
+    Expiry.IDLE_TIMEOUT,
+    Expiry.NO_FIRST_REQUEST,
+    Expiry.HIBERNATE,
+)
 
 
 @final
@@ -104,7 +129,7 @@ class Lifecycle:
 
     def __init__(self, policy: TimeoutPolicy, now: float, *, hibernates: bool = False) -> None:
         self._policy = policy
-        self._phase = Phase.SERVING
+        self._phase = _SERVING
         self._phase_since = now
         self._idle_since = now
         self._partial_since: float | None = None
@@ -156,17 +181,17 @@ class Lifecycle:
 
     def begin_shutdown(self, now: float) -> None:
         """Graceful shutdown: finish what is in flight, then close."""
-        if self._phase is Phase.SERVING:
-            self._set_phase(Phase.SHUTTING_DOWN, now)
+        if self._phase is _SERVING:
+            self._set_phase(_SHUTTING_DOWN, now)
 
     def half_closed(self, now: float) -> None:
         """The writer has half-closed the connection: drain until EOF."""
-        if self._phase is not Phase.CLOSED:
-            self._set_phase(Phase.DRAINING, now)
+        if self._phase is not _CLOSED:
+            self._set_phase(_DRAINING, now)
 
     def close(self, now: float) -> None:
         """The connection closes now."""
-        self._set_phase(Phase.CLOSED, now)
+        self._set_phase(_CLOSED, now)
 
     def _set_phase(self, phase: Phase, now: float) -> None:
         self._phase = phase
@@ -182,7 +207,7 @@ class Lifecycle:
         if self._in_flight:
             return False
         phase = self._phase
-        return phase is Phase.CLOSING or (phase is Phase.SHUTTING_DOWN and self._begun_any)
+        return phase is _CLOSING or (phase is _SHUTTING_DOWN and self._begun_any)
 
     def deadline(self) -> float:
         """When the reader must stop waiting for input and call :meth:`expire`."""
@@ -200,10 +225,10 @@ class Lifecycle:
         DRAIN_TIMEOUT or HIBERNATE, :meth:`deadline` is later than *now*;
         after HIBERNATE, call :meth:`postpone` if the connection cannot."""
         expiry = self._due(now)
-        if expiry is Expiry.READ_TIMEOUT or expiry is Expiry.DRAIN_TIMEOUT:
-            self._set_phase(Phase.CLOSED, now)
-        elif expiry is Expiry.IDLE_TIMEOUT or expiry is Expiry.NO_FIRST_REQUEST:
-            self._set_phase(Phase.CLOSING, now)
+        if expiry is _READ_TIMEOUT or expiry is _DRAIN_TIMEOUT:
+            self._set_phase(_CLOSED, now)
+        elif expiry is _IDLE_TIMEOUT or expiry is _NO_FIRST_REQUEST:
+            self._set_phase(_CLOSING, now)
         return expiry
 
     def _candidates(self, hibernating: bool) -> list[tuple[float, Expiry]]:
@@ -211,25 +236,25 @@ class Lifecycle:
         phase = self._phase
         policy = self._policy
         if phase not in _OPEN:
-            if phase is Phase.DRAINING:
-                return [(self._phase_since + policy.drain_timeout, Expiry.DRAIN_TIMEOUT)]
+            if phase is _DRAINING:
+                return [(self._phase_since + policy.drain_timeout, _DRAIN_TIMEOUT)]
             return []
         if self._partial_since is not None:
             if policy.read_timeout is None:
                 return []
-            return [(self._partial_since + policy.read_timeout, Expiry.READ_TIMEOUT)]
+            return [(self._partial_since + policy.read_timeout, _READ_TIMEOUT)]
         if self._in_flight:
             return []
         candidates = []
         if policy.idle_timeout is not None:
-            candidates.append((self._idle_since + policy.idle_timeout, Expiry.IDLE_TIMEOUT))
-        if phase is Phase.SHUTTING_DOWN:
+            candidates.append((self._idle_since + policy.idle_timeout, _IDLE_TIMEOUT))
+        if phase is _SHUTTING_DOWN:
             if not self._begun_any:
                 first = self._phase_since + policy.first_request_wait
-                candidates.append((first, Expiry.NO_FIRST_REQUEST))
+                candidates.append((first, _NO_FIRST_REQUEST))
         elif self.hibernates and not hibernating:
             assert policy.hibernate_after is not None
-            candidates.append((self._idle_since + policy.hibernate_after, Expiry.HIBERNATE))
+            candidates.append((self._idle_since + policy.hibernate_after, _HIBERNATE))
         return candidates
 
     def _next(self, *, hibernating: bool = False) -> float:
@@ -240,4 +265,4 @@ class Lifecycle:
         for when, expiry in self._candidates(hibernating=False):
             if now >= when:
                 return expiry
-        return Expiry.NOTHING
+        return _NOTHING

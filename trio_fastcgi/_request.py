@@ -53,6 +53,7 @@ def format_cgi_head(status: int, headers: HeaderItems) -> bytes:
 
 
 _D = TypeVar("_D")
+_AUTHORIZER: Final = Role.AUTHORIZER
 
 
 def _decode(value: bytes) -> str:
@@ -134,10 +135,10 @@ class Request:
             "stdin",
             buffer_size=input_buffer_size,
             expected_length=(
-                None if role is Role.AUTHORIZER else _length_param(self._raw(b"CONTENT_LENGTH"))
+                None if role is _AUTHORIZER else _length_param(self._raw(b"CONTENT_LENGTH"))
             ),
         )
-        if role is Role.AUTHORIZER:
+        if role is _AUTHORIZER:
             self.stdin._feed_eof()
         # Only a Filter reads data, and few handlers write stderr: both streams
         # are made on first use, which keeps a Responder request cheap.

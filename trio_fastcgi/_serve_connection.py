@@ -71,6 +71,10 @@ _ERROR_RESPONSE: Final = (
     + b"Internal Server Error\n"
 )
 _MAX_APP_STATUS: Final = 0xFFFFFFFF
+# Read on every request: a module-level name is ten times cheaper than a
+# member read off its enum class.
+_DRAINING: Final = Phase.DRAINING
+_REQUEST_COMPLETE: Final = ProtocolStatus.REQUEST_COMPLETE
 #: How to enable the roles a server may leave off, for the refusal warning.
 _ROLE_OPTIONS: Final[dict[int, str]] = {
     Role.AUTHORIZER: "roles={Role.RESPONDER, Role.AUTHORIZER} (serve_*) or --roles "
@@ -314,7 +318,7 @@ class ServedConnection:
     async def _received(self, data: bytes) -> bool:
         """Feed one chunk to the core and act on its events; True means stop."""
         life = self._life
-        if life.phase is Phase.DRAINING:
+        if life.phase is _DRAINING:
             return not data  # done at the web server's end of file
         conn = self._conn
         conn.receive_data(data)
@@ -426,7 +430,7 @@ class ServedConnection:
 
     async def _run_request(self, request: Request) -> None:
         app_status = 0
-        protocol_status = ProtocolStatus.REQUEST_COMPLETE
+        protocol_status = _REQUEST_COMPLETE
         try:
             with request.cancel_scope:
                 try:

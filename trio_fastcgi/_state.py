@@ -18,6 +18,10 @@ from ._wire import RecordType, Role
 class RequestState(enum.Enum):
     """Where an active request's input is."""
 
+    # Members are compared by identity: hash them so too (Enum's own
+    # __hash__ is Python code, and these are dict keys on the hot path).
+    __hash__ = object.__hash__
+
     PARAMS = "reading params"
     STDIN = "reading stdin"
     DATA = "reading data"
@@ -42,6 +46,10 @@ STREAM_STATES: Final[dict[int, RequestState]] = {
 
 class Action(enum.Enum):
     """What to do with one input-stream record of an active request."""
+
+    # Members are compared by identity: hash them so too (Enum's own
+    # __hash__ is Python code, and these are dict keys on the hot path).
+    __hash__ = object.__hash__
 
     DELIVER = "deliver"
     IGNORE = "ignore"
@@ -72,3 +80,20 @@ def state_after(role: Role, finished: RequestState) -> RequestState:
         return streams[0] if streams else RequestState.DONE
     index = streams.index(finished) + 1
     return streams[index] if index < len(streams) else RequestState.DONE
+
+
+#: :func:`stream_action` for every (state, stream record type, empty) there is:
+#: the same rules, looked up in one step on the connection's hot path.
+STREAM_ACTIONS: Final[dict[tuple[RequestState, int, bool], Action]] = {
+    (state, int(record_type), empty): stream_action(state, record_type, empty)
+    for state in RequestState
+    for record_type in STREAM_STATES
+    for empty in (False, True)
+}
+
+#: :func:`state_after` for every role and stream it reads (params included).
+NEXT_STATES: Final[dict[tuple[Role, RequestState], RequestState]] = {
+    (role, finished): state_after(role, finished)
+    for role, streams in ROLE_STREAMS.items()
+    for finished in (RequestState.PARAMS, *streams)
+}

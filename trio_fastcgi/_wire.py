@@ -151,39 +151,42 @@ def encode_pairs(pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
 def decode_pairs(buffer: bytes, max_pairs: int | None = None) -> list[tuple[bytes, bytes]]:
     """Decode a whole name-value pair stream.
 
-    Both length forms are accepted for any length. A declared length that runs
-    past the end of *buffer* raises :class:`WireError` before anything is
-    allocated for it, and so does a pair beyond *max_pairs*.
+    Both length forms are accepted for any length. A pair whose declared
+    lengths run past the end of *buffer*, or a pair beyond *max_pairs*, raises
+    :class:`WireError`; nothing larger than *buffer* is ever allocated.
     """
     pairs: list[tuple[bytes, bytes]] = []
+    append = pairs.append
     end = len(buffer)
     pos = 0
     unpack_long = _LONG_LENGTH.unpack_from
+    limit = end if max_pairs is None else max_pairs
     try:
         while pos < end:
+            # One byte for a length below 128 (nearly every one), else four.
             name_len = buffer[pos]
-            if name_len < 0x80:
-                pos += 1
-            else:
+            if name_len & 0x80:
                 name_len = unpack_long(buffer, pos)[0] & 0x7FFFFFFF
                 pos += 4
-            value_len = buffer[pos]
-            if value_len < 0x80:
-                pos += 1
             else:
+                pos += 1
+            value_len = buffer[pos]
+            if value_len & 0x80:
                 value_len = unpack_long(buffer, pos)[0] & 0x7FFFFFFF
                 pos += 4
-            if name_len + value_len > end - pos:
+            else:
+                pos += 1
+            name_end = pos + name_len
+            value_end = name_end + value_len
+            if value_end > end:
                 raise WireError(
                     f"name-value pair declares {name_len} + {value_len} bytes "
                     f"but only {end - pos} remain"
                 )
-            name_end = pos + name_len
-            value_end = name_end + value_len
-            if len(pairs) == max_pairs:
-                raise WireError(f"more than {max_pairs} name-value pairs")
-            pairs.append((buffer[pos:name_end], buffer[name_end:value_end]))
+            append((buffer[pos:name_end], buffer[name_end:value_end]))
             pos = value_end
+            if len(pairs) > limit:
+                raise WireError(f"more than {max_pairs} name-value pairs")
     except (IndexError, struct.error):
         raise WireError("name-value pair truncated inside a length") from None
     return pairs
@@ -194,15 +197,16 @@ class RecordReader:
     """Splits the bytes of a connection into records; shared by both sides.
 
     :meth:`feed` what the socket gave (``b""`` at end of file) and call
-    :meth:`next_record` until it returns None. The buffer never holds more than
-    what was fed and not yet returned: at most one incomplete record (65,535
-    bytes of content plus 255 of padding) beyond the last chunk fed.
+    :meth:`next_record` until it returns None. The buffer holds at most the
+    last chunk fed and one incomplete record (65,535 bytes of content plus 255
+    of padding) before it. A chunk fed when nothing is left over is kept as it
+    is, and each record's content is one slice of it.
     """
 
     __slots__ = ("_buffer", "_eof", "_pos")
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
+        self._buffer: bytes | bytearray = b""
         self._pos = 0
         self._eof = False
 
@@ -223,10 +227,20 @@ class RecordReader:
         if not data:
             self._eof = True
             return
-        if self._pos and self._pos >= len(self._buffer) // 2:
-            del self._buffer[: self._pos]
+        buffer = self._buffer
+        pos = self._pos
+        if pos == len(buffer):
+            # Nothing left over (the common case): keep the chunk itself.
+            self._buffer = data if type(data) is bytes else bytes(data)
             self._pos = 0
-        self._buffer += data
+        elif type(buffer) is bytearray and pos < len(buffer) // 2:
+            buffer += data
+        else:
+            # Keep only the incomplete record, in a buffer that can grow.
+            rest = bytearray(memoryview(buffer)[pos:])
+            rest += data
+            self._buffer = rest
+            self._pos = 0
 
     def next_record(self) -> tuple[int, int, bytes] | None:
         """The next ``(record_type, request_id, content)``, or None if none is
@@ -249,9 +263,12 @@ class RecordReader:
             end = pos + HEADER_LEN + length
             if available >= HEADER_LEN + length + padding:
                 self._pos = end + padding
-                # One copy: slicing the bytearray itself would make two.
-                with memoryview(buffer) as view:
-                    content = bytes(view[pos + HEADER_LEN : end])
+                if type(buffer) is bytes:
+                    content = buffer[pos + HEADER_LEN : end]
+                else:
+                    # One copy: slicing the bytearray itself would make two.
+                    with memoryview(buffer) as view:
+                        content = bytes(view[pos + HEADER_LEN : end])
                 return record_type, request_id, content
         if self._eof and available:
             raise WireError(
