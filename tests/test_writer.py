@@ -86,6 +86,8 @@ class Harness:
     def __init__(self, transport: Transport, conn: FastCGIConnection) -> None:
         self.closing = False
         self.half_closed = 0
+        self.half_closed_now = 0
+        self.can_half_close_now = False
         self.failed = 0
         self.writer = Writer(
             conn,
@@ -93,8 +95,15 @@ class Harness:
             name="conn-test",
             should_close=lambda: self.closing,
             half_close=self.half_close,
+            half_close_nowait=self.half_close_nowait,
             fail=self.fail,
         )
+
+    def half_close_nowait(self) -> bool:
+        if not self.can_half_close_now:
+            return False
+        self.half_closed_now += 1
+        return True
 
     async def half_close(self) -> None:
         self.half_closed += 1
@@ -290,3 +299,18 @@ async def test_a_full_socket_queues_and_the_writer_task_delivers_in_order() -> N
     ours.close()
     for rid in (1, 2):
         assert stdout_of(bytes(received), rid) == b"".join(chunks[rid])
+
+
+async def test_a_transport_that_half_closes_at_once_needs_no_writer_task() -> None:
+    transport = FakeTransport()
+    harness = Harness(transport, core_with_requests(1))
+    harness.can_half_close_now = True
+    async with trio.open_nursery() as nursery:
+        harness.writer.nursery = nursery
+        harness.closing = True
+        await harness.writer.send(EndRequest(1))
+        assert harness.half_closed_now == 1
+        assert len(nursery.child_tasks) == 0
+    assert harness.half_closed == 0
+    with pytest.raises(trio.BrokenResourceError):  # nothing may follow a half-close
+        await harness.writer.send(Stdout(1, b"late"))

@@ -151,6 +151,7 @@ class ServedConnection:
             name=self.name,
             should_close=self._should_close,
             half_close=self._half_close,
+            half_close_nowait=self._half_close_nowait,
             fail=self.cancel,
         )
         # Requests whose handler runs, and ones that began but wait for params.
@@ -484,6 +485,24 @@ class ServedConnection:
         """Whether to half-close once the output queued now is sent."""
         conn = self._conn
         return conn.should_close or (conn.idle and self._life.closes_when_idle)
+
+    def _half_close_nowait(self) -> bool:
+        """:meth:`_half_close` if the transport can half-close without waiting
+        (a socket can); False, having done nothing, if it cannot."""
+        transport = self._transport
+        life = self._life
+        try:
+            half_closed = transport.send_eof_nowait()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            half_closed = False
+        if half_closed is None:
+            return False
+        life.half_closed(trio.current_time())  # from now on input is discarded
+        if half_closed:
+            transport.move_receive_deadline(life.deadline())
+        else:
+            self.cancel()
+        return True
 
     async def _half_close(self) -> None:
         """Send EOF, then let the reader drain until the peer closes too."""

@@ -129,6 +129,11 @@ class Transport(abc.ABC):
     async def send_eof(self) -> bool:
         """Half-close; False if the stream cannot do that."""
 
+    def send_eof_nowait(self) -> bool | None:
+        """Half-close if that needs no wait, as :meth:`send_eof`; None if it
+        would have to wait (nothing was done). Not a checkpoint."""
+        return None
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Close the connection (at once: no task may be using it any more)."""
@@ -239,6 +244,9 @@ class SocketTransport(Transport):
                 raise trio.BrokenResourceError(exc) from exc
 
     async def send_eof(self) -> bool:
+        return self.send_eof_nowait()
+
+    def send_eof_nowait(self) -> bool:
         try:
             self._sock.shutdown(socket.SHUT_WR)
         except OSError as exc:

@@ -59,7 +59,9 @@ class Writer(Outbox):
       name: how log lines name the connection.
       should_close: asked after each END_REQUEST and when woken; True means
         half-close once everything queued is sent.
-      half_close: awaited by the writer task to half-close.
+      half_close_nowait: half-closes at once if that needs no wait (True),
+        else does nothing (False); tried first, from the writing task.
+      half_close: awaited by the writer task to half-close otherwise.
       fail: called when a send fails (the peer is gone, or took nothing for
         write_timeout): it cancels the connection.
     """
@@ -69,6 +71,7 @@ class Writer(Outbox):
         "_conn",
         "_fail",
         "_half_close",
+        "_half_close_nowait",
         "_name",
         "_queue",
         "_queued",
@@ -87,6 +90,7 @@ class Writer(Outbox):
         name: str,
         should_close: Callable[[], bool],
         half_close: Callable[[], Coroutine[Any, Any, None]],
+        half_close_nowait: Callable[[], bool],
         fail: Callable[[], None],
     ) -> None:
         self._conn = conn
@@ -94,6 +98,7 @@ class Writer(Outbox):
         self._name = name
         self._should_close = should_close
         self._half_close = half_close
+        self._half_close_nowait = half_close_nowait
         self._fail = fail
         self._queue: deque[bytes | memoryview] = deque()
         self._queued = 0
@@ -149,7 +154,7 @@ class Writer(Outbox):
             and not self._closed
             and self._should_close()
         ):
-            self._start()
+            self._close_output()
 
     async def _wait_for_room(self) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -193,6 +198,13 @@ class Writer(Outbox):
             self._enqueue(parts)
             self._start()
         elif type(last) is EndRequest and self._should_close():
+            self._close_output()
+
+    def _close_output(self) -> None:
+        """Everything is sent: half-close, at once if the transport can."""
+        if self._half_close_nowait():
+            self._closed = True  # nothing may follow the half-close
+        else:
             self._start()
 
     def _enqueue(self, parts: list[bytes | memoryview]) -> None:
