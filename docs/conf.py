@@ -9,6 +9,8 @@ cannot (no intersphinx: the build runs without network) and are listed in
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import re
 import sys
 from pathlib import Path
@@ -61,6 +63,9 @@ autodoc_typehints_format = "short"
 # constants the reader cannot look up; see _readable_defaults for the rest.
 autodoc_preserve_defaults = False
 autodoc_default_options = {"members": True}
+# sphinxcontrib-trio marks async context managers ("async with") only through
+# the class-based autodoc; Sphinx 9's default renders them as plain functions.
+autodoc_use_legacy_class_based = True
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 # Attributes listed in an "Attributes:" section become ``.. attribute::``
@@ -116,7 +121,31 @@ def _hide_internal_constructors(
     if signature is None:
         return None
     readable = _readable_defaults(name, signature)
-    return (readable, return_annotation) if readable != signature else None
+    context_manager = _as_context_manager(obj, return_annotation)
+    if readable == signature and context_manager == return_annotation:
+        return None
+    return readable, context_manager
+
+
+def _as_context_manager(obj: object, return_annotation: str | None) -> str | None:
+    """An ``@asynccontextmanager`` function returns an async context manager,
+    not the ``AsyncIterator`` its generator is annotated with (sphinxcontrib-trio
+    adds the "async with" in front)."""
+    function = getattr(obj, "__func__", obj)
+    wrapped = getattr(function, "__wrapped__", None)
+    if (
+        return_annotation is None
+        or getattr(function, "__code__", None) is not _ASYNC_CONTEXT_MANAGER_CODE
+        or not inspect.isasyncgenfunction(wrapped)
+    ):
+        return return_annotation
+    match = re.fullmatch(r"(~?[\w.]*)AsyncIterator\[(.*)\]", return_annotation)
+    if match is None:
+        return return_annotation
+    return f"~contextlib.AbstractAsyncContextManager[{match[2]}]"
+
+
+_ASYNC_CONTEXT_MANAGER_CODE = contextlib.asynccontextmanager(None).__code__  # type: ignore[arg-type]
 
 
 _ENUM_REPR = re.compile(r"<(\w+)\.(\w+): [^<>]+>")

@@ -163,6 +163,52 @@ async def test_front_page_example_serves(nursery: trio.Nursery) -> None:
     assert response.parse_cgi().body == b"Hello, world!\n"
 
 
+# -- the README's two set-up commands ---------------------------------------------------
+
+README = REPO / "README.md"
+
+
+def readme_commands() -> tuple[str, str]:
+    """The README's set-up commands: its only ``sh`` blocks, one line each; the
+    first installs and runs the hello example, the second installs and runs the
+    tests."""
+    blocks = re.findall(r"^```sh\n(.*?)^```$", README.read_text(), re.MULTILINE | re.DOTALL)
+    assert len(blocks) == 2, blocks
+    lines = [block.strip() for block in blocks]
+    assert all("\n" not in line for line in lines), lines
+    return lines[0], lines[1]
+
+
+# Both create the virtual environment without ensurepip (Debian without
+# python3-venv) and install into it with the outer pip (Debian's system Python
+# refuses installs: externally-managed-environment).
+_README_VENV = "python3 -m venv --without-pip .venv && python3 -m pip --python .venv/bin/python "
+
+
+def test_readme_example_command_installs_the_checkout_and_runs_hello() -> None:
+    example, _ = readme_commands()
+    assert example == (
+        f"{_README_VENV}install -e . && .venv/bin/python -m trio_fastcgi dev examples.hello:handler"
+    )
+    # tests/test_packaging.py runs it in a copy of the checkout.
+
+
+def test_readme_test_command_is_the_one_ci_runs() -> None:
+    _, tests = readme_commands()
+    assert tests.startswith(_README_VENV)
+    assert tests.endswith(" && .venv/bin/python -m pytest")
+    ci_lines = (REPO / ".ci" / "run").read_text().splitlines()
+    assert tests in ci_lines
+
+
+def test_readme_links_the_docs_and_the_tutorial() -> None:
+    links = set(re.findall(r"\]\(([^)]+)\)", README.read_text()))
+    assert {"docs/index.rst", "docs/tutorial.rst"} <= links
+    for link in links:
+        if not link.startswith("http"):
+            assert (REPO / link).exists(), link
+
+
 # -- the reference covers the public API ----------------------------------------------
 
 _DIRECTIVE = re.compile(
@@ -259,8 +305,8 @@ NOT_RUN = {
     "mkdir tutorial && cd tutorial": "the test runs in its own temporary directory",
     "python3 -m venv .venv": "the test runs in the suite's environment",
     ". .venv/bin/activate": "the test runs in the suite's environment",
-    "python3 -m pip install trio-fastcgi": "the suite runs on the installed checkout",
-    "sudo apt-get install nginx": "CI installs nginx (.ci/run)",
+    "python3 -m pip install ../trio-fastcgi": "the suite runs on the installed checkout",
+    "sudo apt-get install nginx python3-venv": "CI installs nginx (.ci/run)",
     "python3 -m pip install pytest pytest-trio": "installed by the test extra",
 }
 

@@ -7,7 +7,7 @@ import os
 import socket
 import stat
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,10 +37,18 @@ _OPEN: list[trio.abc.Stream] = []
 
 
 @pytest.fixture(autouse=True)
-async def _close_client_streams() -> AsyncIterator[None]:
+def _close_client_streams() -> Iterator[None]:
+    """Close the streams the test opened. Synchronous on purpose: pytest-trio
+    runs an async fixture only for tests that name it, never an autouse one,
+    so an async version of this never ran and the sockets stayed open until
+    exit (the ResourceWarnings after the summary)."""
     yield
-    while _OPEN:
-        await _OPEN.pop().aclose()
+
+    async def close_all() -> None:
+        while _OPEN:
+            await _OPEN.pop().aclose()
+
+    trio.run(close_all)
 
 
 async def connect(listeners: list[trio.SocketListener]) -> FakeWebServer:

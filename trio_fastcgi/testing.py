@@ -470,7 +470,8 @@ class TestClient:
         script_name: str = "",
         params: Mapping[str, str] | None = None,
     ) -> AsyncIterator[ActiveRequest]:
-        """Like :meth:`request`, but streamed: yields the
+        """Like :meth:`request`, but streamed; an async context manager:
+        ``async with client.open_request("GET", "/") as active:`` gives the
         :class:`~trio_fastcgi.client.ActiveRequest`, whose stdout can be read
         as it arrives and which can be aborted. Leaving the block early aborts
         the request. Server exceptions are not re-raised here."""
@@ -502,7 +503,8 @@ async def open_test_client(
     raise_server_exceptions: bool = True,
     **server_options: Unpack[ServerOptions],
 ) -> AsyncIterator[TestClient]:
-    """Serve *handler* in memory and yield a :class:`TestClient` for it.
+    """Serve *handler* in memory; an async context manager that gives a
+    :class:`TestClient` for it: ``async with open_test_client(handler) as client:``.
 
     Args:
       handler: the handler under test.
