@@ -17,9 +17,15 @@ request's Trio task and the thread share one bounded hand-off queue:
 - ``wsgi.errors`` writes to the FastCGI stderr stream, which the web server
   logs.
 
-A simple request thus costs one trip to a worker thread and back. The worker
-threads are not :func:`trio.to_thread.run_sync` threads, so
-:mod:`trio.from_thread` is not available in the application (WSGI
+A simple request thus costs one trip to a worker thread and back, and under
+load less: the handler's threads take requests from one queue, and a thread
+that finishes a request takes the next one queued without sleeping. A request
+is queued for the threads already running rather than waking another, unless
+none is running or the oldest queued request has waited :data:`QUEUE_DELAY`
+(an application blocked in I/O then gets company at once, so requests never wait
+long behind it). Threads that finish requests in a row wake the Trio loop once
+for all of them. The worker threads are not :func:`trio.to_thread.run_sync`
+threads, so :mod:`trio.from_thread` is not available in the application (WSGI
 applications are synchronous and have no use for it).
 
 If the web server aborts the request (``FCGI_ABORT_REQUEST`` or a closed
@@ -38,12 +44,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, Protocol, TypeAlias, TypeVar, cast, final
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias, TypeVar, cast, final
 
+import outcome
 import trio
 
 from ._exceptions import InputError
@@ -87,6 +95,12 @@ OUTPUT_BUFFER: Final = 256 * 1024
 _HOLD_LIMIT: Final = 64 * 1024
 #: Bytes asked from stdin at a time when the application reads without a size.
 _READ_CHUNK: Final = 64 * 1024
+#: Seconds a request may wait in the queue for a busy worker thread before an
+#: idle one is woken for it (``WSGIHandler(queue_delay=...)``). Python's GIL
+#: switch interval is 5 ms: a thread ready to run can wait that long anyway.
+QUEUE_DELAY: Final = 0.002
+#: Seconds a worker thread waits for a job before it exits.
+_IDLE_TIMEOUT: Final = 10.0
 _TRUE_VALUES: Final = frozenset({"on", "1", "yes", "true"})
 _ABORTED: Final = "the web server aborted the request"
 
@@ -152,6 +166,158 @@ def _url_scheme(environ: dict[str, str]) -> str:
 
 
 @final
+class _Rescheduler:
+    """Reschedules Trio tasks from other threads, waking the loop once per batch:
+    tasks handed in while the loop has not run the batch yet join it."""
+
+    __slots__ = ("_lock", "_tasks", "token")
+
+    def __init__(self, token: trio.lowlevel.TrioToken) -> None:
+        self.token = token
+        self._lock = threading.Lock()
+        self._tasks: list[trio.lowlevel.Task] = []
+
+    def reschedule_soon(self, task: trio.lowlevel.Task) -> None:
+        with self._lock:
+            self._tasks.append(task)
+            first = len(self._tasks) == 1
+        if first:
+            self.token.run_sync_soon(self._run)
+
+    def _run(self) -> None:
+        with self._lock:
+            tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            trio.lowlevel.reschedule(task)
+
+
+_Job: TypeAlias = "tuple[Callable[[], Any], Callable[[Outcome[Any]], object], float]"
+
+
+@final
+class _AppThreads:
+    """The threads that run a handler's applications, fed from one queue.
+
+    A submitted job wakes (or starts) a thread only if no thread is running
+    jobs, or if the oldest queued job has waited *queue_delay*; otherwise
+    it waits for a running thread to finish its job, so under load one thread
+    runs requests back to back with no thread switches between them. A
+    watchdog (a Trio system task, so it costs no thread switches) wakes threads
+    for jobs that waited *queue_delay* when no new job comes to notice
+    (the running threads are blocked). How many jobs run at once is bounded by
+    the handler's limiter, not here. Threads idle for :data:`_IDLE_TIMEOUT`
+    seconds exit.
+    """
+
+    def __init__(self, queue_delay: float) -> None:
+        self._queue_delay = queue_delay
+        self._lock = threading.Lock()
+        self._work_ready = threading.Condition(self._lock)
+        self._jobs: deque[_Job] = deque()
+        self._threads = 0
+        #: Threads waiting for work and not yet woken.
+        self._waiting = 0
+        #: Wake-ups given to waiting threads and not yet taken.
+        self._wakeups = 0
+        #: The run whose watchdog task watches the queue.
+        self._watched: trio.lowlevel.TrioToken | None = None
+        #: Set when a job is queued while the watchdog waits for one.
+        self._queued: trio.Event | None = None
+
+    @property
+    def threads(self) -> int:
+        """Threads alive (running jobs or idle)."""
+        return self._threads
+
+    def submit(self, fn: Callable[[], T], deliver: Callable[[Outcome[T]], object]) -> None:
+        """Run *fn* in a thread, then ``deliver(outcome)`` in that thread.
+
+        Call it in the Trio thread."""
+        now = time.monotonic()
+        with self._lock:
+            jobs = self._jobs
+            jobs.append((fn, deliver, now))
+            if self._threads > self._waiting and jobs[0][2] > now - self._queue_delay:
+                new_threads = 0  # a running thread takes it when its job is done
+            else:
+                new_threads = self._wake(1)
+        if not new_threads:
+            self._watch_queue()
+        for _ in range(new_threads):
+            self._start()
+
+    def _watch_queue(self) -> None:
+        queued = self._queued
+        if queued is not None:
+            queued.set()
+        token = trio.lowlevel.current_trio_token()
+        if self._watched is not token:
+            self._watched = token
+            trio.lowlevel.spawn_system_task(self._watchdog, name="trio-fastcgi WSGI watchdog")
+
+    def _wake(self, wanted: int) -> int:
+        """Wake up to *wanted* waiting threads (lock held); how many to start."""
+        woken = min(wanted, self._waiting)
+        if woken:
+            self._waiting -= woken
+            self._wakeups += woken
+            self._work_ready.notify(woken)
+        self._threads += wanted - woken
+        return wanted - woken
+
+    def _start(self) -> None:
+        threading.Thread(target=self._work, name="trio-fastcgi WSGI worker", daemon=True).start()
+
+    def _work(self) -> None:
+        jobs = self._jobs
+        ready = self._work_ready
+        try:
+            while True:
+                with self._lock:
+                    while not jobs:
+                        self._waiting += 1
+                        while True:
+                            woken = ready.wait(_IDLE_TIMEOUT)
+                            if self._wakeups:
+                                # Woken by submit() or the watchdog, which
+                                # counted this thread out of _waiting.
+                                self._wakeups -= 1
+                                break
+                            if not woken:
+                                self._waiting -= 1
+                                return  # idle too long (finally: one thread less)
+                            # Another thread took the wake-up: wait on.
+                    fn, deliver, _queued = jobs.popleft()
+                deliver(outcome.capture(fn))
+                del fn, deliver
+        finally:
+            with self._lock:
+                self._threads -= 1
+
+    async def _watchdog(self) -> None:
+        jobs = self._jobs
+        while True:
+            with self._lock:
+                oldest = jobs[0][2] if jobs else None
+            if oldest is None:
+                self._queued = queued = trio.Event()
+                await queued.wait()
+                self._queued = None
+                continue
+            waited = time.monotonic() - oldest
+            if waited < self._queue_delay:
+                await trio.sleep(self._queue_delay - waited)
+                continue
+            with self._lock:
+                # The running threads hold the queue up: a thread per job.
+                new_threads = self._wake(max(0, len(jobs) - self._wakeups))
+            for _ in range(new_threads):
+                self._start()
+            # The woken threads take their jobs meanwhile.
+            await trio.sleep(self._queue_delay)
+
+
+@final
 class _Stderr:
     """A block for the FastCGI stderr stream, in the hand-off queue."""
 
@@ -188,9 +354,9 @@ class _Pipe:
     woken (one ``run_sync_soon``) only when it sleeps for want of work.
     """
 
-    def __init__(self, request: Request) -> None:
+    def __init__(self, request: Request, rescheduler: _Rescheduler) -> None:
         self.request = request
-        self._token = trio.lowlevel.current_trio_token()
+        self._rescheduler = rescheduler
         self._lock = threading.Lock()
         # Made when the thread first has to wait (most requests never do).
         self._changed: threading.Condition | None = None
@@ -220,7 +386,7 @@ class _Pipe:
             self._pending += size
             task, self._sleeping = self._sleeping, None
         if task is not None:
-            self._token.run_sync_soon(trio.lowlevel.reschedule, task)
+            self._rescheduler.reschedule_soon(task)
 
     def send(self, data: bytes) -> None:
         """Hand *data* to stdout; waits only while the output buffer is full."""
@@ -253,10 +419,10 @@ class _Pipe:
             task, self._sleeping = self._sleeping, None
             late = self.on_late_return if self.abandoned else None
         if task is not None:
-            self._token.run_sync_soon(trio.lowlevel.reschedule, task)
+            self._rescheduler.reschedule_soon(task)
         if late is not None:
             with contextlib.suppress(trio.RunFinishedError):
-                self._token.run_sync_soon(late)
+                self._rescheduler.token.run_sync_soon(late)
 
     # -- the Trio side ---------------------------------------------------------------
 
@@ -598,6 +764,9 @@ class WSGIHandler:
       multiprocess: the value of ``wsgi.multiprocess`` (true under ``--workers``).
       preread_limit: a request body announced (``CONTENT_LENGTH``) at most this
         long is read whole before the application starts; 0 turns this off.
+      queue_delay: seconds a request may wait for a busy worker thread before
+        an idle one is woken for it (see the module docs); 0 wakes one for
+        every request, as if each had its own thread.
     """
 
     def __init__(
@@ -608,15 +777,20 @@ class WSGIHandler:
         script_name: str | None = None,
         multiprocess: bool = False,
         preread_limit: int = DEFAULT_PREREAD_LIMIT,
+        queue_delay: float = QUEUE_DELAY,
     ) -> None:
         if preread_limit < 0:
             raise ValueError("preread_limit must not be negative")
+        if not queue_delay >= 0:
+            raise ValueError("queue_delay must not be negative")
         self.app = app
         self.limiter = limiter if limiter is not None else trio.CapacityLimiter(DEFAULT_THREADS)
         self.script_name = script_name
         self.multiprocess = multiprocess
         self.preread_limit = preread_limit
         self._pipes: set[_Pipe] = set()
+        self._threads = _AppThreads(queue_delay)
+        self._rescheduler: _Rescheduler | None = None
 
     def abandon(self) -> list[Request]:
         """Stop waiting for the application threads still running: their
@@ -658,7 +832,11 @@ class WSGIHandler:
         return WSGIInput(pipe, b"".join(parts))
 
     async def __call__(self, request: Request) -> None:
-        pipe = _Pipe(request)
+        rescheduler = self._rescheduler
+        token = trio.lowlevel.current_trio_token()
+        if rescheduler is None or rescheduler.token is not token:
+            rescheduler = self._rescheduler = _Rescheduler(token)
+        pipe = _Pipe(request, rescheduler)
         cgi_environ = build_environ(request, script_name=self.script_name)
         try:
             wsgi_input = await self._preread(request, pipe)
@@ -689,7 +867,7 @@ class WSGIHandler:
         self._pipes.add(pipe)
         try:
             run = partial(contextvars.copy_context().run, self._run_app, environ, pipe)
-            trio.lowlevel.start_thread_soon(run, pipe.finish)
+            self._threads.submit(run, pipe.finish)
             result = await pipe.serve()
         finally:
             self._pipes.discard(pipe)
@@ -723,6 +901,8 @@ class WSGIHandler:
 
     def _run_app(self, environ: dict[str, object], pipe: _Pipe) -> bytes:
         """The application thread: returns the output not handed off yet."""
+        if pipe.abandoned:
+            return b""  # abandoned while queued for a thread: not started at all
         response = _Response(pipe)
         result = self.app(environ, response.start_response)
         try:
