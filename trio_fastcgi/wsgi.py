@@ -131,6 +131,18 @@ def _split_path(environ: dict[str, str], script_name: str | None) -> tuple[str, 
     return "", sent_script
 
 
+#: Param names seen so far, decoded: the same few dozen come with every request.
+_NAMES: dict[bytes, str] = {}
+_MAX_NAMES: Final = 1024
+
+
+def _name(raw: bytes) -> str:
+    name = raw.decode("latin-1")
+    if len(_NAMES) < _MAX_NAMES:
+        _NAMES[raw] = name
+    return name
+
+
 def build_environ(
     request: Request,
     *,
@@ -140,8 +152,10 @@ def build_environ(
     string (latin-1 of the raw bytes, as PEP 3333 requires), with SCRIPT_NAME and
     PATH_INFO split (see the module docs) and the keys PEP 3333 requires
     present. The ``wsgi.*`` keys are added by :class:`WSGIHandler`."""
+    names = _NAMES
     environ = {
-        name.decode("latin-1"): value.decode("latin-1") for name, value in request.raw_params
+        names.get(name) or _name(name): value.decode("latin-1")
+        for name, value in request.raw_params
     }
     environ["SCRIPT_NAME"], environ["PATH_INFO"] = _split_path(environ, script_name)
     environ.setdefault("REQUEST_METHOD", "GET")
@@ -159,9 +173,13 @@ def build_environ(
 
 
 def _url_scheme(environ: dict[str, str]) -> str:
-    if environ.get("HTTPS", "").lower() in _TRUE_VALUES:
+    https = environ.get("HTTPS")
+    if https and https.lower() in _TRUE_VALUES:
         return "https"
-    scheme = environ.get("REQUEST_SCHEME", "").lower()
+    scheme = environ.get("REQUEST_SCHEME")
+    if scheme is None or scheme == "http":
+        return "http"
+    scheme = scheme.lower()
     return scheme if scheme in ("http", "https") else "http"
 
 
@@ -786,11 +804,29 @@ class WSGIHandler:
         self.app = app
         self.limiter = limiter if limiter is not None else trio.CapacityLimiter(DEFAULT_THREADS)
         self.script_name = script_name
-        self.multiprocess = multiprocess
         self.preread_limit = preread_limit
         self._pipes: set[_Pipe] = set()
         self._threads = _AppThreads(queue_delay)
+        #: The environ keys that are the same for every request.
+        self._constant_environ: dict[str, object] = {
+            "wsgi.version": (1, 0),
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": multiprocess,
+            "wsgi.run_once": False,
+            # reads return b"" at the end of the body, even without
+            # CONTENT_LENGTH (chunked uploads through nginx)
+            "wsgi.input_terminated": True,
+        }
         self._rescheduler: _Rescheduler | None = None
+
+    @property
+    def multiprocess(self) -> bool:
+        """The value of ``wsgi.multiprocess``."""
+        return cast("bool", self._constant_environ["wsgi.multiprocess"])
+
+    @multiprocess.setter
+    def multiprocess(self, value: bool) -> None:
+        self._constant_environ["wsgi.multiprocess"] = value
 
     def abandon(self) -> list[Request]:
         """Stop waiting for the application threads still running: their
@@ -843,20 +879,12 @@ class WSGIHandler:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             await trio.lowlevel.checkpoint()
             return  # the connection is gone before the application started
-        environ: dict[str, object] = {
-            **cgi_environ,
-            "wsgi.version": (1, 0),
-            "wsgi.url_scheme": _url_scheme(cgi_environ),
-            "wsgi.input": wsgi_input,
-            "wsgi.errors": WSGIErrors(pipe),
-            "wsgi.multithread": True,
-            "wsgi.multiprocess": self.multiprocess,
-            "wsgi.run_once": False,
-            # reads return b"" at the end of the body, even without
-            # CONTENT_LENGTH (chunked uploads through nginx)
-            "wsgi.input_terminated": True,
-            "trio_fastcgi.request": request,
-        }
+        environ = cast("dict[str, object]", cgi_environ)
+        environ["wsgi.url_scheme"] = _url_scheme(cgi_environ)
+        environ.update(self._constant_environ)
+        environ["wsgi.input"] = wsgi_input
+        environ["wsgi.errors"] = WSGIErrors(pipe)
+        environ["trio_fastcgi.request"] = request
         limiter = self.limiter
         try:
             # serve() below is the checkpoint; a free thread needs no wait here.
