@@ -372,6 +372,22 @@ class _Pipe:
     woken (one ``run_sync_soon``) only when it sleeps for want of work.
     """
 
+    __slots__ = (
+        "_changed",
+        "_items",
+        "_lock",
+        "_pending",
+        "_reason",
+        "_rescheduler",
+        "_result",
+        "_sleeping",
+        "abandoned",
+        "cancelled",
+        "disconnected",
+        "on_late_return",
+        "request",
+    )
+
     def __init__(self, request: Request, rescheduler: _Rescheduler) -> None:
         self.request = request
         self._rescheduler = rescheduler
@@ -562,6 +578,8 @@ class WSGIInput:
     the end.
     """
 
+    __slots__ = ("_buffer", "_eof", "_error", "_pipe")
+
     def __init__(
         self,
         pipe: _Pipe,
@@ -645,6 +663,8 @@ class WSGIInput:
 class WSGIErrors:
     """``wsgi.errors``: text written here goes to the FastCGI stderr stream."""
 
+    __slots__ = ("_pipe",)
+
     def __init__(self, pipe: _Pipe) -> None:
         self._pipe = pipe
 
@@ -704,6 +724,8 @@ def _cgi_head(status: object, headers: object) -> bytes:
 class _Response:
     """start_response, write() and the body's blocks, in the application thread."""
 
+    __slots__ = ("_head", "_held", "_held_size", "_pipe", "head_sent")
+
     def __init__(self, pipe: _Pipe) -> None:
         self._pipe = pipe
         self._head: bytes | None = None
@@ -752,6 +774,21 @@ class _Response:
             self._held_size += len(data)
         else:
             self._pipe.send(data)
+
+    def whole(self, blocks: list[bytes] | tuple[bytes, ...]) -> bytes | None:
+        """The head and all of *blocks* (a list or tuple body) to go out with
+        the end of the request, if nothing was written yet and they are small;
+        otherwise None and nothing done."""
+        if self._head is None or self.head_sent:
+            return None
+        for block in blocks:
+            if type(block) is not bytes:
+                return None  # write() raises the error
+        body = b"".join(blocks)
+        if len(body) > _HOLD_LIMIT:
+            return None
+        self.head_sent = True
+        return self._head + body
 
     def _take_held(self) -> bytes:
         held = self._held[0] if len(self._held) == 1 else b"".join(self._held)
@@ -937,6 +974,10 @@ class WSGIHandler:
             # A list or tuple body is complete: no application code runs between
             # its blocks, so they may be sent together.
             hold = type(result) is list or type(result) is tuple
+            if hold:
+                whole = response.whole(cast("list[bytes]", result))
+                if whole is not None:
+                    return whole
             for chunk in result:
                 if chunk:
                     response.write(chunk, hold=hold)
