@@ -14,6 +14,13 @@ these two counts barely do:
   for a lock, a condition or epoll) are counted over *count* requests, with the
   CPU time (user+system, noisy) for reference.
 
+- ``--micro``: no sockets and no core loop: ``benchmarks/adapters_micro.py``
+  (one request at a time, straight into the handler) runs under callgrind
+  with *warmup* and with *warmup* + *count* requests; the difference is the
+  handler's own instructions per request. The backends are then handler names
+  (``native``, ``asgi``, ``wsgi``), and ``--wsgi-module`` compares a saved copy
+  of an older ``trio_fastcgi/wsgi.py``.
+
 The load: *conns* kept-alive FastCGI connections, one request at a time on
 each (as nginx with ``fastcgi_keep_conn``), from as many client threads.
 
@@ -21,6 +28,7 @@ Usage (from the repository root)::
 
     PYTHONPATH=. python benchmarks/wsgi_cost.py trio_wsgi fcgisgi_wsgi --callgrind
     PYTHONPATH=. python benchmarks/wsgi_cost.py trio_wsgi fcgisgi_wsgi --count 20000
+    PYTHONPATH=. python benchmarks/wsgi_cost.py native wsgi --micro
 
 Linux only; the callgrind mode needs valgrind (``apt-get install valgrind``).
 """
@@ -153,6 +161,22 @@ def measure_callgrind(name: str, path: str, conns: int, warmup: int, count: int)
                 proc.wait()
 
 
+def measure_micro(handler: str, warmup: int, count: int, wsgi_module: str) -> float:
+    totals = []
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE / "backends")])}
+    for requests in (warmup, warmup + count):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "callgrind.out"
+            command = [
+                *("valgrind", "--tool=callgrind", "--quiet", f"--callgrind-out-file={out}"),
+                *(sys.executable, str(HERE / "adapters_micro.py"), str(requests)),
+                *("--only", handler, "--rounds", "1", "--wsgi-module", wsgi_module),
+            ]
+            subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
+            totals.append(sum(instructions(path) for path in Path(tmp).glob("callgrind.out*")))
+    return (totals[1] - totals[0]) / count
+
+
 def measure_native(
     name: str, path: str, conns: int, warmup: int, count: int
 ) -> tuple[float, float]:
@@ -179,10 +203,16 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--count", type=int, default=None, help="2000 (callgrind), 20000")
     parser.add_argument("--callgrind", action="store_true")
+    parser.add_argument("--micro", action="store_true")
+    parser.add_argument("--wsgi-module", default="trio_fastcgi.wsgi")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     for name in args.backends:
-        if args.callgrind:
+        if args.micro:
+            count = args.count or 2000
+            per_request = measure_micro(name, args.warmup, count, args.wsgi_module)
+            print(f"{name:8} micro instructions/req {per_request:9.0f}  ({count} requests)")
+        elif args.callgrind:
             count = args.count or 2000
             per_request = measure_callgrind(name, args.path, args.conns, args.warmup, count)
             print(

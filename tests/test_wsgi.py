@@ -904,3 +904,23 @@ async def test_wsgi_request_abandoned_while_queued_never_runs(nursery: trio.Nurs
 def test_wsgi_queue_delay_must_not_be_negative(queue_delay: float) -> None:
     with pytest.raises(ValueError, match="queue_delay"):
         WSGIHandler(capture_environ([]), queue_delay=queue_delay)
+
+
+async def test_wsgi_idle_threads_exit_and_new_ones_start(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trio_fastcgi import wsgi
+
+    monkeypatch.setattr(wsgi, "_IDLE_TIMEOUT", 0.05)
+    entered: list[int] = []
+    handler = WSGIHandler(blocking_app(entered, threading.Event()))
+    web = await serve(nursery, handler)
+    await web.request(1, params={**GET, "PATH_INFO": "/a"})
+    with trio.fail_after(10):
+        assert (await web.read_response(1)).body == b"/a"
+        while handler._threads.threads:  # noqa: ASYNC110 (a thread exits: no Trio event)
+            await trio.sleep(0.01)
+    await web.request(2, params={**GET, "PATH_INFO": "/b"})
+    with trio.fail_after(10):
+        assert (await web.read_response(2)).body == b"/b"
+    assert len(entered) == 2

@@ -99,6 +99,8 @@ _READ_CHUNK: Final = 64 * 1024
 #: idle one is woken for it (``WSGIHandler(queue_delay=...)``). Python's GIL
 #: switch interval is 5 ms: a thread ready to run can wait that long anyway.
 QUEUE_DELAY: Final = 0.002
+#: Empty ticks of the watchdog before it parks until a job is queued.
+_WATCHDOG_IDLE_TICKS: Final = 50
 #: Seconds a worker thread waits for a job before it exits.
 _IDLE_TIMEOUT: Final = 10.0
 _TRUE_VALUES: Final = frozenset({"on", "1", "yes", "true"})
@@ -216,15 +218,17 @@ _Job: TypeAlias = "tuple[Callable[[], Any], Callable[[Outcome[Any]], object], fl
 class _AppThreads:
     """The threads that run a handler's applications, fed from one queue.
 
-    A submitted job wakes (or starts) a thread only if no thread is running
-    jobs, or if the oldest queued job has waited *queue_delay*; otherwise
-    it waits for a running thread to finish its job, so under load one thread
-    runs requests back to back with no thread switches between them. A
-    watchdog (a Trio system task, so it costs no thread switches) wakes threads
-    for jobs that waited *queue_delay* when no new job comes to notice
-    (the running threads are blocked). How many jobs run at once is bounded by
-    the handler's limiter, not here. Threads idle for :data:`_IDLE_TIMEOUT`
-    seconds exit.
+    A thread that finishes a job takes the next one queued without sleeping.
+    A submitted job wakes (or starts) a thread only if no thread is free to
+    take it and either none is awake or the oldest queued job has waited
+    *queue_delay*; otherwise it waits for a thread to finish its job,
+    so under load one thread runs requests back to back with no thread
+    switches between them. A watchdog (a Trio system task, so it costs no
+    thread switches) ticks every *queue_delay* while jobs come and wakes
+    threads for jobs that waited that long when no new job comes to notice
+    (the threads in applications are blocked). How many jobs run at once is
+    bounded by the handler's limiter, not here. Threads idle for
+    :data:`_IDLE_TIMEOUT` seconds exit.
     """
 
     def __init__(self, queue_delay: float) -> None:
@@ -235,11 +239,13 @@ class _AppThreads:
         self._threads = 0
         #: Threads waiting for work and not yet woken.
         self._waiting = 0
+        #: Threads in an application (the rest of the awake ones are free).
+        self._running = 0
         #: Wake-ups given to waiting threads and not yet taken.
         self._wakeups = 0
         #: The run whose watchdog task watches the queue.
         self._watched: trio.lowlevel.TrioToken | None = None
-        #: Set when a job is queued while the watchdog waits for one.
+        #: Set when a job is queued while the watchdog is parked.
         self._queued: trio.Event | None = None
 
     @property
@@ -255,10 +261,14 @@ class _AppThreads:
         with self._lock:
             jobs = self._jobs
             jobs.append((fn, deliver, now))
-            if self._threads > self._waiting and jobs[0][2] > now - self._queue_delay:
-                new_threads = 0  # a running thread takes it when its job is done
+            awake = self._threads - self._waiting
+            unserved = len(jobs) - (awake - self._running)
+            if unserved <= 0:
+                return  # a free thread takes it
+            if awake and jobs[0][2] > now - self._queue_delay:
+                new_threads = 0  # waits for a thread to finish its job
             else:
-                new_threads = self._wake(1)
+                new_threads = self._wake(unserved)
         if not new_threads:
             self._watch_queue()
         for _ in range(new_threads):
@@ -275,6 +285,8 @@ class _AppThreads:
 
     def _wake(self, wanted: int) -> int:
         """Wake up to *wanted* waiting threads (lock held); how many to start."""
+        if wanted <= 0:
+            return 0
         woken = min(wanted, self._waiting)
         if woken:
             self._waiting -= woken
@@ -287,11 +299,13 @@ class _AppThreads:
         threading.Thread(target=self._work, name="trio-fastcgi WSGI worker", daemon=True).start()
 
     def _work(self) -> None:
+        lock = self._lock
         jobs = self._jobs
         ready = self._work_ready
+        counted = True  # in self._threads
         try:
             while True:
-                with self._lock:
+                with lock:
                     while not jobs:
                         self._waiting += 1
                         while True:
@@ -302,37 +316,48 @@ class _AppThreads:
                                 self._wakeups -= 1
                                 break
                             if not woken:
+                                # Idle too long: gone in the same breath, so
+                                # submit() never counts on this thread.
                                 self._waiting -= 1
-                                return  # idle too long (finally: one thread less)
+                                self._threads -= 1
+                                counted = False
+                                return
                             # Another thread took the wake-up: wait on.
                     fn, deliver, _queued = jobs.popleft()
-                deliver(outcome.capture(fn))
-                del fn, deliver
+                    self._running += 1
+                result = outcome.capture(fn)
+                with lock:
+                    self._running -= 1
+                deliver(result)
+                del fn, deliver, result
         finally:
-            with self._lock:
-                self._threads -= 1
+            if counted:  # deliver() failed: the thread is lost
+                with lock:
+                    self._threads -= 1
 
     async def _watchdog(self) -> None:
         jobs = self._jobs
+        idle_ticks = 0
         while True:
+            await trio.sleep(self._queue_delay)
             with self._lock:
-                oldest = jobs[0][2] if jobs else None
-            if oldest is None:
+                if not jobs:
+                    idle_ticks += 1
+                    new_threads = 0
+                else:
+                    idle_ticks = 0
+                    free = self._threads - self._waiting - self._running
+                    stalled = jobs[0][2] <= time.monotonic() - self._queue_delay
+                    # The threads in applications hold the queue up: wake more.
+                    new_threads = self._wake(len(jobs) - free) if stalled else 0
+            for _ in range(new_threads):
+                self._start()
+            if idle_ticks >= _WATCHDOG_IDLE_TICKS:
+                # Nothing queued for a while: park until a job is.
+                idle_ticks = 0
                 self._queued = queued = trio.Event()
                 await queued.wait()
                 self._queued = None
-                continue
-            waited = time.monotonic() - oldest
-            if waited < self._queue_delay:
-                await trio.sleep(self._queue_delay - waited)
-                continue
-            with self._lock:
-                # The running threads hold the queue up: a thread per job.
-                new_threads = self._wake(max(0, len(jobs) - self._wakeups))
-            for _ in range(new_threads):
-                self._start()
-            # The woken threads take their jobs meanwhile.
-            await trio.sleep(self._queue_delay)
 
 
 @final
