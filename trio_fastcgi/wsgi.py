@@ -265,11 +265,10 @@ class _AppThreads:
             unserved = len(jobs) - (awake - self._running)
             if unserved <= 0:
                 return  # a free thread takes it
-            if awake and jobs[0][2] > now - self._queue_delay:
-                new_threads = 0  # waits for a thread to finish its job
-            else:
-                new_threads = self._wake(unserved)
-        if not new_threads:
+            waits = awake and jobs[0][2] > now - self._queue_delay
+            # Either it waits for a thread to finish its job, or wakes one.
+            new_threads = 0 if waits else self._wake(unserved)
+        if waits:
             self._watch_queue()
         for _ in range(new_threads):
             self._start()
