@@ -48,6 +48,7 @@ from pathlib import Path
 
 from benchmarks.adapters_load import EXPECT, POST_BODY, cpu_seconds, free_port, wait_port
 from benchmarks.fcgi_load import RecordReader, body_of, encode_request
+from benchmarks.run import uwsgi_binary
 
 HERE = Path(__file__).resolve().parent
 
@@ -68,28 +69,41 @@ def context_switches(pid: int) -> int:
     return total
 
 
-def load(port: int, path: str, conns: int, count: int) -> None:
-    """*count* requests to *path* over *conns* connections, each answer checked."""
+def load(port: int, path: str, conns: int, count: int, *, new_conn: bool = False) -> None:
+    """*count* requests to *path* over *conns* connections, each answer checked;
+    with *new_conn*, a new connection per request (``FCGI_KEEP_CONN`` unset)."""
+    keep_conn = not new_conn
     if path == "/post":
-        request = encode_request(1, path, method="POST", body=POST_BODY)
+        request = encode_request(1, path, method="POST", body=POST_BODY, keep_conn=keep_conn)
     else:
-        request = encode_request(1, path)
+        request = encode_request(1, path, keep_conn=keep_conn)
     expect = EXPECT[path]
     errors: list[BaseException] = []
 
     def one_connection(requests: int) -> None:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=600) as sock:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                reader = RecordReader()
+            if new_conn:
                 for _ in range(requests):
-                    sock.sendall(request)
-                    while not reader.feed(sock.recv(1 << 20)):
-                        pass
-                    if body_of(reader.take_stdout(1)) != expect:
-                        raise AssertionError(f"wrong answer from {path}")
+                    one_connection_of(1)
+            else:
+                one_connection_of(requests)
         except BaseException as exc:
             errors.append(exc)
+
+    def one_connection_of(requests: int) -> None:
+        with socket.create_connection(("127.0.0.1", port), timeout=600) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            reader = RecordReader()
+            for _ in range(requests):
+                sock.sendall(request)
+                while True:
+                    data = sock.recv(1 << 20)
+                    if not data:
+                        raise ConnectionError(f"the backend closed the connection on {path}")
+                    if reader.feed(data):
+                        break
+                if body_of(reader.take_stdout(1)) != expect:
+                    raise AssertionError(f"wrong answer from {path}")
 
     shares = [count // conns + (1 if i < count % conns else 0) for i in range(conns)]
     threads = [threading.Thread(target=one_connection, args=(share,)) for share in shares]
@@ -105,8 +119,21 @@ def start(
     name: str, port: int, wrapper: list[str], *, quiet: bool = False
 ) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE / "backends")])}
-    script = Path(name) if name.endswith(".py") else HERE / "backends" / f"{name}.py"
-    command = [*wrapper, sys.executable, str(script), "--port", str(port)]
+    if name == "uwsgi":
+        # As benchmarks/run.py starts it: FastCGI socket, 1 process, 1 thread.
+        binary = uwsgi_binary()
+        if binary is None:
+            raise SystemExit("uWSGI is not installed (pip install pyuwsgi)")
+        command = [
+            *wrapper,
+            binary,
+            *("--fastcgi-socket", f"127.0.0.1:{port}", "--module", "common:wsgi_app"),
+            *("--pythonpath", str(HERE / "backends"), "--processes", "1", "--threads", "1"),
+            *("--listen", "1024", "--die-on-term", "--disable-logging"),
+        ]
+    else:
+        script = Path(name) if name.endswith(".py") else HERE / "backends" / f"{name}.py"
+        command = [*wrapper, sys.executable, str(script), "--port", str(port)]
     # Quiet: the backend's KeyboardInterrupt traceback when stopped is noise.
     stderr = subprocess.DEVNULL if quiet else None
     return subprocess.Popen(command, env=env, stderr=stderr)
@@ -134,7 +161,9 @@ def dump_now(pid: int, out: Path, before: set[Path]) -> Path:
     raise TimeoutError("callgrind wrote no dump")
 
 
-def measure_callgrind(name: str, path: str, conns: int, warmup: int, count: int) -> float:
+def measure_callgrind(
+    name: str, path: str, conns: int, warmup: int, count: int, new_conn: bool
+) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         port = free_port()
@@ -146,9 +175,9 @@ def measure_callgrind(name: str, path: str, conns: int, warmup: int, count: int)
         )
         try:
             wait_port(port, time.monotonic() + 120)
-            load(port, path, conns, warmup)
+            load(port, path, conns, warmup, new_conn=new_conn)
             first = dump_now(proc.pid, out, set())
-            load(port, path, conns, count)
+            load(port, path, conns, count, new_conn=new_conn)
             second = dump_now(proc.pid, out, {first})
             # Each dump counts from the previous one.
             return instructions(second) / count
@@ -178,18 +207,21 @@ def measure_micro(handler: str, warmup: int, count: int, wsgi_module: str) -> fl
 
 
 def measure_native(
-    name: str, path: str, conns: int, warmup: int, count: int
-) -> tuple[float, float]:
+    name: str, path: str, conns: int, warmup: int, count: int, new_conn: bool
+) -> tuple[float, float, float]:
+    """Voluntary context switches and CPU microseconds per request, requests/s."""
     port = free_port()
-    proc = start(name, port, [])
+    proc = start(name, port, [], quiet=name == "uwsgi")
     try:
         wait_port(port, time.monotonic() + 20)
-        load(port, path, conns, warmup)
+        load(port, path, conns, warmup, new_conn=new_conn)
         switches, cpu = context_switches(proc.pid), cpu_seconds(proc.pid)
-        load(port, path, conns, count)
+        started = time.monotonic()
+        load(port, path, conns, count, new_conn=new_conn)
+        elapsed = time.monotonic() - started
         switches = context_switches(proc.pid) - switches
         cpu = cpu_seconds(proc.pid) - cpu
-        return switches / count, cpu / count * 1e6
+        return switches / count, cpu / count * 1e6, count / elapsed
     finally:
         proc.terminate()
         proc.wait(10)
@@ -204,6 +236,9 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=None, help="2000 (callgrind), 20000")
     parser.add_argument("--callgrind", action="store_true")
     parser.add_argument("--micro", action="store_true")
+    parser.add_argument(
+        "--new-conn", action="store_true", help="a connection per request (always for uwsgi)"
+    )
     parser.add_argument("--wsgi-module", default="trio_fastcgi.wsgi")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
@@ -214,16 +249,22 @@ def main() -> None:
             print(f"{name:8} micro instructions/req {per_request:9.0f}  ({count} requests)")
         elif args.callgrind:
             count = args.count or 2000
-            per_request = measure_callgrind(name, args.path, args.conns, args.warmup, count)
+            new_conn = args.new_conn or name == "uwsgi"  # uWSGI closes after each request
+            per_request = measure_callgrind(
+                name, args.path, args.conns, args.warmup, count, new_conn
+            )
             print(
                 f"{name:16} {args.path:6} instructions/req {per_request:9.0f}  ({count} requests)"
             )
         else:
             count = args.count or 20000
-            switches, cpu = measure_native(name, args.path, args.conns, args.warmup, count)
+            new_conn = args.new_conn or name == "uwsgi"  # uWSGI closes after each request
+            switches, cpu, rate = measure_native(
+                name, args.path, args.conns, args.warmup, count, new_conn
+            )
             print(
                 f"{name:16} {args.path:6} voluntary context switches/req {switches:5.2f}  "
-                f"cpu us/req {cpu:6.1f}  ({count} requests)"
+                f"cpu us/req {cpu:6.1f}  req/s {rate:6.0f}  ({count} requests)"
             )
 
 
