@@ -22,9 +22,10 @@ load less: the handler's threads take requests from one queue, and a thread
 that finishes a request takes the next one queued without sleeping. A request
 is queued for the threads already running rather than waking another, unless
 none is running or the oldest queued request has waited :data:`QUEUE_DELAY`
-(an application blocked in I/O then gets company at once, so requests never wait
-long behind it). Threads that finish requests in a row wake the Trio loop once
-for all of them. The worker threads are not :func:`trio.to_thread.run_sync`
+(``queue_delay``): behind an application blocked in I/O, a request waits about
+that long (at most twice that) before another thread is woken for it.
+Threads that finish requests in a row wake the Trio loop once for all of
+them. The worker threads are not :func:`trio.to_thread.run_sync`
 threads, so :mod:`trio.from_thread` is not available in the application (WSGI
 applications are synchronous and have no use for it).
 
