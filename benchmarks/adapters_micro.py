@@ -5,14 +5,18 @@ params nginx sends, calls the handler in the current task, and drops the
 output records from an unbounded outbox. Compared with the benchmark's native
 handler, the difference is the adapter's own cost per request.
 
-Usage: ``PYTHONPATH=.:benchmarks/backends python benchmarks/adapters_micro.py``
+Usage: ``PYTHONPATH=.:benchmarks/backends python benchmarks/adapters_micro.py [COUNT]``;
+``--only wsgi --rounds 1`` runs one handler once (for ``valgrind --tool=callgrind``,
+see ``benchmarks/wsgi_cost.py --micro``), ``--wsgi-module`` takes the WSGI handler
+from another module (a saved copy of an older ``trio_fastcgi/wsgi.py``, to compare).
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import resource
 import statistics
-import sys
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -23,7 +27,6 @@ from trio_fastcgi import Request, Role
 from trio_fastcgi._events import OutputEvent
 from trio_fastcgi._streams import Outbox
 from trio_fastcgi.asgi import ASGIHandler
-from trio_fastcgi.wsgi import WSGIHandler
 
 PARAMS = (
     (b"SCRIPT_FILENAME", b"/srv/app"),
@@ -82,16 +85,24 @@ async def per_request(handler: Handler, count: int) -> float:
 
 
 async def main() -> None:
-    count = int(sys.argv[1]) if len(sys.argv) > 1 else 3000
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("count", type=int, nargs="?", default=3000)
+    parser.add_argument("--only", choices=["native", "asgi", "wsgi"], action="append")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--wsgi-module", default="trio_fastcgi.wsgi")
+    args = parser.parse_args()
+    wsgi_handler = importlib.import_module(args.wsgi_module).WSGIHandler
     handlers: dict[str, Handler] = {
         "native": native_handler,
         "asgi": ASGIHandler(asgi_app),
-        "wsgi": WSGIHandler(wsgi_app),
+        "wsgi": wsgi_handler(wsgi_app),
     }
+    if args.only:
+        handlers = {name: handlers[name] for name in args.only}
     results: dict[str, list[float]] = {name: [] for name in handlers}
-    for _ in range(5):
+    for _ in range(args.rounds):
         for name, handler in handlers.items():
-            results[name].append(await per_request(handler, count))
+            results[name].append(await per_request(handler, args.count))
     for name, values in results.items():
         median = statistics.median(values)
         print(f"{name:8} cpu us/request min {min(values):6.1f} median {median:6.1f}")

@@ -674,20 +674,18 @@ async def test_wsgi_list_body_goes_out_with_the_end(nursery: trio.Nursery) -> No
     assert first.content == b"Status: 200 OK\r\nX-A: 1\r\n\r\nab"
 
 
-class _WaitRecorder:
-    """Stands in for the ``threading`` module in trio_fastcgi.wsgi: sets
-    *blocked* whenever the application thread waits for room."""
+def record_waits(monkeypatch: pytest.MonkeyPatch, blocked: threading.Event) -> None:
+    """Sets *blocked* whenever an application thread waits for room (or for the
+    Trio side) in trio_fastcgi.wsgi's hand-off."""
+    from trio_fastcgi import wsgi
 
-    def __init__(self, blocked: threading.Event) -> None:
-        self.Lock = threading.Lock
-        blocked_event = blocked
+    wait = wsgi._Pipe._wait
 
-        class Condition(threading.Condition):
-            def wait(self, timeout: float | None = None) -> bool:
-                blocked_event.set()
-                return super().wait(timeout)
+    def recording_wait(pipe: wsgi._Pipe) -> None:
+        blocked.set()
+        wait(pipe)
 
-        self.Condition = Condition
+    monkeypatch.setattr(wsgi._Pipe, "_wait", recording_wait)
 
 
 BLOCK = b"z" * (64 * 1024)
@@ -730,7 +728,7 @@ async def test_wsgi_output_handed_off_is_bounded(
     from trio_fastcgi import wsgi
 
     blocked = threading.Event()
-    monkeypatch.setattr(wsgi, "threading", _WaitRecorder(blocked))
+    record_waits(monkeypatch, blocked)
     produced, closed, raised = [0], [], []  # type: ignore[var-annotated]
     client, server = trio.testing.lockstep_stream_pair()
     nursery.start_soon(
@@ -754,10 +752,9 @@ async def test_wsgi_output_handed_off_is_bounded(
 async def test_wsgi_abort_while_output_waits_for_room(
     nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, use_write: bool
 ) -> None:
-    from trio_fastcgi import wsgi
 
     blocked = threading.Event()
-    monkeypatch.setattr(wsgi, "threading", _WaitRecorder(blocked))
+    record_waits(monkeypatch, blocked)
     produced, closed, raised = [0], [], []  # type: ignore[var-annotated]
     client, server = trio.testing.lockstep_stream_pair()
     nursery.start_soon(
@@ -812,3 +809,118 @@ async def test_wsgi_abandon_ends_the_request_and_keeps_the_token(nursery: trio.N
     with trio.fail_after(10):
         async with limiter:  # given back once the thread returned
             pass
+
+
+# -- the worker threads ------------------------------------------------------------
+
+
+def blocking_app(
+    entered: list[int], release: threading.Event
+) -> Callable[[Environ, StartResponse], list[bytes]]:
+    """Records its thread; the request /first waits for *release*."""
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        entered.append(threading.get_ident())
+        if environ["PATH_INFO"] == "/first":
+            assert release.wait(10)
+        start_response("200 OK", [])
+        return [str(environ["PATH_INFO"]).encode()]
+
+    return app
+
+
+async def test_wsgi_request_waits_for_the_busy_thread_and_runs_on_it(
+    nursery: trio.Nursery,
+) -> None:
+    entered: list[int] = []
+    release = threading.Event()
+    handler = WSGIHandler(blocking_app(entered, release), queue_delay=60)
+    web = await serve(nursery, handler)
+    await web.request(1, params={**GET, "PATH_INFO": "/first"})
+    await trio.testing.wait_all_tasks_blocked()
+    await web.request(2, params={**GET, "PATH_INFO": "/second"})
+    await trio.testing.wait_all_tasks_blocked()
+    # A thread is running: the second request is queued for it, not given another.
+    assert len(entered) == 1
+    release.set()
+    with trio.fail_after(10):
+        assert (await web.read_response(1)).body == b"/first"
+        assert (await web.read_response(2)).body == b"/second"
+    assert entered[0] == entered[1]
+
+
+@pytest.mark.parametrize("queue_delay", [0, 0.01])
+async def test_wsgi_blocked_thread_does_not_hold_up_the_queue(
+    nursery: trio.Nursery, queue_delay: float
+) -> None:
+    # /first waits for /second to run: /second must get a thread of its own
+    # (at once with queue_delay=0, from the watchdog after the delay otherwise:
+    # no later request comes to notice).
+    entered: list[int] = []
+    release = threading.Event()
+    second_ran = threading.Event()
+    app = blocking_app(entered, release)
+
+    def releasing_app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        if environ["PATH_INFO"] == "/second":
+            release.set()
+            second_ran.set()
+        return app(environ, start_response)
+
+    handler = WSGIHandler(releasing_app, queue_delay=queue_delay)
+    web = await serve(nursery, handler)
+    await web.request(1, params={**GET, "PATH_INFO": "/first"})
+    await trio.testing.wait_all_tasks_blocked()
+    await web.request(2, params={**GET, "PATH_INFO": "/second"})
+    with trio.fail_after(10):
+        assert (await web.read_response(2)).body == b"/second"
+        assert (await web.read_response(1)).body == b"/first"
+    assert second_ran.is_set()
+    assert entered[0] != entered[1]
+
+
+async def test_wsgi_request_abandoned_while_queued_never_runs(nursery: trio.Nursery) -> None:
+    entered: list[int] = []
+    release = threading.Event()
+    limiter = trio.CapacityLimiter(2)
+    handler = WSGIHandler(blocking_app(entered, release), limiter=limiter, queue_delay=60)
+    web = await serve(nursery, handler)
+    await web.request(1, params={**GET, "PATH_INFO": "/first"})
+    await trio.testing.wait_all_tasks_blocked()
+    await web.request(2, params={**GET, "PATH_INFO": "/second"})
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(handler.abandon()) == 2
+    with trio.fail_after(10):
+        assert (await web.read_response(1)).stdout == b""
+        assert (await web.read_response(2)).stdout == b""
+    release.set()
+    with trio.fail_after(10):
+        for borrower in range(2):  # both tokens come back once the thread is done
+            await limiter.acquire_on_behalf_of(borrower)
+    assert len(entered) == 1  # the queued request's application was not called
+
+
+@pytest.mark.parametrize("queue_delay", [-1.0, float("nan")])
+def test_wsgi_queue_delay_must_not_be_negative(queue_delay: float) -> None:
+    with pytest.raises(ValueError, match="queue_delay"):
+        WSGIHandler(capture_environ([]), queue_delay=queue_delay)
+
+
+async def test_wsgi_idle_threads_exit_and_new_ones_start(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trio_fastcgi import wsgi
+
+    monkeypatch.setattr(wsgi, "_IDLE_TIMEOUT", 0.05)
+    entered: list[int] = []
+    handler = WSGIHandler(blocking_app(entered, threading.Event()))
+    web = await serve(nursery, handler)
+    await web.request(1, params={**GET, "PATH_INFO": "/a"})
+    with trio.fail_after(10):
+        assert (await web.read_response(1)).body == b"/a"
+        while handler._threads.threads:  # noqa: ASYNC110 (a thread exits: no Trio event)
+            await trio.sleep(0.01)
+    await web.request(2, params={**GET, "PATH_INFO": "/b"})
+    with trio.fail_after(10):
+        assert (await web.read_response(2)).body == b"/b"
+    assert len(entered) == 2

@@ -17,9 +17,16 @@ request's Trio task and the thread share one bounded hand-off queue:
 - ``wsgi.errors`` writes to the FastCGI stderr stream, which the web server
   logs.
 
-A simple request thus costs one trip to a worker thread and back. The worker
-threads are not :func:`trio.to_thread.run_sync` threads, so
-:mod:`trio.from_thread` is not available in the application (WSGI
+A simple request thus costs one trip to a worker thread and back, and under
+load less: the handler's threads take requests from one queue, and a thread
+that finishes a request takes the next one queued without sleeping. A request
+is queued for the threads already running rather than waking another, unless
+none is running or the oldest queued request has waited :data:`QUEUE_DELAY`
+(``queue_delay``): behind an application blocked in I/O, a request waits about
+that long (at most twice that) before another thread is woken for it.
+Threads that finish requests in a row wake the Trio loop once for all of
+them. The worker threads are not :func:`trio.to_thread.run_sync`
+threads, so :mod:`trio.from_thread` is not available in the application (WSGI
 applications are synchronous and have no use for it).
 
 If the web server aborts the request (``FCGI_ABORT_REQUEST`` or a closed
@@ -38,12 +45,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, Protocol, TypeAlias, TypeVar, cast, final
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias, TypeVar, cast, final
 
+import outcome
 import trio
 
 from ._exceptions import InputError
@@ -87,6 +96,14 @@ OUTPUT_BUFFER: Final = 256 * 1024
 _HOLD_LIMIT: Final = 64 * 1024
 #: Bytes asked from stdin at a time when the application reads without a size.
 _READ_CHUNK: Final = 64 * 1024
+#: Seconds a request may wait in the queue for a busy worker thread before an
+#: idle one is woken for it (``WSGIHandler(queue_delay=...)``). Python's GIL
+#: switch interval is 5 ms: a thread ready to run can wait that long anyway.
+QUEUE_DELAY: Final = 0.002
+#: Empty ticks of the watchdog before it parks until a job is queued.
+_WATCHDOG_IDLE_TICKS: Final = 50
+#: Seconds a worker thread waits for a job before it exits.
+_IDLE_TIMEOUT: Final = 10.0
 _TRUE_VALUES: Final = frozenset({"on", "1", "yes", "true"})
 _ABORTED: Final = "the web server aborted the request"
 
@@ -117,6 +134,18 @@ def _split_path(environ: dict[str, str], script_name: str | None) -> tuple[str, 
     return "", sent_script
 
 
+#: Param names seen so far, decoded: the same few dozen come with every request.
+_NAMES: dict[bytes, str] = {}
+_MAX_NAMES: Final = 1024
+
+
+def _name(raw: bytes) -> str:
+    name = raw.decode("latin-1")
+    if len(_NAMES) < _MAX_NAMES:
+        _NAMES[raw] = name
+    return name
+
+
 def build_environ(
     request: Request,
     *,
@@ -126,8 +155,10 @@ def build_environ(
     string (latin-1 of the raw bytes, as PEP 3333 requires), with SCRIPT_NAME and
     PATH_INFO split (see the module docs) and the keys PEP 3333 requires
     present. The ``wsgi.*`` keys are added by :class:`WSGIHandler`."""
+    names = _NAMES
     environ = {
-        name.decode("latin-1"): value.decode("latin-1") for name, value in request.raw_params
+        names.get(name) or _name(name): value.decode("latin-1")
+        for name, value in request.raw_params
     }
     environ["SCRIPT_NAME"], environ["PATH_INFO"] = _split_path(environ, script_name)
     environ.setdefault("REQUEST_METHOD", "GET")
@@ -145,10 +176,188 @@ def build_environ(
 
 
 def _url_scheme(environ: dict[str, str]) -> str:
-    if environ.get("HTTPS", "").lower() in _TRUE_VALUES:
+    https = environ.get("HTTPS")
+    if https and https.lower() in _TRUE_VALUES:
         return "https"
-    scheme = environ.get("REQUEST_SCHEME", "").lower()
+    scheme = environ.get("REQUEST_SCHEME")
+    if scheme is None or scheme == "http":
+        return "http"
+    scheme = scheme.lower()
     return scheme if scheme in ("http", "https") else "http"
+
+
+@final
+class _Rescheduler:
+    """Reschedules Trio tasks from other threads, waking the loop once per batch:
+    tasks handed in while the loop has not run the batch yet join it."""
+
+    __slots__ = ("_lock", "_tasks", "token")
+
+    def __init__(self, token: trio.lowlevel.TrioToken) -> None:
+        self.token = token
+        self._lock = threading.Lock()
+        self._tasks: list[trio.lowlevel.Task] = []
+
+    def reschedule_soon(self, task: trio.lowlevel.Task) -> None:
+        with self._lock:
+            self._tasks.append(task)
+            first = len(self._tasks) == 1
+        if first:
+            self.token.run_sync_soon(self._run)
+
+    def _run(self) -> None:
+        with self._lock:
+            tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            trio.lowlevel.reschedule(task)
+
+
+_Job: TypeAlias = "tuple[Callable[[], Any], Callable[[Outcome[Any]], object], float]"
+
+
+@final
+class _AppThreads:
+    """The threads that run a handler's applications, fed from one queue.
+
+    A thread that finishes a job takes the next one queued without sleeping.
+    A submitted job wakes (or starts) a thread only if no thread is free to
+    take it and either none is awake or the oldest queued job has waited
+    *queue_delay*; otherwise it waits for a thread to finish its job,
+    so under load one thread runs requests back to back with no thread
+    switches between them. A watchdog (a Trio system task, so it costs no
+    thread switches) ticks every *queue_delay* while jobs come and wakes
+    threads for jobs that waited that long when no new job comes to notice
+    (the threads in applications are blocked). How many jobs run at once is
+    bounded by the handler's limiter, not here. Threads idle for
+    :data:`_IDLE_TIMEOUT` seconds exit.
+    """
+
+    def __init__(self, queue_delay: float) -> None:
+        self._queue_delay = queue_delay
+        self._lock = threading.Lock()
+        self._work_ready = threading.Condition(self._lock)
+        self._jobs: deque[_Job] = deque()
+        self._threads = 0
+        #: Threads waiting for work and not yet woken.
+        self._waiting = 0
+        #: Threads in an application (the rest of the awake ones are free).
+        self._running = 0
+        #: Wake-ups given to waiting threads and not yet taken.
+        self._wakeups = 0
+        #: The run whose watchdog task watches the queue.
+        self._watched: trio.lowlevel.TrioToken | None = None
+        #: Set when a job is queued while the watchdog is parked.
+        self._queued: trio.Event | None = None
+
+    @property
+    def threads(self) -> int:
+        """Threads alive (running jobs or idle)."""
+        return self._threads
+
+    def submit(self, fn: Callable[[], T], deliver: Callable[[Outcome[T]], object]) -> None:
+        """Run *fn* in a thread, then ``deliver(outcome)`` in that thread.
+
+        Call it in the Trio thread."""
+        now = time.monotonic()
+        with self._lock:
+            jobs = self._jobs
+            jobs.append((fn, deliver, now))
+            awake = self._threads - self._waiting
+            unserved = len(jobs) - (awake - self._running)
+            if unserved <= 0:
+                return  # a free thread takes it
+            waits = awake and jobs[0][2] > now - self._queue_delay
+            # Either it waits for a thread to finish its job, or wakes one.
+            new_threads = 0 if waits else self._wake(unserved)
+        if waits:
+            self._watch_queue()
+        for _ in range(new_threads):
+            self._start()
+
+    def _watch_queue(self) -> None:
+        queued = self._queued
+        if queued is not None:
+            queued.set()
+        token = trio.lowlevel.current_trio_token()
+        if self._watched is not token:
+            self._watched = token
+            trio.lowlevel.spawn_system_task(self._watchdog, name="trio-fastcgi WSGI watchdog")
+
+    def _wake(self, wanted: int) -> int:
+        """Wake up to *wanted* waiting threads (lock held); how many to start."""
+        if wanted <= 0:
+            return 0
+        woken = min(wanted, self._waiting)
+        if woken:
+            self._waiting -= woken
+            self._wakeups += woken
+            self._work_ready.notify(woken)
+        self._threads += wanted - woken
+        return wanted - woken
+
+    def _start(self) -> None:
+        threading.Thread(target=self._work, name="trio-fastcgi WSGI worker", daemon=True).start()
+
+    def _work(self) -> None:
+        lock = self._lock
+        jobs = self._jobs
+        ready = self._work_ready
+        counted = True  # in self._threads
+        try:
+            while True:
+                with lock:
+                    while not jobs:
+                        self._waiting += 1
+                        while True:
+                            woken = ready.wait(_IDLE_TIMEOUT)
+                            if self._wakeups:
+                                # Woken by submit() or the watchdog, which
+                                # counted this thread out of _waiting.
+                                self._wakeups -= 1
+                                break
+                            if not woken:
+                                # Idle too long: gone in the same breath, so
+                                # submit() never counts on this thread.
+                                self._waiting -= 1
+                                self._threads -= 1
+                                counted = False
+                                return
+                            # Another thread took the wake-up: wait on.
+                    fn, deliver, _queued = jobs.popleft()
+                    self._running += 1
+                result = outcome.capture(fn)
+                with lock:
+                    self._running -= 1
+                deliver(result)
+                del fn, deliver, result
+        finally:
+            if counted:  # deliver() failed: the thread is lost
+                with lock:
+                    self._threads -= 1
+
+    async def _watchdog(self) -> None:
+        jobs = self._jobs
+        idle_ticks = 0
+        while True:
+            await trio.sleep(self._queue_delay)
+            with self._lock:
+                if not jobs:
+                    idle_ticks += 1
+                    new_threads = 0
+                else:
+                    idle_ticks = 0
+                    free = self._threads - self._waiting - self._running
+                    stalled = jobs[0][2] <= time.monotonic() - self._queue_delay
+                    # The threads in applications hold the queue up: wake more.
+                    new_threads = self._wake(len(jobs) - free) if stalled else 0
+            for _ in range(new_threads):
+                self._start()
+            if idle_ticks >= _WATCHDOG_IDLE_TICKS:
+                # Nothing queued for a while: park until a job is.
+                idle_ticks = 0
+                self._queued = queued = trio.Event()
+                await queued.wait()
+                self._queued = None
 
 
 @final
@@ -188,9 +397,25 @@ class _Pipe:
     woken (one ``run_sync_soon``) only when it sleeps for want of work.
     """
 
-    def __init__(self, request: Request) -> None:
+    __slots__ = (
+        "_changed",
+        "_items",
+        "_lock",
+        "_pending",
+        "_reason",
+        "_rescheduler",
+        "_result",
+        "_sleeping",
+        "abandoned",
+        "cancelled",
+        "disconnected",
+        "on_late_return",
+        "request",
+    )
+
+    def __init__(self, request: Request, rescheduler: _Rescheduler) -> None:
         self.request = request
-        self._token = trio.lowlevel.current_trio_token()
+        self._rescheduler = rescheduler
         self._lock = threading.Lock()
         # Made when the thread first has to wait (most requests never do).
         self._changed: threading.Condition | None = None
@@ -220,7 +445,7 @@ class _Pipe:
             self._pending += size
             task, self._sleeping = self._sleeping, None
         if task is not None:
-            self._token.run_sync_soon(trio.lowlevel.reschedule, task)
+            self._rescheduler.reschedule_soon(task)
 
     def send(self, data: bytes) -> None:
         """Hand *data* to stdout; waits only while the output buffer is full."""
@@ -253,10 +478,10 @@ class _Pipe:
             task, self._sleeping = self._sleeping, None
             late = self.on_late_return if self.abandoned else None
         if task is not None:
-            self._token.run_sync_soon(trio.lowlevel.reschedule, task)
+            self._rescheduler.reschedule_soon(task)
         if late is not None:
             with contextlib.suppress(trio.RunFinishedError):
-                self._token.run_sync_soon(late)
+                self._rescheduler.token.run_sync_soon(late)
 
     # -- the Trio side ---------------------------------------------------------------
 
@@ -378,6 +603,8 @@ class WSGIInput:
     the end.
     """
 
+    __slots__ = ("_buffer", "_eof", "_error", "_pipe")
+
     def __init__(
         self,
         pipe: _Pipe,
@@ -461,6 +688,8 @@ class WSGIInput:
 class WSGIErrors:
     """``wsgi.errors``: text written here goes to the FastCGI stderr stream."""
 
+    __slots__ = ("_pipe",)
+
     def __init__(self, pipe: _Pipe) -> None:
         self._pipe = pipe
 
@@ -520,6 +749,8 @@ def _cgi_head(status: object, headers: object) -> bytes:
 class _Response:
     """start_response, write() and the body's blocks, in the application thread."""
 
+    __slots__ = ("_head", "_held", "_held_size", "_pipe", "head_sent")
+
     def __init__(self, pipe: _Pipe) -> None:
         self._pipe = pipe
         self._head: bytes | None = None
@@ -569,6 +800,21 @@ class _Response:
         else:
             self._pipe.send(data)
 
+    def whole(self, blocks: list[bytes] | tuple[bytes, ...]) -> bytes | None:
+        """The head and all of *blocks* (a list or tuple body) to go out with
+        the end of the request, if nothing was written yet and they are small;
+        otherwise None and nothing done."""
+        if self._head is None or self.head_sent:
+            return None
+        for block in blocks:
+            if type(block) is not bytes:
+                return None  # write() raises the error
+        body = b"".join(blocks)
+        if len(body) > _HOLD_LIMIT:
+            return None
+        self.head_sent = True
+        return self._head + body
+
     def _take_held(self) -> bytes:
         held = self._held[0] if len(self._held) == 1 else b"".join(self._held)
         self._held = []
@@ -598,6 +844,9 @@ class WSGIHandler:
       multiprocess: the value of ``wsgi.multiprocess`` (true under ``--workers``).
       preread_limit: a request body announced (``CONTENT_LENGTH``) at most this
         long is read whole before the application starts; 0 turns this off.
+      queue_delay: seconds a request may wait for a busy worker thread before
+        an idle one is woken for it (see the module docs); 0 wakes one for
+        every request, as if each had its own thread.
     """
 
     def __init__(
@@ -608,15 +857,38 @@ class WSGIHandler:
         script_name: str | None = None,
         multiprocess: bool = False,
         preread_limit: int = DEFAULT_PREREAD_LIMIT,
+        queue_delay: float = QUEUE_DELAY,
     ) -> None:
         if preread_limit < 0:
             raise ValueError("preread_limit must not be negative")
+        if not queue_delay >= 0:
+            raise ValueError("queue_delay must not be negative")
         self.app = app
         self.limiter = limiter if limiter is not None else trio.CapacityLimiter(DEFAULT_THREADS)
         self.script_name = script_name
-        self.multiprocess = multiprocess
         self.preread_limit = preread_limit
         self._pipes: set[_Pipe] = set()
+        self._threads = _AppThreads(queue_delay)
+        #: The environ keys that are the same for every request.
+        self._constant_environ: dict[str, object] = {
+            "wsgi.version": (1, 0),
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": multiprocess,
+            "wsgi.run_once": False,
+            # reads return b"" at the end of the body, even without
+            # CONTENT_LENGTH (chunked uploads through nginx)
+            "wsgi.input_terminated": True,
+        }
+        self._rescheduler: _Rescheduler | None = None
+
+    @property
+    def multiprocess(self) -> bool:
+        """The value of ``wsgi.multiprocess``."""
+        return cast("bool", self._constant_environ["wsgi.multiprocess"])
+
+    @multiprocess.setter
+    def multiprocess(self, value: bool) -> None:
+        self._constant_environ["wsgi.multiprocess"] = value
 
     def abandon(self) -> list[Request]:
         """Stop waiting for the application threads still running: their
@@ -658,27 +930,23 @@ class WSGIHandler:
         return WSGIInput(pipe, b"".join(parts))
 
     async def __call__(self, request: Request) -> None:
-        pipe = _Pipe(request)
+        rescheduler = self._rescheduler
+        token = trio.lowlevel.current_trio_token()
+        if rescheduler is None or rescheduler.token is not token:
+            rescheduler = self._rescheduler = _Rescheduler(token)
+        pipe = _Pipe(request, rescheduler)
         cgi_environ = build_environ(request, script_name=self.script_name)
         try:
             wsgi_input = await self._preread(request, pipe)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             await trio.lowlevel.checkpoint()
             return  # the connection is gone before the application started
-        environ: dict[str, object] = {
-            **cgi_environ,
-            "wsgi.version": (1, 0),
-            "wsgi.url_scheme": _url_scheme(cgi_environ),
-            "wsgi.input": wsgi_input,
-            "wsgi.errors": WSGIErrors(pipe),
-            "wsgi.multithread": True,
-            "wsgi.multiprocess": self.multiprocess,
-            "wsgi.run_once": False,
-            # reads return b"" at the end of the body, even without
-            # CONTENT_LENGTH (chunked uploads through nginx)
-            "wsgi.input_terminated": True,
-            "trio_fastcgi.request": request,
-        }
+        environ = cast("dict[str, object]", cgi_environ)
+        environ["wsgi.url_scheme"] = _url_scheme(cgi_environ)
+        environ.update(self._constant_environ)
+        environ["wsgi.input"] = wsgi_input
+        environ["wsgi.errors"] = WSGIErrors(pipe)
+        environ["trio_fastcgi.request"] = request
         limiter = self.limiter
         try:
             # serve() below is the checkpoint; a free thread needs no wait here.
@@ -689,7 +957,7 @@ class WSGIHandler:
         self._pipes.add(pipe)
         try:
             run = partial(contextvars.copy_context().run, self._run_app, environ, pipe)
-            trio.lowlevel.start_thread_soon(run, pipe.finish)
+            self._threads.submit(run, pipe.finish)
             result = await pipe.serve()
         finally:
             self._pipes.discard(pipe)
@@ -723,12 +991,18 @@ class WSGIHandler:
 
     def _run_app(self, environ: dict[str, object], pipe: _Pipe) -> bytes:
         """The application thread: returns the output not handed off yet."""
+        if pipe.abandoned:
+            return b""  # abandoned while queued for a thread: not started at all
         response = _Response(pipe)
         result = self.app(environ, response.start_response)
         try:
             # A list or tuple body is complete: no application code runs between
             # its blocks, so they may be sent together.
             hold = type(result) is list or type(result) is tuple
+            if hold:
+                whole = response.whole(cast("list[bytes]", result))
+                if whole is not None:
+                    return whole
             for chunk in result:
                 if chunk:
                     response.write(chunk, hold=hold)
