@@ -50,7 +50,7 @@ import attrs
 import trio
 import trio.testing
 
-from ._config import DEFAULT_INPUT_BUFFER_SIZE, ServerOptions
+from ._config import DEFAULT_INPUT_BUFFER_SIZE, Config, ServerOptions
 from ._events import OutputEvent, Stderr, Stdout
 from ._exceptions import EndRequestWith
 from ._request import Request
@@ -512,6 +512,7 @@ async def open_test_client(
     *,
     base_url: str = "http://testserver",
     raise_server_exceptions: bool = True,
+    config: Config | None = None,
     **server_options: Unpack[ServerOptions],
 ) -> AsyncIterator[TestClient]:
     """Serve *handler* in memory; an async context manager that gives a
@@ -523,8 +524,11 @@ async def open_test_client(
         (``SERVER_NAME``, ``SERVER_PORT``, ``HTTP_HOST``, ``HTTPS``).
       raise_server_exceptions: re-raise an exception that escaped the handler
         from the request call that caused it.
+      config: a :class:`~trio_fastcgi.Config` for
+        :func:`trio_fastcgi.serve_connection`, as in production.
       server_options: options for :func:`trio_fastcgi.serve_connection`
-        (``roles``, ``mpxs_conns``, ``max_reqs``, ...).
+        (``roles``, ``mpxs_conns``, ``max_reqs``, ...); each replaces that
+        field of *config*.
 
     Requests share one connection and may run concurrently (the client keeps
     within ``max_reqs``, and sends one at a time if ``mpxs_conns`` is false).
@@ -540,14 +544,22 @@ async def open_test_client(
             server_errors[request.request_id] = exc
             raise
 
-    max_concurrent: int | None = server_options.get("max_reqs")
-    if server_options.get("mpxs_conns") is False:
+    max_concurrent: int | None = server_options.get(
+        "max_reqs", None if config is None else config.max_reqs
+    )
+    if server_options.get("mpxs_conns", config is None or config.mpxs_conns) is False:
         max_concurrent = 1
     client_stream, server_stream = trio.testing.memory_stream_pair()
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(
-                partial(serve_connection, recording_handler, server_stream, **server_options)
+                partial(
+                    serve_connection,
+                    recording_handler,
+                    server_stream,
+                    config=config,
+                    **server_options,
+                )
             )
             async with open_client(client_stream, max_concurrent=max_concurrent) as fastcgi:
                 yield TestClient(
