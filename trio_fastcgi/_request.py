@@ -114,8 +114,6 @@ class Request(metaclass=NoPublicConstructor):
         strings, in order, duplicates kept.
       stdin: the request body (``FCGI_STDIN``). Empty for an Authorizer.
       stdout: where the CGI response goes (``FCGI_STDOUT``).
-      cancel_scope: the scope the handler runs in; ``FCGI_ABORT_REQUEST``
-        cancels it.
 
     Requests are made by the server, one per ``FCGI_BEGIN_REQUEST``; calling
     the class raises :exc:`TypeError`. To unit-test a handler or an adapter
