@@ -71,7 +71,7 @@ async def per_request(handler: Handler, count: int) -> float:
     outbox = DiscardingOutbox()
     start = cpu()
     for _ in range(count):
-        request = Request(
+        request = Request._create(
             request_id=1,
             role=Role.RESPONDER,
             keep_conn=True,

@@ -90,6 +90,7 @@ nitpick_ignore_regex = [(r"py:.*", pattern) for pattern in _EXTERNAL]
 nitpick_ignore = [
     # Type variables and private aliases that appear in signatures.
     ("py:class", "ListenerT"),
+    ("py:class", "trio_fastcgi._server.ListenerT"),
     ("py:class", "IPAddress"),
     ("py:class", "trio_fastcgi._record_protocol.EventT"),
 ]

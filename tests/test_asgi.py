@@ -28,8 +28,7 @@ from tests.helpers import (
     params_records,
     record,
 )
-from tests.outbox import RecordingOutbox
-from trio_fastcgi import Request, Role
+from trio_fastcgi import Request, Role, testing
 from trio_fastcgi.asgi import ASGIHandler, ClientDisconnected, LifespanFailure, build_scope
 
 Message = dict[str, Any]
@@ -37,14 +36,8 @@ GET = {"REQUEST_METHOD": "GET", "SERVER_PROTOCOL": "HTTP/1.1", "SERVER_NAME": "e
 
 
 def make_request(raw_params: list[tuple[bytes, bytes]]) -> Request:
-    return Request(
-        request_id=3,
-        role=Role.RESPONDER,
-        keep_conn=True,
-        raw_params=tuple(raw_params),
-        outbox=RecordingOutbox(),
-        input_buffer_size=1024,
-    )
+    request, _ = testing.make_request(raw_params, request_id=3, input_buffer_size=1024)
+    return request
 
 
 async def serve(nursery: trio.Nursery, handler: ASGIHandler, **options: object) -> FakeWebServer:

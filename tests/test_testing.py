@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import textwrap
 import urllib.parse
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import trio
@@ -12,8 +15,8 @@ import trio.testing
 
 import trio_fastcgi
 from trio_fastcgi import Overloaded, ProtocolStatus, Request, Role
-from trio_fastcgi.client import CGIResponseError
-from trio_fastcgi.testing import open_test_client
+from trio_fastcgi.client import CGIResponse, CGIResponseError
+from trio_fastcgi.testing import make_request, open_test_client
 
 
 # The example from the module docstring, verbatim.
@@ -263,3 +266,149 @@ async def test_testing_bad_arguments() -> None:
     with pytest.raises(TypeError, match="unknown server option"):
         async with open_test_client(raw_output, no_such_option=1):  # type: ignore[call-arg]
             pass
+
+
+# -- make_request: a Request without a connection ------------------------------------
+
+
+def _docstring_example(function: object) -> str:
+    """The code block of *function*'s docstring (after a line ending in ``::``)."""
+    doc = inspect.getdoc(function)
+    assert doc is not None
+    lines = doc.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.endswith("::")) + 1
+    block: list[str] = []
+    for line in lines[start:]:
+        if line and not line.startswith(" "):
+            break
+        block.append(line)
+    return textwrap.dedent("\n".join(block))
+
+
+async def test_make_request_docstring_example_passes() -> None:
+    namespace: dict[str, Any] = {}
+    exec(compile(_docstring_example(make_request), "make_request example", "exec"), namespace)
+    tests = [name for name in namespace if name.startswith("test_")]
+    assert tests == ["test_shout"]
+    await namespace["test_shout"]()
+
+
+async def test_make_request_mapping_params_are_encoded_like_os_environ() -> None:
+    request, _ = make_request({"PATH_INFO": "/caf\u00e9", "X_RAW": "\udcff"})
+    assert request.raw_params == ((b"PATH_INFO", b"/caf\xc3\xa9"), (b"X_RAW", b"\xff"))
+    assert request.params["PATH_INFO"] == "/caf\u00e9"
+    assert (request.request_id, request.role, request.keep_conn) == (1, Role.RESPONDER, True)
+
+
+async def test_make_request_raw_params_kept_in_order_with_duplicates() -> None:
+    pairs = [(b"HTTP_ACCEPT", b"a"), (b"X", b"1"), (b"HTTP_ACCEPT", b"b")]
+    request, _ = make_request(iter(pairs), request_id=7, keep_conn=False)
+    assert request.raw_params == tuple(pairs)
+    assert request.params["HTTP_ACCEPT"] == "b"
+    assert (request.request_id, request.keep_conn) == (7, False)
+
+
+async def test_make_request_body_is_stdin_and_stdin_is_ended() -> None:
+    request, _ = make_request({"CONTENT_LENGTH": "5"}, body=b"hello", input_buffer_size=1)
+    assert request.content_length == 5
+    assert request.stdin.at_eof
+    assert await request.stdin.receive_all() == b"hello"
+    empty, _ = make_request()
+    assert await empty.stdin.receive_some() == b""
+
+
+async def test_make_request_body_of_another_length_is_incomplete_input() -> None:
+    request, _ = make_request({"CONTENT_LENGTH": "10"}, body=b"short")
+    with pytest.raises(trio_fastcgi.IncompleteInput, match="after 5 bytes, but 10"):
+        await request.stdin.receive_all()
+
+
+async def test_make_request_filter_has_body_and_data() -> None:
+    request, _ = make_request({"FCGI_DATA_LENGTH": "4"}, body=b"in", data=b"file", role=Role.FILTER)
+    assert request.data_length == 4
+    assert await request.stdin.receive_all() == b"in"
+    assert await request.data.receive_all() == b"file"
+
+
+async def test_make_request_authorizer_and_responder_streams_are_empty() -> None:
+    authorizer, _ = make_request(role=Role.AUTHORIZER)
+    assert await authorizer.stdin.receive_some() == b""
+    assert await authorizer.data.receive_some() == b""
+    responder, _ = make_request(body=b"x")
+    assert await responder.data.receive_some() == b""
+
+
+async def test_make_request_output_records_stdout_and_stderr() -> None:
+    request, output = make_request()
+    await request.stdout.send_all(b"Status: 201 Created\r\n")
+    await request.stderr.send_all(bytearray(b"warn"))
+    assert (output.stdout_ended, output.stderr_ended) == (False, False)
+    await request.stdout.send_all(memoryview(b"\r\nbody"))
+    await request.stderr.aclose()
+    assert output.stdout == b"Status: 201 Created\r\n\r\nbody"
+    assert output.stderr == b"warn"
+    assert (output.stdout_ended, output.stderr_ended) == (False, True)
+    await request.stdout.aclose()
+    assert output.stdout_ended
+    assert output.response() == CGIResponse(201, [], b"body")
+    assert output.events == [
+        trio_fastcgi.Stdout(1, b"Status: 201 Created\r\n"),
+        trio_fastcgi.Stderr(1, b"warn"),
+        trio_fastcgi.Stdout(1, b"\r\nbody"),
+        trio_fastcgi.Stderr(1, b""),
+        trio_fastcgi.Stdout(1, b""),
+    ]
+
+
+async def test_make_request_output_of_respond_and_authorize() -> None:
+    request, output = make_request(request_id=9)
+    await request.respond("caf\u00e9", status=404)
+    assert output.events == [
+        trio_fastcgi.Stdout(
+            9,
+            b"Status: 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\n\r\ncaf\xc3\xa9",
+        ),
+        trio_fastcgi.Stdout(9, b""),
+    ]
+    with pytest.raises(trio.ClosedResourceError):
+        await request.stdout.send_all(b"more")
+    authorizer, allowed = make_request(role=Role.AUTHORIZER)
+    await authorizer.authorize({"USER": "ann"})
+    assert allowed.response() == CGIResponse(200, [("Variable-USER", "ann")], b"")
+
+
+async def test_make_request_output_sends_are_checkpoints() -> None:
+    request, _ = make_request()
+    with trio.testing.assert_checkpoints():
+        await request.stdout.send_all(b"x")
+    with trio.testing.assert_checkpoints():
+        await request.respond()
+
+
+def test_make_request_output_response_of_non_cgi_stdout_raises() -> None:
+    _, output = make_request()
+    output.events.append(trio_fastcgi.Stdout(1, b"no blank line"))
+    with pytest.raises(CGIResponseError):
+        output.response()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"params": {"A": b"bytes"}}, TypeError, "must map str to str"),
+        ({"params": [("A", "B")]}, TypeError, r"must be \(bytes, bytes\) pairs"),
+        ({"params": [(b"A",)]}, TypeError, r"must be \(bytes, bytes\) pairs"),
+        ({"body": "text"}, TypeError, "body and data must be bytes"),
+        ({"request_id": 0}, ValueError, "1..65535"),
+        ({"request_id": 65536}, ValueError, "1..65535"),
+        ({"role": Role.AUTHORIZER, "body": b"x"}, ValueError, "has no stdin"),
+        ({"data": b"x"}, ValueError, "only a Filter"),
+        ({"role": 9}, ValueError, "9 is not a valid Role"),
+        ({"input_buffer_size": 0}, ValueError, "input_buffer_size"),
+    ],
+)
+def test_make_request_bad_arguments(
+    kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        make_request(**kwargs)

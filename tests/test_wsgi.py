@@ -24,8 +24,7 @@ from tests.helpers import (
     params_records,
     record,
 )
-from tests.outbox import RecordingOutbox
-from trio_fastcgi import Request, Role
+from trio_fastcgi import Request, Role, testing
 from trio_fastcgi.wsgi import ClientDisconnected, WSGIHandler, build_environ
 
 Environ = dict[str, object]
@@ -35,14 +34,8 @@ GET = {"REQUEST_METHOD": "GET", "SERVER_PROTOCOL": "HTTP/1.1", "SERVER_NAME": "e
 
 
 def make_request(raw_params: Iterable[tuple[bytes, bytes]]) -> Request:
-    return Request(
-        request_id=1,
-        role=Role.RESPONDER,
-        keep_conn=True,
-        raw_params=tuple(raw_params),
-        outbox=RecordingOutbox(),
-        input_buffer_size=1024,
-    )
+    request, _ = testing.make_request(raw_params, input_buffer_size=1024)
+    return request
 
 
 async def serve(nursery: trio.Nursery, handler: WSGIHandler, **options: object) -> FakeWebServer:

@@ -48,10 +48,10 @@ __all__ = [
 #: Params as a mapping, or ``(name, value)`` pairs (str or bytes; str is
 #: encoded as UTF-8 with ``surrogateescape``). Pairs keep order and duplicates.
 ParamsArg: TypeAlias = (
-    "Mapping[str, str] | Mapping[bytes, bytes] | Iterable[tuple[str | bytes, str | bytes]]"
+    Mapping[str, str] | Mapping[bytes, bytes] | Iterable[tuple[str | bytes, str | bytes]]
 )
 #: The request body, as bytes or an async iterable of byte chunks (streamed).
-BodyArg: TypeAlias = "bytes | bytearray | memoryview | AsyncIterable[bytes]"
+BodyArg: TypeAlias = bytes | bytearray | memoryview | AsyncIterable[bytes]
 
 RECEIVE_SIZE: Final = 256 * 1024
 #: Write-queue items (each one or more whole records) before senders wait.

@@ -6,15 +6,13 @@ import ipaddress
 import math
 import os
 from collections.abc import Collection
-from typing import TYPE_CHECKING, Final, TypeAlias, TypedDict
+from typing import Final, TypeAlias, TypedDict
 
 import attrs
+import trio
 
 from ._connection import DEFAULT_MAX_CONNS, DEFAULT_MAX_PARAMS_SIZE, DEFAULT_MAX_REQS
 from ._wire import Role
-
-if TYPE_CHECKING:
-    import trio
 
 #: Unread input a request may have buffered before the connection stops reading
 #: (backpressure to the web server). Four full records.
@@ -28,6 +26,9 @@ DEFAULT_GRACE_PERIOD: Final = 30.0
 #: A connection in steady use never goes this long without a request; waking
 #: one costs about what a new connection costs.
 DEFAULT_HIBERNATE_AFTER: Final = 2.0
+
+
+IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class ServerOptions(TypedDict, total=False):
@@ -48,7 +49,7 @@ class ServerOptions(TypedDict, total=False):
     hibernate_after: float | None
     grace_period: float
     shutdown_event: trio.Event | None
-    web_server_addrs: Collection[str] | None
+    web_server_addrs: Collection[str | IPAddress] | None
 
 
 def _positive(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -61,18 +62,17 @@ def _timeout(instance: object, attribute: attrs.Attribute[float], value: float |
         raise ValueError(f"{attribute.name} must be a positive number or None, not {value!r}")
 
 
-IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-def parse_ip_address(text: str) -> IPAddress:
+def parse_ip_address(text: str | IPAddress) -> IPAddress:
     """An IP address, with IPv4-mapped IPv6 (``::ffff:a.b.c.d``) folded to IPv4."""
-    address = ipaddress.ip_address(text.strip().split("%", 1)[0])
+    address = (
+        text if not isinstance(text, str) else ipaddress.ip_address(text.strip().split("%", 1)[0])
+    )
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
 
 
-def _web_server_addrs(value: Collection[str] | None) -> frozenset[IPAddress]:
+def _web_server_addrs(value: Collection[str | IPAddress] | None) -> frozenset[IPAddress]:
     if value is None:
         value = [a for a in os.environ.get("FCGI_WEB_SERVER_ADDRS", "").split(",") if a.strip()]
     return frozenset(parse_ip_address(address) for address in value)
@@ -88,6 +88,12 @@ def _roles(value: Collection[Role | int]) -> frozenset[Role]:
 @attrs.frozen(kw_only=True)
 class Config:
     """The validated options of a server.
+
+    Pass one as ``config=`` to any ``serve_*`` function, instead of (or as
+    well as) the same options as keywords: a keyword option given too
+    replaces that field of the config, so ``serve_tcp(handler, 9000,
+    config=base, max_reqs=10)`` serves with *base*'s options but
+    ``max_reqs=10``. The config itself is never changed (it is frozen).
 
     Attributes:
       roles: roles whose requests reach the handler; the others are answered
@@ -132,6 +138,7 @@ class Config:
         reads the comma-separated ``FCGI_WEB_SERVER_ADDRS`` environment
         variable, as the FastCGI spec asks; unset or empty there, or an empty
         collection here, allows every peer. Unix-socket peers are not checked.
+        Given as strings or :mod:`ipaddress` objects; kept as the latter.
     """
 
     roles: frozenset[Role] = attrs.field(default=frozenset({Role.RESPONDER}), converter=_roles)
@@ -154,9 +161,17 @@ class Config:
             raise ValueError(f"grace_period must be >= 0, not {value!r}")
 
     @classmethod
-    def from_options(cls, options: ServerOptions) -> Config:
-        """Validate keyword options; unknown names raise :class:`TypeError`."""
+    def from_options(cls, options: ServerOptions, *, base: Config | None = None) -> Config:
+        """Validate keyword options; unknown names raise :class:`TypeError`.
+
+        With *base*, the result is *base* with the fields *options* name
+        replaced (and validated); without it, the defaults are the base.
+        """
         unknown = set(options) - set(attrs.fields_dict(cls))
         if unknown:
             raise TypeError(f"unknown server option(s): {', '.join(sorted(unknown))}")
-        return cls(**options)
+        if base is None:
+            return cls(**options)
+        if not isinstance(base, Config):
+            raise TypeError(f"config must be a trio_fastcgi.Config, not {base!r}")
+        return attrs.evolve(base, **options) if options else base

@@ -253,6 +253,9 @@ class UnknownType(Event):
 class _Sentinel(enum.Enum):
     NEED_DATA = "NEED_DATA"
 
+    def __repr__(self) -> str:
+        return self.name  # NEED_DATA, the name it is imported by
+
 
 #: Returned by :meth:`FastCGIConnection.next_event` when it needs more bytes.
 NEED_DATA: Final = _Sentinel.NEED_DATA

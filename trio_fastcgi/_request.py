@@ -10,6 +10,7 @@ import trio
 
 from ._events import Stderr, Stdout
 from ._streams import InputStream, OutputStream
+from ._util import NoPublicConstructor
 from ._wire import Role
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ class Params(Mapping[str, str]):
 
 
 @final
-class Request:
+class Request(metaclass=NoPublicConstructor):
     """One FastCGI request, as the handler sees it.
 
     Attributes:
@@ -113,10 +114,30 @@ class Request:
         strings, in order, duplicates kept.
       stdin: the request body (``FCGI_STDIN``). Empty for an Authorizer.
       stdout: where the CGI response goes (``FCGI_STDOUT``).
+
+    Requests are made by the server, one per ``FCGI_BEGIN_REQUEST``; calling
+    the class raises :exc:`TypeError`. To unit-test a handler or an adapter
+    without a connection, use :func:`trio_fastcgi.testing.make_request`.
     """
 
-    def __init__(
-        self,
+    request_id: int
+    role: Role
+    keep_conn: bool
+    raw_params: tuple[tuple[bytes, bytes], ...]
+    stdin: InputStream
+    stdout: OutputStream
+    cancel_scope: trio.CancelScope
+    _params: Params | None
+    _aborted: bool
+    _input_buffer_size: int
+    _outbox: Outbox
+    _data: InputStream | None
+    _stderr: OutputStream | None
+    _finished: bool
+
+    @classmethod
+    def _create(
+        cls,
         *,
         request_id: int,
         role: Role,
@@ -124,14 +145,15 @@ class Request:
         raw_params: tuple[tuple[bytes, bytes], ...],
         outbox: Outbox,
         input_buffer_size: int,
-    ) -> None:
+    ) -> Request:
+        self = object.__new__(cls)
         self.request_id = request_id
         self.role = role
         self.keep_conn = keep_conn
         self.raw_params = raw_params
-        self._params: Params | None = None
+        self._params = None
         self._aborted = False
-        self.stdin = InputStream(
+        self.stdin = InputStream._create(
             "stdin",
             buffer_size=input_buffer_size,
             expected_length=(
@@ -144,11 +166,12 @@ class Request:
         # are made on first use, which keeps a Responder request cheap.
         self._input_buffer_size = input_buffer_size
         self._outbox = outbox
-        self._data: InputStream | None = None
-        self._stderr: OutputStream | None = None
+        self._data = None
+        self._stderr = None
         self._finished = False
-        self.stdout = OutputStream(request_id, Stdout, outbox)
+        self.stdout = OutputStream._create(request_id, Stdout, outbox)
         self.cancel_scope = trio.CancelScope()
+        return self
 
     @property
     def data(self) -> InputStream:
@@ -156,7 +179,7 @@ class Request:
         if self._data is None:
             filtering = self.role is Role.FILTER
             length = _length_param(self._raw(b"FCGI_DATA_LENGTH")) if filtering else None
-            self._data = InputStream(
+            self._data = InputStream._create(
                 "data", buffer_size=self._input_buffer_size, expected_length=length
             )
             if not filtering:
@@ -169,7 +192,7 @@ class Request:
     def stderr(self) -> OutputStream:
         """Error output for the web server's log (``FCGI_STDERR``)."""
         if self._stderr is None:
-            self._stderr = OutputStream(self.request_id, Stderr, self._outbox)
+            self._stderr = OutputStream._create(self.request_id, Stderr, self._outbox)
             self._stderr._closed = self._finished
         return self._stderr
 

@@ -404,7 +404,7 @@ class ServedConnection:
 
     def _start_request(self, event: Params) -> None:
         begin = self._pending.pop(event.request_id)
-        request = Request(
+        request = Request._create(
             request_id=event.request_id,
             role=begin.role,
             keep_conn=begin.keep_conn,

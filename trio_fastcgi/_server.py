@@ -11,14 +11,17 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Final, TypeAlias, TypeVar, final
+from typing import Final, TypeAlias, TypeVar, final
 
 import trio
 
-if sys.version_info < (3, 11):
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+else:
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
+    from typing_extensions import Unpack
 
-from ._config import Config, parse_ip_address
+from ._config import Config, ServerOptions, parse_ip_address
 from ._hibernation import Hibernation, hibernation_supported
 from ._listeners import (
     FCGI_LISTENSOCK_FILENO,
@@ -30,11 +33,6 @@ from ._listeners import (
 )
 from ._serve_connection import Handler, ServedConnection, timeout_policy
 from ._transport import Acceptor, Transport, open_transport
-
-if TYPE_CHECKING:
-    from typing_extensions import Unpack
-
-    from ._config import ServerOptions
 
 LOGGER: Final = logging.getLogger("trio_fastcgi")
 
@@ -77,7 +75,11 @@ def check_handler(handler: object) -> None:
 
 
 async def serve_connection(
-    handler: Handler, stream: trio.abc.Stream, **options: Unpack[ServerOptions]
+    handler: Handler,
+    stream: trio.abc.Stream,
+    *,
+    config: Config | None = None,
+    **options: Unpack[ServerOptions],
 ) -> None:
     """Serve FastCGI on one open *stream* until the web server or the connection
     ends it. The stream is closed on return.
@@ -85,10 +87,11 @@ async def serve_connection(
     Every exception from *handler* is handled (see :func:`serve_listeners`);
     the web server's misbehaviour is logged, never raised. Setting the
     ``shutdown_event`` option lets the requests in flight finish (within
-    ``grace_period``), then closes the connection.
+    ``grace_period``), then closes the connection. Options come from *config*
+    and keywords as in :func:`serve_listeners`.
     """
     check_handler(handler)
-    config = Config.from_options(options)
+    config = Config.from_options(options, base=config)
     connection = ServedConnection(handler, open_transport(stream), config)
     if config.shutdown_event is None:
         await connection.run()
@@ -338,6 +341,7 @@ async def serve_listeners(
     *,
     handler_nursery: trio.Nursery | None = None,
     task_status: trio.TaskStatus[list[ListenerT]] = trio.TASK_STATUS_IGNORED,
+    config: Config | None = None,
     **options: Unpack[ServerOptions],
 ) -> None:
     """Serve FastCGI on already-open *listeners* until cancelled or shut down.
@@ -363,9 +367,15 @@ async def serve_listeners(
     cancelled or the web server closes them. Setting the ``shutdown_event``
     option instead stops gracefully (see :class:`Config`), after which this
     function returns.
+
+    The server's options (every ``serve_*`` function takes the same) are the
+    fields of a :class:`Config`: give one as *config*, or the options as
+    keywords (``max_reqs=10``), or both, and then each keyword option replaces
+    that field of *config*. An unknown or invalid option raises
+    :exc:`TypeError` or :exc:`ValueError` before anything is served.
     """
     check_handler(handler)
-    config = Config.from_options(options)
+    config = Config.from_options(options, base=config)
     protect_std_fds()
     server = _Server(handler, config)
     try:
@@ -398,6 +408,7 @@ async def serve_tcp(
     backlog: int | None = None,
     handler_nursery: trio.Nursery | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    config: Config | None = None,
     **options: Unpack[ServerOptions],
 ) -> None:
     """Serve FastCGI on TCP *port* (0 picks a free one) until cancelled.
@@ -414,10 +425,10 @@ async def serve_tcp(
     WARNING.
     """
     check_handler(handler)
-    Config.from_options(options)  # fail on a bad option before binding
+    config = Config.from_options(options, base=config)  # fail before binding
     listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
     await serve_listeners(
-        handler, listeners, handler_nursery=handler_nursery, task_status=task_status, **options
+        handler, listeners, handler_nursery=handler_nursery, task_status=task_status, config=config
     )
 
 
@@ -429,6 +440,7 @@ async def serve_unix(
     backlog: int | None = None,
     handler_nursery: trio.Nursery | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    config: Config | None = None,
     **options: Unpack[ServerOptions],
 ) -> None:
     """Serve FastCGI on a unix socket at *path* until cancelled.
@@ -439,12 +451,16 @@ async def serve_unix(
     Options and error handling as in :func:`serve_listeners`.
     """
     check_handler(handler)
-    Config.from_options(options)
+    config = Config.from_options(options, base=config)
     listener = await open_unix_listener(path, mode=mode, backlog=backlog)
     inode = os.stat(path).st_ino
     try:
         await serve_listeners(
-            handler, [listener], handler_nursery=handler_nursery, task_status=task_status, **options
+            handler,
+            [listener],
+            handler_nursery=handler_nursery,
+            task_status=task_status,
+            config=config,
         )
     finally:
         remove_socket_file(path, inode)
@@ -456,6 +472,7 @@ async def serve_inherited(
     *,
     handler_nursery: trio.Nursery | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    config: Config | None = None,
     **options: Unpack[ServerOptions],
 ) -> None:
     """Serve FastCGI on the listening socket (TCP or unix) inherited on *fd*.
@@ -465,8 +482,8 @@ async def serve_inherited(
     Options and error handling as in :func:`serve_listeners`.
     """
     check_handler(handler)
-    Config.from_options(options)
+    config = Config.from_options(options, base=config)
     listener = inherited_listener(fd)
     await serve_listeners(
-        handler, [listener], handler_nursery=handler_nursery, task_status=task_status, **options
+        handler, [listener], handler_nursery=handler_nursery, task_status=task_status, config=config
     )

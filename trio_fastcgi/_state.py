@@ -10,7 +10,7 @@ a stream that is not (or no longer) being read.
 from __future__ import annotations
 
 import enum
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from ._wire import RecordType, Role
 
@@ -20,7 +20,11 @@ class RequestState(enum.Enum):
 
     # Members are compared by identity: hash them so too (Enum's own
     # __hash__ is Python code, and these are dict keys on the hot path).
-    __hash__ = object.__hash__
+    if TYPE_CHECKING:
+
+        def __hash__(self) -> int: ...
+    else:
+        __hash__ = object.__hash__
 
     PARAMS = "reading params"
     STDIN = "reading stdin"
@@ -49,7 +53,11 @@ class Action(enum.Enum):
 
     # Members are compared by identity: hash them so too (Enum's own
     # __hash__ is Python code, and these are dict keys on the hot path).
-    __hash__ = object.__hash__
+    if TYPE_CHECKING:
+
+        def __hash__(self) -> int: ...
+    else:
+        __hash__ = object.__hash__
 
     DELIVER = "deliver"
     IGNORE = "ignore"

@@ -17,6 +17,7 @@ import trio
 
 from ._events import Stderr, Stdout
 from ._exceptions import IncompleteInput, InputTooLarge
+from ._util import NoPublicConstructor
 
 if TYPE_CHECKING:
     from ._events import OutputEvent
@@ -41,7 +42,7 @@ class Outbox(abc.ABC):
 
 
 @final
-class InputStream(trio.abc.ReceiveStream):
+class InputStream(trio.abc.ReceiveStream, metaclass=NoPublicConstructor):
     """A request's ``FCGI_STDIN`` or ``FCGI_DATA`` stream.
 
     :meth:`receive_some` returns ``b""`` once the web server has ended the
@@ -51,12 +52,27 @@ class InputStream(trio.abc.ReceiveStream):
     of returning ``b""``: the body was cut short and must not be trusted.
     """
 
-    def __init__(self, name: str, *, buffer_size: int, expected_length: int | None) -> None:
+    #: Bytes the web server announced for this stream, if it did.
+    expected_length: int | None
+    _name: str
+    _buffer_size: int
+    _chunks: deque[bytes]
+    _buffered: int
+    _received: int
+    _eof: bool
+    _closed: bool
+    _discarding: bool
+    _busy: bool
+    _readable: trio.lowlevel.ParkingLot
+    _writable: trio.lowlevel.ParkingLot
+
+    @classmethod
+    def _create(cls, name: str, *, buffer_size: int, expected_length: int | None) -> InputStream:
+        self = object.__new__(cls)
         self._name = name
         self._buffer_size = buffer_size
-        #: Bytes the web server announced for this stream, if it did.
         self.expected_length = expected_length
-        self._chunks: deque[bytes] = deque()
+        self._chunks = deque()
         self._buffered = 0
         self._received = 0
         self._eof = False
@@ -65,6 +81,7 @@ class InputStream(trio.abc.ReceiveStream):
         self._busy = False
         self._readable = trio.lowlevel.ParkingLot()
         self._writable = trio.lowlevel.ParkingLot()
+        return self
 
     @property
     def received(self) -> int:
@@ -200,7 +217,7 @@ class InputStream(trio.abc.ReceiveStream):
 
 
 @final
-class OutputStream(trio.abc.SendStream):
+class OutputStream(trio.abc.SendStream, metaclass=NoPublicConstructor):
     """A request's ``FCGI_STDOUT`` or ``FCGI_STDERR`` stream.
 
     Each :meth:`send_all` goes whole to the connection's single sender, which
@@ -220,18 +237,25 @@ class OutputStream(trio.abc.SendStream):
     #: What writing to the closed stream says (``respond()`` sets its own).
     _closed_reason: str = "the output stream is closed"
 
-    def __init__(
-        self,
-        request_id: int,
-        event_type: type[Stdout | Stderr],
-        outbox: Outbox,
-    ) -> None:
+    _request_id: int
+    _event_type: type[Stdout | Stderr]
+    _outbox: Outbox
+    _closed: bool
+    _busy: bool
+    _sent_data: bool
+
+    @classmethod
+    def _create(
+        cls, request_id: int, event_type: type[Stdout | Stderr], outbox: Outbox
+    ) -> OutputStream:
+        self = object.__new__(cls)
         self._request_id = request_id
         self._event_type = event_type
         self._outbox = outbox
         self._closed = False
         self._busy = False
         self._sent_data = False
+        return self
 
     @property
     def closed(self) -> bool:

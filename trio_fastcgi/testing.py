@@ -30,6 +30,10 @@ back parsed. An example test (pytest with ``trio_mode = true``)::
 By default an exception that escapes the handler is raised again in the test
 (after the server has answered it with a 500), so its traceback is not lost in
 a log; pass ``raise_server_exceptions=False`` to test the 500 itself.
+
+To unit-test code that takes a :class:`~trio_fastcgi.Request` without any
+connection at all (a helper of your handler, or an adapter), make one with
+:func:`make_request`.
 """
 
 from __future__ import annotations
@@ -38,17 +42,21 @@ import contextlib
 import json as json_module
 import sys
 import urllib.parse
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final, TypeAlias, final
+from typing import Any, Final, TypeAlias, final
 
 import attrs
 import trio
 import trio.testing
 
+from ._config import DEFAULT_INPUT_BUFFER_SIZE, Config, ServerOptions
+from ._events import OutputEvent, Stderr, Stdout
 from ._exceptions import EndRequestWith
 from ._request import Request
+from ._serve_connection import Handler
 from ._server import serve_connection
+from ._streams import Outbox
 from ._version import __version__
 from ._wire import ProtocolStatus, Role
 from .client import (
@@ -62,23 +70,26 @@ from .client import (
     parse_cgi_response,
 )
 
-if sys.version_info < (3, 11):
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+else:
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
-
-if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-    from ._config import ServerOptions
-    from ._serve_connection import Handler
-
-__all__ = ["TestClient", "TestResponse", "open_test_client"]
+__all__ = [
+    "RequestOutput",
+    "TestClient",
+    "TestResponse",
+    "make_request",
+    "open_test_client",
+]
 
 #: Headers as a mapping or ``(name, value)`` pairs; repeated names are joined
 #: with ", " as web servers do.
-HeadersArg: TypeAlias = "Mapping[str, str] | Iterable[tuple[str, str]]"
+HeadersArg: TypeAlias = Mapping[str, str] | Iterable[tuple[str, str]]
 #: A query as a string (sent as is) or pairs/mapping (URL-encoded).
-QueryArg: TypeAlias = "str | Mapping[str, str] | Iterable[tuple[str, str]]"
-BodyArg: TypeAlias = "bytes | str | AsyncIterable[bytes]"
+QueryArg: TypeAlias = str | Mapping[str, str] | Iterable[tuple[str, str]]
+BodyArg: TypeAlias = bytes | str | AsyncIterable[bytes]
 
 _NO_RESPONSE_STATUS: Final = 502
 
@@ -501,6 +512,7 @@ async def open_test_client(
     *,
     base_url: str = "http://testserver",
     raise_server_exceptions: bool = True,
+    config: Config | None = None,
     **server_options: Unpack[ServerOptions],
 ) -> AsyncIterator[TestClient]:
     """Serve *handler* in memory; an async context manager that gives a
@@ -512,8 +524,11 @@ async def open_test_client(
         (``SERVER_NAME``, ``SERVER_PORT``, ``HTTP_HOST``, ``HTTPS``).
       raise_server_exceptions: re-raise an exception that escaped the handler
         from the request call that caused it.
+      config: a :class:`~trio_fastcgi.Config` for
+        :func:`trio_fastcgi.serve_connection`, as in production.
       server_options: options for :func:`trio_fastcgi.serve_connection`
-        (``roles``, ``mpxs_conns``, ``max_reqs``, ...).
+        (``roles``, ``mpxs_conns``, ``max_reqs``, ...); each replaces that
+        field of *config*.
 
     Requests share one connection and may run concurrently (the client keeps
     within ``max_reqs``, and sends one at a time if ``mpxs_conns`` is false).
@@ -529,14 +544,22 @@ async def open_test_client(
             server_errors[request.request_id] = exc
             raise
 
-    max_concurrent: int | None = server_options.get("max_reqs")
-    if server_options.get("mpxs_conns") is False:
+    max_concurrent: int | None = server_options.get(
+        "max_reqs", None if config is None else config.max_reqs
+    )
+    if server_options.get("mpxs_conns", config is None or config.mpxs_conns) is False:
         max_concurrent = 1
     client_stream, server_stream = trio.testing.memory_stream_pair()
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(
-                partial(serve_connection, recording_handler, server_stream, **server_options)
+                partial(
+                    serve_connection,
+                    recording_handler,
+                    server_stream,
+                    config=config,
+                    **server_options,
+                )
             )
             async with open_client(client_stream, max_concurrent=max_concurrent) as fastcgi:
                 yield TestClient(
@@ -548,3 +571,168 @@ async def open_test_client(
             nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         raise _unwrap(group) from None
+
+
+# -- a Request without a connection ------------------------------------------------
+
+
+@final
+class RequestOutput(Outbox):
+    """What a request made by :func:`make_request` sent, as the web server
+    would have received it.
+
+    Attributes:
+      events: every output event the request sent, in order
+        (:class:`~trio_fastcgi.Stdout` and :class:`~trio_fastcgi.Stderr`;
+        an empty one ends its stream).
+    """
+
+    def __init__(self) -> None:
+        self.events: list[OutputEvent] = []
+
+    async def send(self, event: OutputEvent) -> None:
+        """Record *event* (a checkpoint, as a send to a connection is)."""
+        await trio.lowlevel.checkpoint()
+        self.events.append(event)
+
+    async def send_many(self, events: Sequence[OutputEvent]) -> None:
+        """Record *events*, in order, in one checkpoint (one write on a connection)."""
+        await trio.lowlevel.checkpoint()
+        self.events.extend(events)
+
+    @property
+    def stdout(self) -> bytes:
+        """Everything written to ``FCGI_STDOUT``: the CGI head and the body."""
+        return b"".join(event.data for event in self.events if type(event) is Stdout)
+
+    @property
+    def stderr(self) -> bytes:
+        """Everything written to ``FCGI_STDERR``."""
+        return b"".join(event.data for event in self.events if type(event) is Stderr)
+
+    @property
+    def stdout_ended(self) -> bool:
+        """True once stdout was ended (by :meth:`~trio_fastcgi.Request.respond`,
+        or by closing :attr:`~trio_fastcgi.Request.stdout`)."""
+        return any(type(event) is Stdout and not event.data for event in self.events)
+
+    @property
+    def stderr_ended(self) -> bool:
+        """True once :attr:`~trio_fastcgi.Request.stderr` was closed."""
+        return any(type(event) is Stderr and not event.data for event in self.events)
+
+    def response(self) -> CGIResponse:
+        """:attr:`stdout` parsed as a CGI response (status, headers, body).
+
+        Raises:
+          trio_fastcgi.client.CGIResponseError: stdout is not a CGI response.
+        """
+        return parse_cgi_response(self.stdout)
+
+
+def _raw_params(
+    params: Mapping[str, str] | Iterable[tuple[bytes, bytes]],
+) -> tuple[tuple[bytes, bytes], ...]:
+    if isinstance(params, Mapping):
+        items: list[tuple[bytes, bytes]] = []
+        for name, value in params.items():
+            if type(name) is not str or type(value) is not str:
+                raise TypeError(
+                    f"a params mapping must map str to str, not {name!r} to {value!r}; "
+                    "give raw params as (bytes, bytes) pairs"
+                )
+            items.append(
+                (name.encode("utf-8", "surrogateescape"), value.encode("utf-8", "surrogateescape"))
+            )
+        return tuple(items)
+    pairs = tuple(params)
+    for pair in pairs:
+        if not (
+            type(pair) is tuple
+            and len(pair) == 2
+            and type(pair[0]) is bytes
+            and type(pair[1]) is bytes
+        ):
+            raise TypeError(f"raw params must be (bytes, bytes) pairs, not {pair!r}")
+    return pairs
+
+
+def make_request(
+    params: Mapping[str, str] | Iterable[tuple[bytes, bytes]] = (),
+    *,
+    body: bytes = b"",
+    data: bytes = b"",
+    role: Role = Role.RESPONDER,
+    request_id: int = 1,
+    keep_conn: bool = True,
+    input_buffer_size: int = DEFAULT_INPUT_BUFFER_SIZE,
+) -> tuple[Request, RequestOutput]:
+    """A :class:`~trio_fastcgi.Request` with no connection behind it, for
+    unit tests of code that takes one, and a :class:`RequestOutput` that
+    records what it sends.
+
+    The request has exactly the *params* given (a ``{name: value}`` mapping,
+    encoded as UTF-8 with ``surrogateescape``, or raw ``(name, value)`` byte
+    pairs, kept in order with duplicates): nothing is added, so give
+    ``CONTENT_LENGTH`` yourself if the code reads it (a *body* of another
+    length then raises :class:`~trio_fastcgi.IncompleteInput` when read, as a
+    body cut short does). Its stdin holds *body*
+    and is already ended, as is a Filter's data stream, which holds *data*.
+    Unlike a request the server makes, nothing cancels or finishes it: call
+    the code under test, then look at the output. Example (pytest with
+    ``trio_mode = true``)::
+
+        import trio_fastcgi
+        from trio_fastcgi.testing import make_request
+
+
+        async def shout(request: trio_fastcgi.Request) -> None:
+            text = await request.stdin.receive_all()
+            await request.respond(text.upper(), headers={"X-Shouted": "yes"})
+
+
+        async def test_shout() -> None:
+            request, output = make_request({"REQUEST_METHOD": "POST"}, body=b"hi")
+            await shout(request)
+            assert output.stdout_ended
+            response = output.response()
+            assert response.status == 200
+            assert response.header("X-Shouted") == "yes"
+            assert response.body == b"HI"
+
+    For a whole request through the real connection code (params a web
+    server would send, errors turned into 500s), use :func:`open_test_client`.
+
+    Raises:
+      TypeError: *params* are neither ``str`` to ``str`` nor ``(bytes, bytes)``
+        pairs, or *body* or *data* is not ``bytes``.
+      ValueError: *request_id* is not in 1..65535, a *body* for an
+        Authorizer (which has no stdin), or *data* for a role other than
+        Filter.
+    """
+    role = Role(role)
+    if type(body) is not bytes or type(data) is not bytes:
+        raise TypeError("body and data must be bytes")
+    if type(request_id) is not int or not 0 < request_id <= 0xFFFF:
+        raise ValueError(f"request_id must be an int in 1..65535, not {request_id!r}")
+    if body and role is Role.AUTHORIZER:
+        raise ValueError("an Authorizer request has no stdin: give no body")
+    if data and role is not Role.FILTER:
+        raise ValueError(f"only a Filter request has a data stream, not a {role.name}")
+    if input_buffer_size < 1:
+        raise ValueError(f"input_buffer_size must be at least 1, not {input_buffer_size!r}")
+    output = RequestOutput()
+    request = Request._create(
+        request_id=request_id,
+        role=role,
+        keep_conn=keep_conn,
+        raw_params=_raw_params(params),
+        outbox=output,
+        input_buffer_size=input_buffer_size,
+    )
+    for stream, content in ((request.stdin, body), (request.data, data)):
+        if not stream.at_eof:
+            if content:
+                stream._offer(content)  # the first chunk fits whatever the buffer size
+            stream._offer(b"")
+    return request, output

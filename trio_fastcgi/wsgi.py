@@ -424,12 +424,12 @@ class _Pipe:
         self._sleeping: trio.lowlevel.Task | None = None
         self._result: Outcome[bytes] | None = None
         #: Set once the request was aborted or its connection is gone.
-        self.disconnected = False
+        self.disconnected: bool = False
         self._reason = _ABORTED
         #: Set once the Trio side was cancelled (an abort) while serving.
-        self.cancelled = False
+        self.cancelled: bool = False
         #: Set by :meth:`abandon`: the Trio side no longer waits for the thread.
-        self.abandoned = False
+        self.abandoned: bool = False
         #: Called (in the Trio thread) once an abandoned thread has returned.
         self.on_late_return: Callable[[], None] | None = None
 
@@ -864,7 +864,9 @@ class WSGIHandler:
         if not queue_delay >= 0:
             raise ValueError("queue_delay must not be negative")
         self.app = app
-        self.limiter = limiter if limiter is not None else trio.CapacityLimiter(DEFAULT_THREADS)
+        self.limiter: trio.CapacityLimiter = (
+            limiter if limiter is not None else trio.CapacityLimiter(DEFAULT_THREADS)
+        )
         self.script_name = script_name
         self.preread_limit = preread_limit
         self._pipes: set[_Pipe] = set()
