@@ -194,7 +194,7 @@ class _Rescheduler:
     __slots__ = ("_lock", "_tasks", "token")
 
     def __init__(self, token: trio.lowlevel.TrioToken) -> None:
-        self.token = token
+        self.token: trio.lowlevel.TrioToken = token
         self._lock = threading.Lock()
         self._tasks: list[trio.lowlevel.Task] = []
 
@@ -414,7 +414,7 @@ class _Pipe:
     )
 
     def __init__(self, request: Request, rescheduler: _Rescheduler) -> None:
-        self.request = request
+        self.request: Request = request
         self._rescheduler = rescheduler
         self._lock = threading.Lock()
         # Made when the thread first has to wait (most requests never do).
