@@ -126,6 +126,11 @@ def _resolve(future: asyncio.Future[T], result: T | None, error: BaseException |
         future.set_result(result)  # type: ignore[arg-type]
 
 
+def _cancel(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.cancel()
+
+
 @final
 class AsyncioApp:
     """An asyncio ASGI application, callable from Trio with the same contract.
@@ -177,8 +182,9 @@ class AsyncioApp:
                 try:
                     result = await call()
                 except trio.Cancelled:
-                    error = RuntimeError("the request was cancelled")
-                    loop.call_soon_threadsafe(_resolve, future, None, error)
+                    # Only when the whole call is cancelled: so is the asyncio
+                    # task, and this is its CancelledError a moment early.
+                    loop.call_soon_threadsafe(_cancel, future)
                     raise
                 except BaseException as exc:  # handed to the application
                     loop.call_soon_threadsafe(_resolve, future, None, exc)

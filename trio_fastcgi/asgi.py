@@ -419,9 +419,9 @@ class ASGIHandler:
             app = self._asyncio = AsyncioApp(app)
         elif loop == "trio" and needs_asyncio(app):
             LOGGER.warning(
-                "%r needs an asyncio loop, but loop='trio' was chosen: its requests will "
+                "%s needs an asyncio loop, but loop='trio' was chosen: its requests will "
                 "fail; use loop='auto' or 'asyncio' (trio-fastcgi --asgi-loop auto)",
-                app,
+                f"{type(app).__module__}.{type(app).__qualname__}",
             )
         self.app = app
         self.script_name = script_name
