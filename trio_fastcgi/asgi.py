@@ -8,7 +8,10 @@ asgiref-based code, anything calling ``asyncio.get_running_loop()``) runs on
 one asyncio loop in a thread of its own instead: ``loop="auto"`` picks that for
 Django and for apps marked with :func:`mark_asyncio`; ``loop="asyncio"`` forces
 it (the symptom of the wrong choice: ``trio.run received unrecognized yield
-message``). Supported: the ``http`` scope (ASGI spec 2.4) and ``lifespan``.
+message``, which the adapter follows with a line that says so). There the
+lifespan runs on the same loop as the requests, and the loop's thread stops
+when :meth:`ASGIHandler.lifespan` exits (or else with the Trio run).
+Supported: the ``http`` scope (ASGI spec 2.4) and ``lifespan``.
 
 - ``receive()`` streams the request body from stdin as ``http.request`` messages
   with ``more_body``; once the body is read it waits until the request ends and
