@@ -4,8 +4,9 @@ The same ASGI hello app (``benchmarks/backends/common.py``) is served by
 ``serve_tcp`` with ``ASGIHandler(app, loop="trio")`` and with
 ``ASGIHandler(app, loop="asyncio")`` (the app on an asyncio loop in a thread,
 ``receive``/``send`` handed between the loops), and, with ``--before DIR``,
-by the code in DIR (a checkout from before the bridge, whose ``ASGIHandler``
-has no ``loop``: it runs the app on Trio). Each backend is its own process on a
+by the code in each DIR as ``ASGIHandler(app)`` (a checkout from before the
+bridge, whose ``ASGIHandler`` has no ``loop`` and runs the app on Trio; or any
+other commit, where the default loop is Trio for this app). Each backend is its own process on a
 free loopback port; this process sends ``GET /hello`` on one kept-alive
 connection, one request at a time, and counts only the backend's cost:
 
@@ -18,7 +19,8 @@ connection, one request at a time, and counts only the backend's cost:
   requests), which load cannot move.
 
     git worktree add --detach /tmp/pre-bridge a5c9df6^1   # main before the bridge
-    python benchmarks/asgi_loops.py --before /tmp/pre-bridge
+    git worktree add --detach /tmp/bridge-merge a5c9df6   # the bridge's merge
+    python benchmarks/asgi_loops.py --before /tmp/pre-bridge --before /tmp/bridge-merge
     python benchmarks/asgi_loops.py --before /tmp/pre-bridge --mode callgrind
 """
 
@@ -125,7 +127,14 @@ def main() -> None:
     )
     parser.add_argument("--serve", choices=("trio", "asyncio", "before"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--before", type=Path, help="a checkout from before the asyncio bridge")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a checkout to compare, served as ASGIHandler(app) (repeatable)",
+    )
     parser.add_argument("--mode", choices=("cpu", "callgrind"), default="cpu")
     parser.add_argument("--rounds", type=int, default=7, help="cpu mode: rounds (default 7)")
     parser.add_argument("--requests", type=int, default=0, help="requests per round")
@@ -141,8 +150,14 @@ def main() -> None:
     callgrind = args.mode == "callgrind"
     requests = args.requests or (300 if callgrind else 3000)
     backends = []
-    if args.before is not None:
-        backends.append(Backend("before the bridge (Trio)", "before", args.before.resolve()))
+    for code in args.before:
+        commit = subprocess.run(
+            ["git", "-C", str(code), "log", "-1", "--format=%h"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        backends.append(Backend(f"{commit or code.name}, default loop", "before", code.resolve()))
     backends += [
         Backend('loop="trio"', "trio", REPO),
         Backend('loop="asyncio"', "asyncio", REPO),
@@ -174,6 +189,7 @@ def main() -> None:
                 stop(backend)
     print(f"GET /hello, one kept-alive connection, {requests} requests a round; {unit}")
     base = statistics.median(results[backends[0].label])
+    print(f"  (x: ratio to {backends[0].label})")
     for backend in backends:
         values = results[backend.label]
         median = statistics.median(values)
