@@ -88,8 +88,7 @@ def start(backend: Backend, callgrind: bool, tmp: Path) -> None:
     ]
     stderr = subprocess.DEVNULL
     if callgrind:
-        backend.out_dir = tmp / backend.variant
-        backend.out_dir.mkdir()
+        backend.out_dir = Path(tempfile.mkdtemp(prefix=f"{backend.variant}-", dir=tmp))
         argv = [
             "valgrind",
             "--tool=callgrind",
