@@ -1,13 +1,20 @@
 """Run an asyncio ASGI application from the Trio server.
 
-One asyncio event loop per process runs in a daemon thread, started on first
-use. Each ASGI call is a task on that loop. The application's ``receive()`` and
-``send()`` are forwarded to the calling Trio task: each call becomes a Trio task
-in that call's nursery (``TrioToken.run_sync_soon``), and the asyncio side waits
-on a future until the Trio side has done it. So ``await send(...)`` returns only
-once the Trio side has queued the data: backpressure is the Trio side's, and
-nothing is buffered here. Calls made once the Trio side is gone fail at once
-with :class:`RuntimeError`, which the application sees.
+Each :class:`AsyncioApp` has one asyncio event loop, run by a daemon thread
+started on first use (so one per worker process: the one application it
+serves). Each ASGI call, lifespan included, is a task on that loop, so what
+lifespan startup makes on the loop (a connection pool, a client) is there for
+the requests. The application's ``receive()`` and ``send()`` are forwarded to
+the calling Trio task: each call becomes a Trio task in that call's nursery
+(``TrioToken.run_sync_soon``), and the asyncio side waits on a future until
+the Trio side has done it. So ``await send(...)`` returns only once the Trio
+side has queued the data: the hand-off holds at most the one message being
+passed, and backpressure is the Trio side's. Calls made once the Trio side is
+gone fail at once with :class:`RuntimeError`, which the application sees.
+
+The loop stops (its remaining tasks cancelled, its thread ended) when
+:meth:`AsyncioApp.aclose` is called, which ``ASGIHandler.lifespan()`` does on
+exit, or else when the Trio run that used it ends.
 """
 
 from __future__ import annotations
@@ -35,12 +42,41 @@ T = TypeVar("T")
 #: Seconds a cancelled asyncio task gets to finish before it is left behind.
 CANCEL_TIMEOUT: Final = 5.0
 #: Seconds to wait for the loop's thread to end when the loop is stopped.
-STOP_TIMEOUT: Final = 5.0
+STOP_TIMEOUT: Final = 10.0
+#: The name of the loop's thread.
+THREAD_NAME: Final = "trio_fastcgi asyncio"
+
+
+def _run_loop(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
+    """The loop thread: run *loop* until stopped, then end what is left on it
+    as ``asyncio.run`` does (tasks cancelled, async generators and the default
+    executor shut down) and close it."""
+    asyncio.set_event_loop(loop)
+    loop.call_soon(ready.set)
+    try:
+        loop.run_forever()
+        tasks = asyncio.all_tasks(loop)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, pending = loop.run_until_complete(asyncio.wait(tasks, timeout=CANCEL_TIMEOUT))
+            if pending:
+                LOGGER.warning(
+                    "%d asyncio task(s) did not end within %s s of their cancellation "
+                    "when the loop stopped",
+                    len(pending),
+                    CANCEL_TIMEOUT,
+                )
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
 
 
 @final
 class _LoopThread:
-    """The process's asyncio loop and its thread."""
+    """An asyncio loop and the thread that runs it."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -48,23 +84,20 @@ class _LoopThread:
         self._thread: threading.Thread | None = None
         self._pid = 0
 
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The thread running the loop, if one runs in this process."""
+        return self._thread if self._pid == os.getpid() else None
+
     def loop(self) -> asyncio.AbstractEventLoop:
         """The running loop, started if needed (again in a forked child)."""
         with self._lock:
             if self._loop is None or self._pid != os.getpid():
                 loop = asyncio.new_event_loop()
                 ready = threading.Event()
-
-                def run() -> None:
-                    asyncio.set_event_loop(loop)
-                    loop.call_soon(ready.set)
-                    try:
-                        loop.run_forever()
-                    finally:
-                        loop.run_until_complete(loop.shutdown_asyncgens())
-                        loop.close()
-
-                thread = threading.Thread(target=run, name="trio_fastcgi asyncio", daemon=True)
+                thread = threading.Thread(
+                    target=_run_loop, args=(loop, ready), name=THREAD_NAME, daemon=True
+                )
                 thread.start()
                 ready.wait()
                 self._loop, self._thread, self._pid = loop, thread, os.getpid()
@@ -73,22 +106,15 @@ class _LoopThread:
     def stop(self) -> None:
         """Stop the loop and wait (bounded) for its thread; blocking."""
         with self._lock:
-            loop, thread = self._loop, self._thread
+            loop, thread, pid = self._loop, self._thread, self._pid
             self._loop = self._thread = None
-        if loop is None or thread is None or self._pid != os.getpid():
-            return
-        loop.call_soon_threadsafe(loop.stop)
+        if loop is None or thread is None or pid != os.getpid():
+            return  # none, or the parent's (a fork copies no threads)
+        with contextlib.suppress(RuntimeError):  # the loop is closed already
+            loop.call_soon_threadsafe(loop.stop)
         thread.join(STOP_TIMEOUT)
         if thread.is_alive():
-            LOGGER.warning("the asyncio loop did not stop within %s s", STOP_TIMEOUT)
-
-
-_LOOP: Final = _LoopThread()
-
-
-async def stop_loop() -> None:
-    """Stop the process's asyncio loop, if it runs (a later call starts a new one)."""
-    await trio.to_thread.run_sync(_LOOP.stop)
+            LOGGER.warning("the asyncio loop's thread did not end within %s s", STOP_TIMEOUT)
 
 
 def _resolve(future: asyncio.Future[T], result: T | None, error: BaseException | None) -> None:
@@ -98,6 +124,11 @@ def _resolve(future: asyncio.Future[T], result: T | None, error: BaseException |
         future.set_exception(error)
     else:
         future.set_result(result)  # type: ignore[arg-type]
+
+
+def _cancel(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.cancel()
 
 
 @final
@@ -110,10 +141,37 @@ class AsyncioApp:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._runner = _LoopThread()
+        #: The Trio run whose end stops the loop (see _stop_at_run_end).
+        self._watched_run: trio.lowlevel.TrioToken | None = None
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The thread running the application's asyncio loop, if one runs."""
+        return self._runner.thread
+
+    async def aclose(self) -> None:
+        """Stop the loop: its remaining tasks are cancelled and its thread
+        ends (bounded waits). A later call of the application starts a new one."""
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self._runner.stop)
+
+    async def _stop_at_run_end(self) -> None:
+        # A system task: cancelled when the Trio run's main task is done, so
+        # the loop does not outlive the run even without lifespan.
+        try:
+            await trio.sleep_forever()
+        finally:
+            await self.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        loop = _LOOP.loop()
+        loop = self._runner.loop()
         token = trio.lowlevel.current_trio_token()
+        if self._watched_run is not token:
+            self._watched_run = token
+            trio.lowlevel.spawn_system_task(
+                self._stop_at_run_end, name="trio_fastcgi asyncio loop keeper"
+            )
         done = trio.Event()
 
         async with trio.open_nursery() as nursery:
@@ -124,8 +182,9 @@ class AsyncioApp:
                 try:
                     result = await call()
                 except trio.Cancelled:
-                    error = RuntimeError("the request was cancelled")
-                    loop.call_soon_threadsafe(_resolve, future, None, error)
+                    # Only when the whole call is cancelled: so is the asyncio
+                    # task, and this is its CancelledError a moment early.
+                    loop.call_soon_threadsafe(_cancel, future)
                     raise
                 except BaseException as exc:  # handed to the application
                     loop.call_soon_threadsafe(_resolve, future, None, exc)

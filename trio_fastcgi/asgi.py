@@ -8,7 +8,10 @@ asgiref-based code, anything calling ``asyncio.get_running_loop()``) runs on
 one asyncio loop in a thread of its own instead: ``loop="auto"`` picks that for
 Django and for apps marked with :func:`mark_asyncio`; ``loop="asyncio"`` forces
 it (the symptom of the wrong choice: ``trio.run received unrecognized yield
-message``). Supported: the ``http`` scope (ASGI spec 2.4) and ``lifespan``.
+message``, which the adapter follows with a line that says so). There the
+lifespan runs on the same loop as the requests, and the loop's thread stops
+when :meth:`ASGIHandler.lifespan` exits (or else with the Trio run).
+Supported: the ``http`` scope (ASGI spec 2.4) and ``lifespan``.
 
 - ``receive()`` streams the request body from stdin as ``http.request`` messages
   with ``more_body``; once the body is read it waits until the request ends and
@@ -364,6 +367,21 @@ class _AppRun:
         self.detached = False
 
 
+_NEEDS_ASYNCIO: Final = (
+    "the ASGI application needs an asyncio loop (it awaited an asyncio object on Trio): "
+    "serve it with loop='asyncio' (trio-fastcgi --asgi-loop asyncio), or mark it with "
+    "mark_asyncio(app) for loop='auto'"
+)
+
+
+def _needs_asyncio_error(exc: BaseException) -> bool:
+    """Whether *exc* is what asyncio code raises when run on Trio."""
+    text = str(exc)
+    return (isinstance(exc, TypeError) and "unrecognized yield message" in text) or (
+        isinstance(exc, RuntimeError) and "no running event loop" in text
+    )
+
+
 def mark_asyncio(app: ASGIApp) -> ASGIApp:
     """Mark *app* as needing asyncio, for ``loop="auto"``; returns *app*."""
     app.trio_fastcgi_loop = "asyncio"  # type: ignore[attr-defined]
@@ -398,8 +416,16 @@ class ASGIHandler:
     ) -> None:
         from ._asyncio_bridge import AsyncioApp, needs_asyncio
 
+        #: The asyncio bridge, when the application runs on asyncio.
+        self._asyncio: AsyncioApp | None = None
         if loop == "asyncio" or (loop == "auto" and needs_asyncio(app)):
-            app = AsyncioApp(app)
+            app = self._asyncio = AsyncioApp(app)
+        elif loop == "trio" and needs_asyncio(app):
+            LOGGER.warning(
+                "%s needs an asyncio loop, but loop='trio' was chosen: its requests will "
+                "fail; use loop='auto' or 'asyncio' (trio-fastcgi --asgi-loop auto)",
+                f"{type(app).__module__}.{type(app).__qualname__}",
+            )
         self.app = app
         self.script_name = script_name
         self.lifespan_mode = lifespan
@@ -485,6 +511,8 @@ class ASGIHandler:
         if failure is not None:
             if exchange.disconnected and isinstance(failure, OSError):
                 return
+            if self._asyncio is None and _needs_asyncio_error(failure):
+                raise RuntimeError(_NEEDS_ASYNCIO) from failure
             raise failure
         if not exchange.started:
             raise RuntimeError("the ASGI application returned without sending a response")
@@ -535,12 +563,18 @@ class ASGIHandler:
         """Run the application's lifespan startup, yield, then its shutdown.
 
         Before the shutdown, applications still running after their response
-        are waited for, then cancelled (:meth:`wait_background`)."""
-        async with self._app_lifespan():
-            try:
-                yield
-            finally:
-                await self.wait_background()
+        are waited for, then cancelled (:meth:`wait_background`). For an
+        application on asyncio, startup and shutdown run on its loop, and the
+        loop's thread is stopped on exit."""
+        try:
+            async with self._app_lifespan():
+                try:
+                    yield
+                finally:
+                    await self.wait_background()
+        finally:
+            if self._asyncio is not None:
+                await self._asyncio.aclose()
 
     @asynccontextmanager
     async def _app_lifespan(self) -> AsyncIterator[None]:
