@@ -60,6 +60,7 @@ import trio
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
 
+from ._exceptions import ClientDisconnected as ClientDisconnected
 from ._exceptions import InputError
 from ._request import Request
 
@@ -91,10 +92,6 @@ LIFESPAN_SHUTDOWN_TIMEOUT: Final = 30.0
 DEFAULT_BACKGROUND_GRACE: Final = 3.0
 _ASGI_VERSION: Final = {"version": "3.0", "spec_version": "2.4"}
 _TRUE_VALUES: Final = frozenset({"on", "1", "yes", "true"})
-
-
-class ClientDisconnected(OSError):
-    """``send()`` after the web server aborted the request or the connection."""
 
 
 class LifespanFailure(RuntimeError):

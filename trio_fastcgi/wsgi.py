@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Final, Protocol, TypeAlias, TypeVar, cast, fin
 
 import trio
 
+from ._exceptions import ClientDisconnected as ClientDisconnected
 from ._exceptions import InputError
 from ._request import Request
 
@@ -89,10 +90,6 @@ _HOLD_LIMIT: Final = 64 * 1024
 _READ_CHUNK: Final = 64 * 1024
 _TRUE_VALUES: Final = frozenset({"on", "1", "yes", "true"})
 _ABORTED: Final = "the web server aborted the request"
-
-
-class ClientDisconnected(OSError):
-    """The web server aborted the request; nothing more can be read or written."""
 
 
 def _split_path(environ: dict[str, str], script_name: str | None) -> tuple[str, str]:
