@@ -26,6 +26,7 @@ from ._events import Stdin as Stdin
 from ._events import Stdout as Stdout
 from ._events import UnknownRecord as UnknownRecord
 from ._events import UnknownType as UnknownType
+from ._exceptions import ClientDisconnected as ClientDisconnected
 from ._exceptions import EndRequestWith as EndRequestWith
 from ._exceptions import IncompleteInput as IncompleteInput
 from ._exceptions import InputError as InputError

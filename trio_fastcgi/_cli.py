@@ -35,7 +35,7 @@ from ._config import (
     DEFAULT_WRITE_TIMEOUT,
     Config,
     ServerOptions,
-    parse_ip_address,
+    environ_web_server_addrs,
 )
 from ._connection import DEFAULT_MAX_CONNS, DEFAULT_MAX_PARAMS_SIZE, DEFAULT_MAX_REQS
 from ._listeners import DEFAULT_BACKLOG, ListenError, protect_std_fds
@@ -278,14 +278,10 @@ def web_server_addrs(environ: Mapping[str, str]) -> list[str] | None:
     Raises:
       CLIError: one of them is not an IP address.
     """
-    addresses = [a.strip() for a in environ.get("FCGI_WEB_SERVER_ADDRS", "").split(",")]
-    addresses = [a for a in addresses if a]
-    for address in addresses:
-        try:
-            parse_ip_address(address)
-        except ValueError:
-            raise CLIError(f"FCGI_WEB_SERVER_ADDRS: {address!r} is not an IP address") from None
-    return addresses or None
+    try:
+        return environ_web_server_addrs(environ) or None
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def server_options(args: argparse.Namespace, environ: Mapping[str, str]) -> ServerOptions:

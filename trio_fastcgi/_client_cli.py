@@ -11,6 +11,7 @@ from typing import Final
 
 import trio
 
+from ._cgi import request_params
 from ._cgi_response import CGIResponseError
 from ._client import open_client
 from ._client_errors import GetValuesUnsupported
@@ -148,49 +149,43 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _cli_params(
     args: argparse.Namespace, body: bytes | None, environ: Mapping[str, str]
-) -> list[tuple[str, str]]:
+) -> list[tuple[bytes, bytes]]:
     path = args.path or "/"
-    script, _, query = path.partition("?")
+    script = path.partition("?")[0]
     method = (args.method or ("POST" if body is not None else "GET")).upper()
-    params: dict[str, str] = {
-        "GATEWAY_INTERFACE": "CGI/1.1",
-        "SERVER_SOFTWARE": "trio-fastcgi-client",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "SERVER_NAME": "localhost",
-        "SERVER_ADDR": "127.0.0.1",
-        "SERVER_PORT": "80",
-        "REMOTE_ADDR": "127.0.0.1",
-        "REQUEST_SCHEME": "http",
-        "REQUEST_METHOD": method,
-        "REQUEST_URI": path,
-        "DOCUMENT_URI": script,
-        "SCRIPT_NAME": script,
-        "QUERY_STRING": query,
-    }
-    if args.path:
-        params["SCRIPT_FILENAME"] = script
-    if body is not None:
-        params["CONTENT_LENGTH"] = str(len(body))
-    role = Role[args.role.upper()]
-    if role is Role.AUTHORIZER:
-        for name in ("CONTENT_LENGTH", "SCRIPT_NAME"):
-            params.pop(name, None)
-    if args.env:
-        params.update(environ)
+    headers: list[tuple[bytes, bytes]] = []
     for header in args.header:
         name, colon, value = header.partition(":")
         if not colon or not name.strip():
             raise ValueError(f"bad header {header!r}: expected 'NAME: VALUE'")
-        key = name.strip().upper().replace("-", "_")
-        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-            key = "HTTP_" + key
-        params[key] = value.strip()
+        headers.append((_encode(name.strip()), _encode(value.strip())))
+    params = request_params(
+        method,
+        path,
+        headers=headers,
+        body_length=None if body is None else len(body),
+        server=("127.0.0.1", 80),
+        server_name="localhost",
+        client=("127.0.0.1", None),
+        script_name=None,
+        software="trio-fastcgi-client",
+        role=Role[args.role.upper()],
+    )
+    if args.path:
+        params[b"SCRIPT_FILENAME"] = _encode(script)
+    if args.env:
+        params.update((_encode(name), _encode(value)) for name, value in environ.items())
     for item in args.param:
         name, equals, value = item.partition("=")
         if not equals or not name:
             raise ValueError(f"bad param {item!r}: expected NAME=VALUE")
-        params[name] = value
+        params[_encode(name)] = _encode(value)
     return list(params.items())
+
+
+def _encode(text: str) -> bytes:
+    # Command-line and environment text back to the bytes it was given as.
+    return text.encode("utf-8", "surrogateescape")
 
 
 def _describe_os_error(exc: OSError) -> str:
@@ -218,7 +213,7 @@ async def _open_stream(address: tuple[str, int] | str) -> trio.abc.Stream:
 async def _cli(
     args: argparse.Namespace,
     address: tuple[str, int] | str,
-    params: list[tuple[str, str]],
+    params: list[tuple[bytes, bytes]],
     body: bytes | None,
     data: bytes | None,
 ) -> int:

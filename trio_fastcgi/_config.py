@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Final, TypeAlias, TypedDict
 
 import attrs
@@ -72,9 +72,26 @@ def parse_ip_address(text: str | IPAddress) -> IPAddress:
     return address
 
 
+def environ_web_server_addrs(environ: Mapping[str, str]) -> list[str]:
+    """The addresses listed in ``FCGI_WEB_SERVER_ADDRS`` (comma-separated,
+    blanks ignored); empty if it is unset or empty.
+
+    Raises:
+      ValueError: one of them is not an IP address (the message names it).
+    """
+    addresses = [a.strip() for a in environ.get("FCGI_WEB_SERVER_ADDRS", "").split(",")]
+    addresses = [a for a in addresses if a]
+    for address in addresses:
+        try:
+            parse_ip_address(address)
+        except ValueError:
+            raise ValueError(f"FCGI_WEB_SERVER_ADDRS: {address!r} is not an IP address") from None
+    return addresses
+
+
 def _web_server_addrs(value: Collection[str | IPAddress] | None) -> frozenset[IPAddress]:
     if value is None:
-        value = [a for a in os.environ.get("FCGI_WEB_SERVER_ADDRS", "").split(",") if a.strip()]
+        value = environ_web_server_addrs(os.environ)
     return frozenset(parse_ip_address(address) for address in value)
 
 

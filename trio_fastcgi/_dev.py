@@ -30,7 +30,6 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
 from functools import partial
 from typing import Final, final
-from urllib.parse import unquote_to_bytes
 
 import h11
 import trio
@@ -38,6 +37,7 @@ import trio
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
 
+from ._cgi import request_params
 from ._listeners import ListenError, listen_error
 from ._server import serve_tcp
 from ._version import __version__
@@ -92,44 +92,18 @@ def cgi_params(
 ) -> list[tuple[bytes, bytes]]:
     """The CGI params for *request*, as nginx's stock ``fastcgi_params`` would
     send them (PATH_INFO holds the whole path, SCRIPT_NAME is empty)."""
-    target = bytes(request.target)
-    path, _, query = target.partition(b"?")
-    headers: dict[bytes, list[bytes]] = {}
-    for name, value in request.headers:
-        if b"_" in name or name == b"proxy":
-            # X_Foo would collide with X-Foo, and Proxy is the httpoxy hole;
-            # nginx drops both by default too.
-            continue
-        headers.setdefault(bytes(name), []).append(bytes(value))
-    host = b", ".join(headers.get(b"host", []))
-    # Host without the port; an IPv6 literal keeps its brackets.
-    server_name = host[: host.find(b"]") + 1] if host.startswith(b"[") else host.partition(b":")[0]
-    params: list[tuple[bytes, bytes]] = [
-        (b"GATEWAY_INTERFACE", b"CGI/1.1"),
-        (b"SERVER_SOFTWARE", f"trio-fastcgi-dev/{__version__}".encode()),
-        (b"SERVER_PROTOCOL", b"HTTP/" + bytes(request.http_version)),
-        (b"REQUEST_SCHEME", b"http"),
-        (b"REQUEST_METHOD", bytes(request.method)),
-        (b"REQUEST_URI", target),
-        (b"DOCUMENT_URI", path),
-        (b"SCRIPT_NAME", b""),
-        (b"PATH_INFO", unquote_to_bytes(path)),
-        (b"QUERY_STRING", query),
-        (b"SERVER_ADDR", server[0].encode()),
-        (b"SERVER_PORT", str(server[1]).encode()),
-        (b"SERVER_NAME", server_name or server[0].encode()),
-    ]
-    if client is not None:
-        params += [(b"REMOTE_ADDR", client[0].encode()), (b"REMOTE_PORT", str(client[1]).encode())]
-    for name, values in headers.items():
-        joined = b", ".join(values)
-        if name == b"content-length":
-            params.append((b"CONTENT_LENGTH", joined))
-        elif name == b"content-type":
-            params.append((b"CONTENT_TYPE", joined))
-        else:
-            params.append((b"HTTP_" + name.upper().replace(b"-", b"_"), joined))
-    return params
+    return list(
+        request_params(
+            bytes(request.method),
+            bytes(request.target),
+            headers=request.headers,
+            server=server,
+            client=client,
+            protocol=b"HTTP/" + bytes(request.http_version),
+            software=f"trio-fastcgi-dev/{__version__}",
+            drop_unsafe_headers=True,
+        ).items()
+    )
 
 
 def _split_head(buffer: bytes) -> tuple[bytes, bytes] | None:

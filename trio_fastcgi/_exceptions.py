@@ -57,3 +57,9 @@ class InputTooLarge(InputError):
 class IncompleteInput(InputError):
     """The input ended before the length the web server announced
     (``CONTENT_LENGTH`` or ``FCGI_DATA_LENGTH``), or ran past it."""
+
+
+class ClientDisconnected(OSError):
+    """The web server aborted the request, or its connection is gone: nothing
+    more can be read or written. The WSGI adapter raises it from the
+    application's reads and writes, the ASGI adapter from ``send()``."""

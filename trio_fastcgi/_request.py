@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import http
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Final, TypeVar, final, overload
 
 import trio
 
+from ._cgi import HeaderItems, format_cgi_head, header_items
 from ._events import Stderr, Stdout
 from ._streams import InputStream, OutputStream
 from ._util import NoPublicConstructor
@@ -16,17 +16,6 @@ from ._wire import Role
 if TYPE_CHECKING:
     from ._streams import Outbox
 
-HeaderItems = Iterable[tuple[str, str]] | Mapping[str, str]
-
-
-def _header_items(headers: HeaderItems) -> Iterable[tuple[str, str]]:
-    # type() first: an isinstance() check against an ABC is slow, and a dict
-    # or list is what nearly every caller passes.
-    kind = type(headers)
-    if kind is list or kind is tuple:
-        return headers  # type: ignore[return-value]
-    return headers.items() if isinstance(headers, Mapping) else headers
-
 
 def _length_param(value: str | bytes | None) -> int | None:
     """A decimal length parameter, or None if absent or empty (nginx sends
@@ -34,23 +23,6 @@ def _length_param(value: str | bytes | None) -> int | None:
     if value is None or not value.isdigit() or not value.isascii():
         return None
     return int(value)
-
-
-_STATUS_LINES: Final = {
-    status.value: f"Status: {status.value} {status.phrase}" for status in http.HTTPStatus
-}
-
-
-def format_cgi_head(status: int, headers: HeaderItems) -> bytes:
-    """A CGI response head: a ``Status:`` line, headers, a blank line."""
-    lines = [_STATUS_LINES.get(status) or f"Status: {status}"]
-    items = _header_items(headers)
-    for name, value in items:
-        if "\n" in name or "\r" in name or "\n" in value or "\r" in value or ":" in name:
-            raise ValueError(f"invalid header {name!r}: {value!r}")
-        lines.append(f"{name}: {value}")
-    lines.append("\r\n")
-    return "\r\n".join(lines).encode("latin-1")
 
 
 _D = TypeVar("_D")
@@ -266,7 +238,7 @@ class Request(metaclass=NoPublicConstructor):
         is None or *headers* already name a Content-Type. Writing after it, or
         calling it again, raises :exc:`trio.ClosedResourceError`.
         """
-        items = list(_header_items(headers))
+        items = list(header_items(headers))
         if content_type is not None and not any(
             name.lower() == "content-type" for name, _ in items
         ):

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Final, final
 
 import trio
 
+from ._cgi import format_cgi_head
 from ._connection import FastCGIConnection
 from ._events import (
     NEED_DATA,
@@ -48,7 +49,7 @@ from ._events import (
 )
 from ._exceptions import EndRequestWith, RemoteProtocolError
 from ._lifecycle import Expiry, Lifecycle, Phase, TimeoutPolicy
-from ._request import Request, format_cgi_head
+from ._request import Request
 from ._streams import InputStream
 from ._transport import Transport, close_socket
 from ._wire import ProtocolStatus, Role

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final, final
 
 import trio
 
+from ._buffer import ByteBuffer
 from ._events import Stderr, Stdout
 from ._exceptions import IncompleteInput, InputTooLarge
 from ._util import NoPublicConstructor
@@ -56,15 +56,9 @@ class InputStream(trio.abc.ReceiveStream, metaclass=NoPublicConstructor):
     expected_length: int | None
     _name: str
     _buffer_size: int
-    _chunks: deque[bytes]
-    _buffered: int
+    _buffer: ByteBuffer
     _received: int
-    _eof: bool
-    _closed: bool
-    _discarding: bool
     _busy: bool
-    _readable: trio.lowlevel.ParkingLot
-    _writable: trio.lowlevel.ParkingLot
 
     @classmethod
     def _create(cls, name: str, *, buffer_size: int, expected_length: int | None) -> InputStream:
@@ -72,15 +66,9 @@ class InputStream(trio.abc.ReceiveStream, metaclass=NoPublicConstructor):
         self._name = name
         self._buffer_size = buffer_size
         self.expected_length = expected_length
-        self._chunks = deque()
-        self._buffered = 0
+        self._buffer = ByteBuffer(buffer_size)
         self._received = 0
-        self._eof = False
-        self._closed = False
-        self._discarding = False
         self._busy = False
-        self._readable = trio.lowlevel.ParkingLot()
-        self._writable = trio.lowlevel.ParkingLot()
         return self
 
     @property
@@ -91,7 +79,7 @@ class InputStream(trio.abc.ReceiveStream, metaclass=NoPublicConstructor):
     @property
     def at_eof(self) -> bool:
         """True once the web server has ended the stream."""
-        return self._eof
+        return self._buffer.at_eof
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Wait for and return some input, at most *max_bytes*; ``b""`` at the end."""
@@ -101,46 +89,28 @@ class InputStream(trio.abc.ReceiveStream, metaclass=NoPublicConstructor):
             raise trio.BusyResourceError(f"another task is already reading {self._name}")
         self._busy = True
         try:
-            if self._closed:
+            buffer = self._buffer
+            if buffer.closed:
                 raise trio.ClosedResourceError(f"{self._name} was closed")
-            if self._chunks or self._eof:
+            if buffer.size or buffer.at_eof:
                 await trio.lowlevel.checkpoint()
-            while not self._chunks and not self._eof:
-                await self._readable.park()
-                if self._closed:
+            else:
+                await buffer.wait_readable()
+                if buffer.closed:
                     raise trio.ClosedResourceError(f"{self._name} was closed")
             return self._take(max_bytes)
         finally:
             self._busy = False
 
     def _take(self, max_bytes: int | None) -> bytes:
-        chunks = self._chunks
-        if not chunks:
+        data = self._buffer.take(max_bytes, coalesce=True)
+        if not data:
             expected = self.expected_length
             if expected is not None and expected != self._received:
                 raise IncompleteInput(
                     f"{self._name} ended after {self._received} bytes, "
                     f"but {expected} were announced"
                 )
-            return b""
-        if max_bytes is None:
-            data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
-            chunks.clear()
-        else:
-            data = chunks.popleft()
-            if len(data) > max_bytes:
-                chunks.appendleft(data[max_bytes:])
-                data = data[:max_bytes]
-            elif chunks and len(data) < max_bytes:
-                parts = [data]
-                size = len(data)
-                while chunks and size + len(chunks[0]) <= max_bytes:
-                    parts.append(chunks.popleft())
-                    size += len(parts[-1])
-                data = b"".join(parts)
-        self._buffered -= len(data)
-        if self._writable:
-            self._writable.unpark_all()
         return data
 
     async def receive_all(self, max_size: int = DEFAULT_MAX_BODY_SIZE) -> bytes:
@@ -171,49 +141,35 @@ class InputStream(trio.abc.ReceiveStream, metaclass=NoPublicConstructor):
         await trio.lowlevel.checkpoint()
 
     def _close(self) -> None:
-        self._closed = True
-        self._discard()
-        if self._readable:
-            self._readable.unpark_all()
+        self._buffer.close()
 
     # -- the connection's side ---------------------------------------------------
 
     def _discard(self) -> None:
         """Drop buffered input and any that still arrives (the handler is done)."""
-        self._discarding = True
-        self._chunks.clear()
-        self._buffered = 0
-        if self._writable:
-            self._writable.unpark_all()
+        self._buffer.discard()
 
     def _feed_eof(self) -> None:
-        self._eof = True
-        if self._readable:
-            self._readable.unpark_all()
+        self._buffer.put_eof()
 
     def _offer(self, data: bytes) -> bool:
         """Take a chunk (``b""`` ends the stream) if the buffer has room, or if
         input is being discarded; False means wait with :meth:`_feed`."""
         if not data:
-            self._feed_eof()
+            self._buffer.put_eof()
             return True
-        if self._discarding:
-            self._received += len(data)
-            return True
-        buffered = self._buffered
-        if buffered and buffered + len(data) > self._buffer_size:
-            return False
+        buffer = self._buffer
+        if not buffer.discarding:
+            if not buffer.room_for(len(data)):
+                return False
+            buffer.append(data)
         self._received += len(data)
-        self._chunks.append(data)
-        self._buffered = buffered + len(data)
-        if self._readable:
-            self._readable.unpark_all()
         return True
 
     async def _feed(self, data: bytes) -> None:
         """Add a chunk; wait while the buffer is full (backpressure)."""
         while not self._offer(data):
-            await self._writable.park()
+            await self._buffer.wait_room_for(len(data))
 
 
 @final

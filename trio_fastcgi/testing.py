@@ -50,6 +50,7 @@ import attrs
 import trio
 import trio.testing
 
+from ._cgi import request_params
 from ._config import DEFAULT_INPUT_BUFFER_SIZE, Config, ServerOptions
 from ._events import OutputEvent, Stderr, Stdout
 from ._exceptions import EndRequestWith
@@ -240,53 +241,24 @@ class TestClient:
         raw_path, _, path_query = path.partition("?")
         extra_query = _query_string(query)
         query_string = "&".join(part for part in (path_query, extra_query) if part)
-        decoded_path = urllib.parse.unquote_to_bytes(raw_path)
-        script = script_name.encode("utf-8")
-        if script and not (
-            decoded_path == script or decoded_path.startswith(script.rstrip(b"/") + b"/")
-        ):
-            raise ValueError(f"path {path!r} is not under script_name {script_name!r}")
-        path_info = decoded_path[len(script.rstrip(b"/")) :] if script else decoded_path
-        request_uri = raw_path + (f"?{query_string}" if query_string else "")
-        out: dict[bytes, bytes] = {
-            b"GATEWAY_INTERFACE": b"CGI/1.1",
-            b"SERVER_SOFTWARE": f"trio-fastcgi-testclient/{__version__}".encode(),
-            b"SERVER_PROTOCOL": b"HTTP/1.1",
-            b"SERVER_NAME": self._server_name.encode("idna"),
-            b"SERVER_PORT": str(self._server_port).encode(),
-            b"SERVER_ADDR": b"127.0.0.1",
-            b"REMOTE_ADDR": b"127.0.0.1",
-            b"REMOTE_PORT": b"50000",
-            b"REQUEST_SCHEME": self._scheme.encode(),
-            b"REQUEST_METHOD": method.upper().encode("ascii"),
-            b"REQUEST_URI": request_uri.encode("utf-8"),
-            b"DOCUMENT_URI": raw_path.encode("utf-8"),
-            b"SCRIPT_NAME": script,
-            b"PATH_INFO": path_info,
-            b"QUERY_STRING": query_string.encode("utf-8"),
-        }
-        if self._scheme == "https":
-            out[b"HTTPS"] = b"on"
-        if content_length is not None:
-            out[b"CONTENT_LENGTH"] = str(content_length).encode()
-        if content_type is not None:
-            out[b"CONTENT_TYPE"] = content_type.encode("latin-1")
         header_items = _header_items(headers)
         if not any(name.lower() == "host" for name, _ in header_items):
             header_items.insert(0, ("Host", self._host))
-        for name, value in header_items:
-            key = name.strip().upper().replace("-", "_").encode("latin-1")
-            if key not in (b"CONTENT_TYPE", b"CONTENT_LENGTH"):
-                key = b"HTTP_" + key
-            encoded = value.encode("latin-1")
-            if key in out and key.startswith(b"HTTP_"):
-                out[key] += b", " + encoded
-            else:
-                out[key] = encoded
-        if role is Role.AUTHORIZER:
-            for key in (b"CONTENT_LENGTH", b"PATH_INFO", b"SCRIPT_NAME"):
-                out.pop(key, None)
-            out[b"FCGI_ROLE"] = b"AUTHORIZER"
+        if content_type is not None:
+            header_items.insert(0, ("Content-Type", content_type))
+        out = request_params(
+            method.upper(),
+            raw_path + (f"?{query_string}" if query_string else ""),
+            headers=header_items,
+            body_length=content_length,
+            server=("127.0.0.1", self._server_port),
+            server_name=self._server_name.encode("idna"),
+            client=("127.0.0.1", 50000),
+            script_name=script_name,
+            scheme=self._scheme,
+            software=f"trio-fastcgi-testclient/{__version__}",
+            role=role,
+        )
         for name, value in (params or {}).items():
             out[name.encode("utf-8", "surrogateescape")] = value.encode("utf-8", "surrogateescape")
         return list(out.items())

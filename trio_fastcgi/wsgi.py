@@ -55,6 +55,8 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias, TypeVar, cast
 import outcome
 import trio
 
+from ._cgi import format_cgi_head
+from ._exceptions import ClientDisconnected as ClientDisconnected
 from ._exceptions import InputError
 from ._request import Request
 
@@ -106,10 +108,6 @@ _WATCHDOG_IDLE_TICKS: Final = 50
 _IDLE_TIMEOUT: Final = 10.0
 _TRUE_VALUES: Final = frozenset({"on", "1", "yes", "true"})
 _ABORTED: Final = "the web server aborted the request"
-
-
-class ClientDisconnected(OSError):
-    """The web server aborted the request; nothing more can be read or written."""
 
 
 def _split_path(environ: dict[str, str], script_name: str | None) -> tuple[str, str]:
@@ -721,28 +719,12 @@ def _cgi_head(status: object, headers: object) -> bytes:
         raise ValueError(f"bad WSGI status {status!r}: expected like '200 OK'")
     if type(headers) is not list:
         raise TypeError(f"WSGI headers must be a list, not {type(headers).__name__}")
-    lines = ["Status: " + status]
     for item in headers:
         if type(item) is not tuple or len(item) != 2:
             raise TypeError(f"WSGI header {item!r} is not a (name, value) tuple")
-        name, value = item
-        if type(name) is not str or type(value) is not str:
+        if type(item[0]) is not str or type(item[1]) is not str:
             raise TypeError(f"WSGI header {item!r} must be native strings")
-        if (
-            not name
-            or ":" in name
-            or "\n" in name
-            or "\r" in name
-            or "\n" in value
-            or "\r" in value
-        ):
-            raise ValueError(f"invalid WSGI header {item!r}")
-        lines.append(name + ": " + value)
-    lines.append("\r\n")
-    try:
-        return "\r\n".join(lines).encode("latin-1")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"WSGI status and headers must be latin-1: {exc}") from None
+    return format_cgi_head(status, headers)
 
 
 @final
