@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
 from typing import Any
 
 import pytest
@@ -28,6 +27,7 @@ from tests.helpers import (
     params_records,
     record,
 )
+from tests.helpers import serve as serve  # also used by test_asgi_asyncio, test_asgi_background
 from tests.outbox import RecordingOutbox
 from trio_fastcgi import Request, Role
 from trio_fastcgi.asgi import ASGIHandler, ClientDisconnected, LifespanFailure, build_scope
@@ -45,12 +45,6 @@ def make_request(raw_params: list[tuple[bytes, bytes]]) -> Request:
         outbox=RecordingOutbox(),
         input_buffer_size=1024,
     )
-
-
-async def serve(nursery: trio.Nursery, handler: ASGIHandler, **options: object) -> FakeWebServer:
-    client, server = trio.testing.memory_stream_pair()
-    nursery.start_soon(partial(trio_fastcgi.serve_connection, handler, server, **options))  # type: ignore[arg-type]
-    return FakeWebServer(client)
 
 
 async def test_build_scope_from_nginx_params() -> None:

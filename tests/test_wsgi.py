@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from functools import partial
+from types import FrameType
 
 import pytest
 import trio
@@ -23,6 +24,7 @@ from tests.helpers import (
     begin_record,
     params_records,
     record,
+    serve,
 )
 from tests.outbox import RecordingOutbox
 from trio_fastcgi import Request, Role
@@ -43,12 +45,6 @@ def make_request(raw_params: Iterable[tuple[bytes, bytes]]) -> Request:
         outbox=RecordingOutbox(),
         input_buffer_size=1024,
     )
-
-
-async def serve(nursery: trio.Nursery, handler: WSGIHandler, **options: object) -> FakeWebServer:
-    client, server = trio.testing.memory_stream_pair()
-    nursery.start_soon(partial(trio_fastcgi.serve_connection, handler, server, **options))  # type: ignore[arg-type]
-    return FakeWebServer(client)
 
 
 def capture_environ(seen: list[Environ]) -> Callable[[Environ, StartResponse], Iterable[bytes]]:
@@ -674,20 +670,27 @@ async def test_wsgi_list_body_goes_out_with_the_end(nursery: trio.Nursery) -> No
     assert first.content == b"Status: 200 OK\r\nX-A: 1\r\n\r\nab"
 
 
-class _WaitRecorder:
-    """Stands in for the ``threading`` module in trio_fastcgi.wsgi: sets
-    *blocked* whenever the application thread waits for room."""
+class WaitWatcher:
+    """Sets :attr:`blocked` when the thread it watches waits on a
+    :class:`threading.Condition`, as the adapter's hand-off does when its output
+    buffer is full. It watches with :func:`sys.settrace` in that thread only
+    (the application's, from :meth:`start` to :meth:`stop`): nothing in
+    trio_fastcgi is replaced."""
 
-    def __init__(self, blocked: threading.Event) -> None:
-        self.Lock = threading.Lock
-        blocked_event = blocked
+    def __init__(self) -> None:
+        self.blocked = threading.Event()
+        self._previous: object = None
 
-        class Condition(threading.Condition):
-            def wait(self, timeout: float | None = None) -> bool:
-                blocked_event.set()
-                return super().wait(timeout)
+    def start(self) -> None:
+        self._previous = sys.gettrace()
+        sys.settrace(self._trace)
 
-        self.Condition = Condition
+    def stop(self) -> None:
+        sys.settrace(self._previous)  # type: ignore[arg-type]
+
+    def _trace(self, frame: FrameType, event: str, arg: object) -> None:
+        if event == "call" and frame.f_code is threading.Condition.wait.__code__:
+            self.blocked.set()
 
 
 BLOCK = b"z" * (64 * 1024)
@@ -695,9 +698,15 @@ BLOCKS = 128  # 8 MiB: far more than the adapter and the core may hold
 
 
 def producing_app(
-    produced: list[int], closed: list[bool], raised: list[BaseException], *, use_write: bool
+    produced: list[int],
+    closed: list[bool],
+    raised: list[BaseException],
+    *,
+    use_write: bool,
+    watcher: WaitWatcher,
 ) -> Callable[[Environ, StartResponse], Iterable[bytes]]:
-    """Makes 8 MiB of body in 64 KiB blocks, yielded or passed to write()."""
+    """Makes 8 MiB of body in 64 KiB blocks, yielded or passed to write(),
+    with *watcher* watching its thread."""
 
     class Body:
         def __iter__(self) -> Iterator[bytes]:
@@ -707,8 +716,10 @@ def producing_app(
 
         def close(self) -> None:
             closed.append(True)
+            watcher.stop()
 
     def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        watcher.start()
         write = start_response("200 OK", [])
         if not use_write:
             return Body()
@@ -718,30 +729,28 @@ def producing_app(
                 produced[0] += len(BLOCK)
         except ClientDisconnected as exc:
             raised.append(exc)
+            watcher.stop()
             raise
         return Body()
 
     return app
 
 
-async def test_wsgi_output_handed_off_is_bounded(
-    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_wsgi_output_handed_off_is_bounded(nursery: trio.Nursery) -> None:
     from trio_fastcgi import wsgi
 
-    blocked = threading.Event()
-    monkeypatch.setattr(wsgi, "threading", _WaitRecorder(blocked))
+    watcher = WaitWatcher()
     produced, closed, raised = [0], [], []  # type: ignore[var-annotated]
     client, server = trio.testing.lockstep_stream_pair()
     nursery.start_soon(
         trio_fastcgi.serve_connection,
-        WSGIHandler(producing_app(produced, closed, raised, use_write=False)),
+        WSGIHandler(producing_app(produced, closed, raised, use_write=False, watcher=watcher)),
         server,
     )
     web = FakeWebServer(client)
     await web.request(1, params=GET)
     # Nothing is read: the application must come to wait for room.
-    assert await trio.to_thread.run_sync(blocked.wait, 10)
+    assert await trio.to_thread.run_sync(watcher.blocked.wait, 10)
     # What it got out: the hand-off buffer, the core's outbox (32 writes) and
     # the writes in progress; not the 8 MiB it would make.
     assert produced[0] <= wsgi.OUTPUT_BUFFER + 40 * len(BLOCK)
@@ -752,22 +761,16 @@ async def test_wsgi_output_handed_off_is_bounded(
 
 @pytest.mark.parametrize("use_write", [True, False])
 async def test_wsgi_abort_while_output_waits_for_room(
-    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, use_write: bool
+    nursery: trio.Nursery, use_write: bool
 ) -> None:
-    from trio_fastcgi import wsgi
-
-    blocked = threading.Event()
-    monkeypatch.setattr(wsgi, "threading", _WaitRecorder(blocked))
+    watcher = WaitWatcher()
     produced, closed, raised = [0], [], []  # type: ignore[var-annotated]
     client, server = trio.testing.lockstep_stream_pair()
-    nursery.start_soon(
-        trio_fastcgi.serve_connection,
-        WSGIHandler(producing_app(produced, closed, raised, use_write=use_write)),
-        server,
-    )
+    app = producing_app(produced, closed, raised, use_write=use_write, watcher=watcher)
+    nursery.start_soon(trio_fastcgi.serve_connection, WSGIHandler(app), server)
     web = FakeWebServer(client)
     await web.request(1, params=GET)
-    assert await trio.to_thread.run_sync(blocked.wait, 10)
+    assert await trio.to_thread.run_sync(watcher.blocked.wait, 10)
     await web.send(record(ABORT, 1))
     with trio.fail_after(10):
         response = await web.read_response(1)
