@@ -7,12 +7,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 
 import trio
-import trio.testing
-
-from trio_fastcgi import Handler, serve_connection
 
 VERSION = 1
 BEGIN, ABORT, END, PARAMS, STDIN, STDOUT, STDERR, DATA = 1, 2, 3, 4, 5, 6, 7, 8
@@ -175,11 +171,3 @@ class FakeWebServer:
     async def read_eof(self) -> None:
         while await self._read_more():
             pass
-
-
-async def serve(nursery: trio.Nursery, handler: Handler, **options: object) -> FakeWebServer:
-    """Serve one connection with *handler* (and the ``serve_connection``
-    *options*) in *nursery*, over a memory stream: the web server's end."""
-    client, server = trio.testing.memory_stream_pair()
-    nursery.start_soon(partial(serve_connection, handler, server, **options))  # type: ignore[arg-type]
-    return FakeWebServer(client)

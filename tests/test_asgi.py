@@ -27,8 +27,8 @@ from tests.helpers import (
     params_records,
     record,
 )
-from tests.helpers import serve as serve  # also used by test_asgi_asyncio, test_asgi_background
 from tests.outbox import RecordingOutbox
+from tests.serving import serve as serve  # also used by test_asgi_asyncio, test_asgi_background
 from trio_fastcgi import Request, Role
 from trio_fastcgi.asgi import ASGIHandler, ClientDisconnected, LifespanFailure, build_scope
 

@@ -24,9 +24,9 @@ from tests.helpers import (
     begin_record,
     params_records,
     record,
-    serve,
 )
 from tests.outbox import RecordingOutbox
+from tests.serving import serve
 from trio_fastcgi import Request, Role
 from trio_fastcgi.wsgi import ClientDisconnected, WSGIHandler, build_environ
 
