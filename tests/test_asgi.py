@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
 from typing import Any
 
 import pytest
@@ -28,6 +27,7 @@ from tests.helpers import (
     params_records,
     record,
 )
+from tests.serving import serve as serve  # also used by test_asgi_asyncio, test_asgi_background
 from trio_fastcgi import Request, Role, testing
 from trio_fastcgi.asgi import ASGIHandler, ClientDisconnected, LifespanFailure, build_scope
 
@@ -38,12 +38,6 @@ GET = {"REQUEST_METHOD": "GET", "SERVER_PROTOCOL": "HTTP/1.1", "SERVER_NAME": "e
 def make_request(raw_params: list[tuple[bytes, bytes]]) -> Request:
     request, _ = testing.make_request(raw_params, request_id=3, input_buffer_size=1024)
     return request
-
-
-async def serve(nursery: trio.Nursery, handler: ASGIHandler, **options: object) -> FakeWebServer:
-    client, server = trio.testing.memory_stream_pair()
-    nursery.start_soon(partial(trio_fastcgi.serve_connection, handler, server, **options))  # type: ignore[arg-type]
-    return FakeWebServer(client)
 
 
 async def test_build_scope_from_nginx_params() -> None:

@@ -19,6 +19,7 @@ import trio
 
 from tests.integration.procs import free_port, require_binary, wait_for_tcp, wait_for_unix
 from trio_fastcgi import Role
+from trio_fastcgi._app import CLIError, detect_interface, load_app
 from trio_fastcgi._bind import (
     Bind,
     BindError,
@@ -28,14 +29,7 @@ from trio_fastcgi._bind import (
     parse_bind,
     systemd_fds,
 )
-from trio_fastcgi._cli import (
-    CLIError,
-    build_parser,
-    detect_interface,
-    load_app,
-    main,
-    server_options,
-)
+from trio_fastcgi._cli import app_options, build_parser, main, server_options
 from trio_fastcgi.client import open_tcp_client, open_unix_client
 
 REPO = Path(__file__).resolve().parents[1]
@@ -426,7 +420,6 @@ async def test_cli_web_server_addrs_refuses_other_peers(
 
 
 def test_loader_honours_forced_interface() -> None:
-    from trio_fastcgi._cli import loader
     from trio_fastcgi.asgi import ASGIHandler
     from trio_fastcgi.wsgi import WSGIHandler
 
@@ -435,7 +428,7 @@ def test_loader_honours_forced_interface() -> None:
         args = parser.parse_args(
             ["examples.hello:handler", f"--interface={interface}", "--app-dir", str(REPO)]
         )
-        handler, lifespan = loader(args)()
+        handler, lifespan = app_options(args, 1, access_log=False).load()
         assert isinstance(handler, expected)
         if isinstance(handler, WSGIHandler):
             assert handler.limiter.total_tokens == 40  # --threads default
@@ -443,12 +436,12 @@ def test_loader_honours_forced_interface() -> None:
     args = parser.parse_args(
         ["examples.hello:handler", "--interface=wsgi", "--threads=3", "--workers=2"]
     )
-    handler, _ = loader(args)()
+    handler, _ = app_options(args, args.workers, access_log=False).load()
     assert isinstance(handler, WSGIHandler)
     assert handler.limiter.total_tokens == 3
     assert handler.multiprocess is True
     args = parser.parse_args(["examples.hello:handler", "--interface=native", "--app-dir", "."])
-    handler, lifespan = loader(args)()
+    handler, lifespan = app_options(args, 1, access_log=False).load()
     assert handler is load_app("examples.hello:handler", str(REPO))
     assert lifespan is None
 

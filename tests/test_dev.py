@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import signal
@@ -23,7 +24,9 @@ from examples.hello import handler as hello_handler
 from examples.starlette_app import app as starlette_app
 from tests.integration.procs import ManagedProcess, free_port, wait_for_tcp
 from trio_fastcgi import Request
+from trio_fastcgi._app import AppOptions, CLIError, make_handler
 from trio_fastcgi._cli import build_parser
+from trio_fastcgi._cli import main as cli_main
 from trio_fastcgi._dev import build_parser as build_dev_parser
 from trio_fastcgi._dev import cgi_params, serve_dev
 from trio_fastcgi._workers import LoadedApp
@@ -307,6 +310,70 @@ def test_dev_parser_rejects_what_the_main_command_rejects(
     assert "error" in capsys.readouterr().err
 
 
+def test_dev_threads_0_is_refused_with_a_clear_message(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["dev", "examples.flask_app:app", "--threads", "0", "--app-dir", str(REPO)]
+    with pytest.raises(SystemExit) as info:
+        cli_main(argv)
+    assert info.value.code == 2
+    assert capsys.readouterr().err.rstrip().splitlines()[-1] == (
+        "trio-fastcgi dev: error: argument --threads: '0': expected a whole number >= 1"
+    )
+
+
+def test_threads_0_is_refused_however_the_handler_is_built() -> None:
+    # The check the parsers make is also the one of the loading code itself.
+    message = "--threads 0: a WSGI application needs at least 1 thread"
+    with pytest.raises(CLIError, match=message):
+        make_handler(flask_app, "wsgi", threads=0)
+    with pytest.raises(CLIError, match=message):
+        AppOptions(spec="examples.flask_app:app", threads=0)
+
+
+SHARED_OPTIONS = [
+    "--interface", "--app-dir", "--script-name", "--threads", "--lifespan", "--asgi-loop",
+    "--log-level", "--log-config", "--access-log",
+]  # fmt: skip
+
+
+def _option(parser: argparse.ArgumentParser, flag: str) -> argparse.Action:
+    (action,) = [a for a in parser._actions if flag in a.option_strings]
+    return action
+
+
+@pytest.mark.parametrize("flag", SHARED_OPTIONS)
+def test_both_commands_take_the_shared_options_alike(flag: str) -> None:
+    main_option, dev_option = _option(build_parser(), flag), _option(build_dev_parser(), flag)
+    for field in ("option_strings", "dest", "choices", "default", "metavar", "help"):
+        assert getattr(main_option, field) == getattr(dev_option, field), field
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--threads=0"],
+        ["--threads=many"],
+        ["--interface=cgi"],
+        ["--lifespan=maybe"],
+        ["--asgi-loop=curio"],
+        ["--log-level=loud"],
+    ],
+)
+def test_both_commands_refuse_bad_shared_options_alike(
+    bad: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    errors = []
+    for parser in (build_parser(), build_dev_parser()):
+        with pytest.raises(SystemExit) as info:
+            parser.parse_args(["m:app", *bad])
+        assert info.value.code == 2
+        errors.append(capsys.readouterr().err.rstrip().splitlines()[-1])
+    main_error, dev_error = errors
+    assert main_error.startswith("trio-fastcgi: error: argument ")
+    assert dev_error == main_error.replace("trio-fastcgi:", "trio-fastcgi dev:", 1)
+
+
 @pytest.mark.parametrize("level", ["DEBUG", "Info", "warning"])
 def test_log_level_is_case_insensitive(level: str) -> None:
     assert build_dev_parser().parse_args(["m:app", f"--log-level={level}"]).log_level == (
@@ -393,3 +460,64 @@ def test_dev_app_spec_is_checked(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         build_dev_parser().parse_args(["app.py:app"])
     assert "use the module name, not the file name: app:app" in capsys.readouterr().err
+
+
+# -- --asgi-loop -----------------------------------------------------------------------
+
+#: Like Django's ASGI handler (through asgiref): needs a running asyncio loop and
+#: gathers, but is not a class the asyncio-loop detection knows.
+ASYNCIO_APP = """
+import asyncio
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    loop = asyncio.get_running_loop()  # raises RuntimeError on Trio
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    word, _ = await asyncio.gather(
+        asyncio.sleep(0, b"gathered "), loop.run_in_executor(None, bytes, 2)
+    )
+    headers = [(b"content-type", b"text/plain")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": word + body})
+"""
+
+
+def test_dev_asgi_loop_option_builds_the_asyncio_bridge(tmp_path: Path) -> None:
+    (tmp_path / "asyncioapp.py").write_text(ASYNCIO_APP)
+    argv = ["asyncioapp:app", "--app-dir", str(tmp_path)]
+    on_asyncio = AppOptions.from_args(
+        build_dev_parser().parse_args([*argv, "--asgi-loop=asyncio"]), access_log=False
+    ).load()[0]
+    on_trio = AppOptions.from_args(build_dev_parser().parse_args(argv), access_log=False).load()[0]
+    assert isinstance(on_asyncio, ASGIHandler)
+    assert isinstance(on_trio, ASGIHandler)
+    assert type(on_asyncio.app).__name__ == "AsyncioApp"
+    assert type(on_trio.app).__name__ != "AsyncioApp"  # auto: not known to need asyncio
+
+
+@pytest.mark.parametrize(("loop", "status"), [("asyncio", 200), ("auto", 500)])
+async def test_dev_serves_an_asyncio_app_with_asgi_loop_asyncio(
+    tmp_path: Path, loop: str, status: int
+) -> None:
+    (tmp_path / "asyncioapp.py").write_text(ASYNCIO_APP)
+    port = free_port()
+    argv = [
+        sys.executable, "-m", "trio_fastcgi", "dev", "asyncioapp:app", f"--asgi-loop={loop}",
+        "--app-dir", str(tmp_path), "--port", str(port), "--lifespan=off",
+    ]  # fmt: skip
+    with ManagedProcess(argv, cwd=REPO, log_path=tmp_path / "dev.log") as process:
+        await trio.to_thread.run_sync(partial(wait_for_tcp, port, process=process.process))
+        async with http(port) as client:
+            response = await client.post("/", content=b"body")
+        log = process.log()
+    assert response.status_code == status, log
+    if status == 200:
+        assert response.text == "gathered body"
+    else:  # on Trio the app cannot find its asyncio loop
+        assert "no running event loop" in log

@@ -1,13 +1,22 @@
-"""Idle connections of a server give up their tasks and come back on demand."""
+"""Idle connections of a server give up their tasks and come back on demand.
+
+Hibernation watches real sockets, so these tests use loopback TCP; but every
+delay is Trio's clock, a :class:`~trio.testing.MockClock` that jumps to the
+next deadline once every task has waited :data:`IO_CUSHION` of real time (time
+for loopback bytes to arrive): ``hibernate_after``, ``idle_timeout`` and
+``grace_period`` pass in no wall time, and a test states exactly when a
+connection sleeps.
+"""
 
 from __future__ import annotations
 
 import functools
 import os
 import socket
-from collections.abc import Callable
 
+import pytest
 import trio
+import trio.testing
 
 from tests.fuzz.connection_harness import count_tasks
 from tests.helpers import FakeWebServer
@@ -17,20 +26,28 @@ from trio_fastcgi._hibernation import Hibernation
 from trio_fastcgi._serve_connection import ServedConnection
 from trio_fastcgi._transport import SocketTransport
 
-#: Short enough for tests to wait out, long next to a loopback round trip.
-HIBERNATE_AFTER = 0.05
+#: Seconds on the mock clock.
+HIBERNATE_AFTER = 2.0
+#: Real seconds every task must have been blocked before the clock jumps:
+#: bytes in flight on loopback arrive well within it.
+IO_CUSHION = 0.05
+
+
+@pytest.fixture
+def clock() -> trio.testing.MockClock:
+    """The clock of each test that asks for it (pytest-trio runs a test on a
+    clock among its arguments)."""
+    return trio.testing.MockClock(autojump_threshold=IO_CUSHION)
 
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-async def wait_until(condition: Callable[[], bool]) -> None:
-    """Poll *condition* for up to 10 s: hibernation happens on a timer, with no
-    event to wait for from outside."""
-    with trio.fail_after(10):
-        while not condition():  # noqa: ASYNC110
-            await trio.sleep(0.01)
+async def idle_past(seconds: float) -> None:
+    """Let *seconds* pass on the clock, then every task settle."""
+    await trio.sleep(seconds)
+    await trio.testing.wait_all_tasks_blocked()
 
 
 async def echo(request: Request) -> None:
@@ -57,7 +74,7 @@ async def connect(port: int) -> FakeWebServer:
 
 
 async def test_hibernation_idle_connection_gives_up_its_tasks_and_serves_again(
-    nursery: trio.Nursery,
+    nursery: trio.Nursery, clock: trio.testing.MockClock
 ) -> None:
     port = await start(nursery)
     tasks = count_tasks()
@@ -66,46 +83,68 @@ async def test_hibernation_idle_connection_gives_up_its_tasks_and_serves_again(
     assert (await web.read_response(1)).body == b"first"
     # The connection's reader; a writer task runs only while output waits.
     assert count_tasks() == tasks + 1
-    await wait_until(lambda: count_tasks() == tasks)  # gone: hibernating
+    await idle_past(HIBERNATE_AFTER / 2)
+    assert count_tasks() == tasks + 1  # not idle long enough yet
+    await idle_past(HIBERNATE_AFTER / 2)
+    assert count_tasks() == tasks  # gone: hibernating
     # The same connection serves the next request, several times over.
     for round_ in range(3):
         body = f"round {round_}".encode()
         await web.request(1, stdin=body)
         assert (await web.read_response(1)).body == body
-        await wait_until(lambda: count_tasks() == tasks)
+        assert count_tasks() == tasks + 1  # woken
+        await idle_past(HIBERNATE_AFTER)
+        assert count_tasks() == tasks
     await web.stream.aclose()
 
 
 async def test_hibernation_peer_closing_frees_the_connection_and_its_slot(
-    nursery: trio.Nursery,
+    nursery: trio.Nursery, clock: trio.testing.MockClock
 ) -> None:
     port = await start(nursery, max_conns=1)
     fds, tasks = open_fds(), count_tasks()
     first = await connect(port)
     await first.request(1, stdin=b"one")
     await first.read_response(1)
-    await wait_until(lambda: count_tasks() == tasks)
+    await idle_past(HIBERNATE_AFTER)
+    assert count_tasks() == tasks
+    # The web server ends its side; the server closes the connection (our EOF).
+    await first.stream.send_eof()  # type: ignore[attr-defined]
+    await first.read_eof()
     await first.stream.aclose()
-    await wait_until(lambda: open_fds() == fds)
-    # max_conns=1: the next connection is served only if the slot came back.
-    second = await connect(port)
-    await second.request(1, stdin=b"two")
-    assert (await second.read_response(1)).body == b"two"
+    assert open_fds() == fds
+    # max_conns=1: the next connection is served only if the slot came back
+    # (else the clock jumps to fail_after's deadline).
+    with trio.fail_after(HIBERNATE_AFTER):
+        second = await connect(port)
+        await second.request(1, stdin=b"two")
+        assert (await second.read_response(1)).body == b"two"
     await second.stream.aclose()
 
 
-async def test_hibernation_idle_timeout_still_closes(nursery: trio.Nursery) -> None:
-    port = await start(nursery, idle_timeout=0.5)
+async def test_hibernation_idle_timeout_still_closes(
+    nursery: trio.Nursery, clock: trio.testing.MockClock
+) -> None:
+    idle_timeout = 10 * HIBERNATE_AFTER
+    port = await start(nursery, idle_timeout=idle_timeout)
+    tasks = count_tasks()
     web = await connect(port)
+    sent = trio.current_time()
     await web.request(1)
     await web.read_response(1)
-    ended = trio.current_time()
+    answered = trio.current_time()
+    await idle_past(HIBERNATE_AFTER)
+    assert count_tasks() == tasks  # hibernating
     await web.read_eof()
-    assert 0.45 < trio.current_time() - ended < 5
+    # Closed idle_timeout after it went idle, which is between the two.
+    assert trio.current_time() - sent >= idle_timeout
+    assert trio.current_time() - answered <= idle_timeout
     await web.stream.aclose()
 
 
-async def test_hibernation_graceful_shutdown_closes_hibernating_connections() -> None:
+async def test_hibernation_graceful_shutdown_closes_hibernating_connections(
+    clock: trio.testing.MockClock,
+) -> None:
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
         port = await start(nursery, shutdown_event=shutdown, grace_period=30)
@@ -113,15 +152,18 @@ async def test_hibernation_graceful_shutdown_closes_hibernating_connections() ->
         web = await connect(port)
         await web.request(1)
         await web.read_response(1)
-        await wait_until(lambda: count_tasks() == tasks)
+        await idle_past(HIBERNATE_AFTER)
+        assert count_tasks() == tasks
         started = trio.current_time()
         shutdown.set()
         await web.read_eof()
         await web.stream.aclose()
-    assert trio.current_time() - started < 5  # no waiting for the grace period
+    assert trio.current_time() - started < 30  # no waiting for the grace period
 
 
-async def test_hibernation_cancelled_server_closes_hibernating_connections() -> None:
+async def test_hibernation_cancelled_server_closes_hibernating_connections(
+    clock: trio.testing.MockClock,
+) -> None:
     fds = open_fds()
     async with trio.open_nursery() as nursery:
         port = await start(nursery)
@@ -129,7 +171,8 @@ async def test_hibernation_cancelled_server_closes_hibernating_connections() -> 
         web = await connect(port)
         await web.request(1)
         await web.read_response(1)
-        await wait_until(lambda: count_tasks() == tasks)
+        await idle_past(HIBERNATE_AFTER)
+        assert count_tasks() == tasks
         nursery.cancel_scope.cancel()
     await web.read_eof()
     await web.stream.aclose()
@@ -154,7 +197,9 @@ async def test_hibernation_a_stopped_watcher_takes_no_connection() -> None:
     theirs.close()
 
 
-async def test_hibernation_option_none_never_hibernates(nursery: trio.Nursery) -> None:
+async def test_hibernation_option_none_never_hibernates(
+    nursery: trio.Nursery, clock: trio.testing.MockClock
+) -> None:
     listeners = await nursery.start(
         functools.partial(serve_tcp, echo, 0, host="127.0.0.1", hibernate_after=None)
     )
@@ -162,12 +207,14 @@ async def test_hibernation_option_none_never_hibernates(nursery: trio.Nursery) -
     web = await connect(int(listeners[0].socket.getsockname()[1]))
     await web.request(1, stdin=b"x")
     await web.read_response(1)
-    await trio.sleep(HIBERNATE_AFTER * 6)
+    await idle_past(100 * HIBERNATE_AFTER)  # well within the idle timeout
     assert count_tasks() == tasks + 1  # the reader is still there
     await web.stream.aclose()
 
 
-async def test_hibernation_handler_nursery_connections_outlive_a_cancelled_server() -> None:
+async def test_hibernation_handler_nursery_connections_outlive_a_cancelled_server(
+    clock: trio.testing.MockClock,
+) -> None:
     # With handler_nursery, cancelling serve_tcp stops accepting only: the
     # connections it accepted go on serving in the caller's nursery, the
     # hibernating one woken and the awake one no longer hibernating.
@@ -179,14 +226,15 @@ async def test_hibernation_handler_nursery_connections_outlive_a_cancelled_serve
                 asleep = await connect(port)
                 await asleep.request(1, stdin=b"a")
                 await asleep.read_response(1)
-                await wait_until(lambda: count_tasks() == tasks)  # hibernating
+                await idle_past(HIBERNATE_AFTER)
+                assert count_tasks() == tasks  # hibernating
                 awake = await connect(port)
                 await awake.request(1, stdin=b"b")
                 await awake.read_response(1)
                 server_scope.cancel()
         # Both served again, long after hibernate_after, on the same connections.
         for _ in range(2):
-            await trio.sleep(HIBERNATE_AFTER * 4)
+            await idle_past(HIBERNATE_AFTER * 4)
             for web, body in ((asleep, b"again a"), (awake, b"again b")):
                 await web.request(1, stdin=body)
                 assert (await web.read_response(1)).body == body

@@ -6,7 +6,6 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from functools import partial
 
 import pytest
 import trio
@@ -24,6 +23,7 @@ from tests.helpers import (
     params_records,
     record,
 )
+from tests.serving import serve
 from trio_fastcgi import Request, Role, testing
 from trio_fastcgi.wsgi import ClientDisconnected, WSGIHandler, build_environ
 
@@ -36,12 +36,6 @@ GET = {"REQUEST_METHOD": "GET", "SERVER_PROTOCOL": "HTTP/1.1", "SERVER_NAME": "e
 def make_request(raw_params: Iterable[tuple[bytes, bytes]]) -> Request:
     request, _ = testing.make_request(raw_params, input_buffer_size=1024)
     return request
-
-
-async def serve(nursery: trio.Nursery, handler: WSGIHandler, **options: object) -> FakeWebServer:
-    client, server = trio.testing.memory_stream_pair()
-    nursery.start_soon(partial(trio_fastcgi.serve_connection, handler, server, **options))  # type: ignore[arg-type]
-    return FakeWebServer(client)
 
 
 def capture_environ(seen: list[Environ]) -> Callable[[Environ, StartResponse], Iterable[bytes]]:

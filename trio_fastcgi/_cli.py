@@ -9,22 +9,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
-import inspect
-import json
 import logging
-import logging.config
-import logging.handlers
 import os
 import socket
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import PurePath
-from typing import Final, Literal
+from typing import Final
 
-import trio
-
-from ._access_log import ACCESS_LOGGER, AccessLogHandler
+from ._app import (
+    AppOptions,
+    CLIError,
+    add_app_arguments,
+    add_logging_options,
+    configure_logging,
+    whole_number,
+)
 from ._bind import Bind, BindError, BoundSocket, default_binds, open_binds, parse_bind
 from ._config import (
     DEFAULT_GRACE_PERIOD,
@@ -39,173 +38,17 @@ from ._config import (
 )
 from ._connection import DEFAULT_MAX_CONNS, DEFAULT_MAX_PARAMS_SIZE, DEFAULT_MAX_REQS
 from ._listeners import DEFAULT_BACKLOG, ListenError, protect_std_fds
-from ._server import check_handler
 from ._version import __version__
 from ._wire import Role
-from ._workers import LoadedApp, Supervisor, exit_now, run_worker
+from ._workers import Supervisor, exit_now, run_worker
 
 LOGGER: Final = logging.getLogger("trio_fastcgi.cli")
 
-Interface = Literal["native", "wsgi", "asgi"]
-INTERFACES: Final = ("auto", "native", "wsgi", "asgi")
-LOG_LEVELS: Final = ("critical", "error", "warning", "info", "debug")
 _ROLE_NAMES: Final = {
     "responder": Role.RESPONDER,
     "authorizer": Role.AUTHORIZER,
     "filter": Role.FILTER,
 }
-
-
-class CLIError(Exception):
-    """A mistake in the command line or the application reference."""
-
-
-# -- the application -----------------------------------------------------------
-
-
-def check_app_spec(spec: str) -> str:
-    """*spec* if it has the ``MODULE:ATTR`` form.
-
-    Raises:
-      CLIError: it does not, with the form to use (a file name such as
-        ``app.py:app`` gets its module name).
-    """
-    module_name, sep, attr = spec.partition(":")
-    if module_name.endswith(".py") or "/" in module_name:
-        path = PurePath(module_name)
-        module = path.stem if path.suffix == ".py" else path.name
-        suggestion = f"{module}:{attr or 'app'}"
-        if str(path.parent) != ".":
-            suggestion = f"{suggestion} --app-dir {path.parent}"
-        raise CLIError(f"{spec!r}: use the module name, not the file name: {suggestion}")
-    if not sep or not module_name or not attr:
-        raise CLIError(
-            f"{spec!r}: expected MODULE:APP, like myapp:app or package.module:handler "
-            "(the module, a colon, then the application's name in it)"
-        )
-    return spec
-
-
-def _app_spec(text: str) -> str:
-    try:
-        return check_app_spec(text)
-    except CLIError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def load_app(spec: str, app_dir: str = ".") -> object:
-    """Import ``MODULE:ATTR`` (ATTR may be dotted) from *app_dir* first."""
-    module_name, _, attr = check_app_spec(spec).partition(":")
-    directory = os.path.abspath(app_dir)
-    if directory not in sys.path:
-        sys.path.insert(0, directory)
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and module_name.startswith(exc.name):
-            raise CLIError(f"cannot import {module_name!r}: {exc}") from exc
-        raise
-    obj: object = module
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise CLIError(f"module {module_name!r} has no attribute {attr!r}") from None
-    return obj
-
-
-def _positional_count(obj: object) -> int | None:
-    try:
-        signature = inspect.signature(obj)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    params = list(signature.parameters.values())
-    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
-        return None
-    return sum(1 for p in params if p.kind in kinds)
-
-
-def detect_interface(app: object) -> Interface:
-    """What *app* is, from its signature.
-
-    - ``async def handler(request)``: native;
-    - ``async def app(scope, receive, send)`` (a function or an object with
-      such a ``__call__``): ASGI 3;
-    - ``def app(environ, start_response)``: WSGI.
-
-    Raises:
-      CLIError: none of these; ``--interface`` must say.
-    """
-    if not callable(app):
-        raise CLIError(f"{app!r} is not callable")
-    if inspect.isclass(app):
-        raise CLIError(f"{app!r} is a class; pass an instance (or use --interface)")
-    call = app if inspect.isroutine(app) else getattr(app, "__call__", None)  # noqa: B004
-    is_async = inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(call)
-    count = _positional_count(app)
-    if is_async and count == 1:
-        return "native"
-    if is_async and count == 3:
-        return "asgi"
-    if not is_async and count == 2:
-        return "wsgi"
-    if not is_async and count == 1:
-        raise CLIError(
-            f"{app!r}: a native handler must be `async def` "
-            "(write `async def handler(request):`); or use --interface wsgi|asgi"
-        )
-    raise CLIError(
-        f"cannot tell what kind of application {app!r} is "
-        f"({'async' if is_async else 'sync'}, {count} positional parameters); "
-        "use --interface native|wsgi|asgi"
-    )
-
-
-def make_handler(app: object, interface: Interface, args: argparse.Namespace) -> LoadedApp:
-    """The native handler serving *app*, and its lifespan for ASGI."""
-    if interface == "wsgi":
-        from .wsgi import WSGIHandler
-
-        return (
-            WSGIHandler(
-                app,  # type: ignore[arg-type]
-                limiter=trio.CapacityLimiter(args.threads),
-                script_name=args.script_name,
-                multiprocess=(args.workers or 0) > 1,
-            ),
-            None,
-        )
-    if interface == "asgi":
-        from .asgi import ASGIHandler
-
-        handler = ASGIHandler(
-            app,  # type: ignore[arg-type]
-            script_name=args.script_name,
-            lifespan=args.lifespan,
-            loop=getattr(args, "asgi_loop", "auto"),
-        )
-        return handler, handler.lifespan()
-    try:
-        check_handler(app)
-    except TypeError as exc:
-        raise CLIError(str(exc)) from None
-    return app, None  # type: ignore[return-value]
-
-
-def loader(args: argparse.Namespace) -> Callable[[], LoadedApp]:
-    """Loads the application (in each worker, after the fork)."""
-
-    def load() -> LoadedApp:
-        app = load_app(args.app, args.app_dir)
-        interface: Interface = detect_interface(app) if args.interface == "auto" else args.interface
-        LOGGER.info("serving %s (%s) in process %d", args.app, interface, os.getpid())
-        handler, lifespan = make_handler(app, interface, args)
-        if getattr(args, "access_log_on", False):
-            handler = AccessLogHandler(handler)
-        return handler, lifespan
-
-    return load
 
 
 # -- options -------------------------------------------------------------------
@@ -243,15 +86,6 @@ def _non_negative_float(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: must be 0 or more")
     return value
-
-
-def _count(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        if not text.isdigit() or int(text) < minimum:
-            raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= {minimum}")
-        return int(text)
-
-    return parse
 
 
 def _bind(text: str) -> Bind:
@@ -334,52 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
             "of web servers allowed to connect over TCP."
         ),
     )
-    parser.add_argument(
-        "app", metavar="MODULE:APP", type=_app_spec, help="the application, e.g. myapp:app"
-    )
     parser.add_argument("--version", action="version", version=f"trio-fastcgi {__version__}")
-
-    group = parser.add_argument_group("application")
-    group.add_argument(
-        "--interface",
-        choices=INTERFACES,
-        default="auto",
-        help="what APP is; auto (the default) tells from its signature",
-    )
-    group.add_argument(
-        "--app-dir",
-        default=".",
-        metavar="DIR",
-        help="directory searched first for MODULE (default: the current directory)",
-    )
-    group.add_argument(
-        "--script-name",
-        metavar="PATH",
-        default=None,
-        help=(
-            "WSGI/ASGI: the path the application is mounted at (SCRIPT_NAME / root_path), "
-            "e.g. /app.fcgi under Apache mod_fcgid; default: as the web server sends it"
-        ),
-    )
-    group.add_argument(
-        "--threads",
-        type=_count(1),
-        default=40,
-        metavar="N",
-        help="WSGI: worker threads running the application at once, per process (default 40)",
-    )
-    group.add_argument(
-        "--lifespan",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="ASGI: run lifespan startup/shutdown; auto skips it if the app does not support it",
-    )
-    group.add_argument(
-        "--asgi-loop",
-        choices=("trio", "asyncio", "auto"),
-        default="auto",
-        help="ASGI: the event loop the app runs on; auto picks asyncio for Django's ASGIHandler",
-    )
+    add_app_arguments(parser)
 
     group = parser.add_argument_group("listening")
     group.add_argument(
@@ -403,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     group.add_argument(
         "--backlog",
-        type=_count(1),
+        type=whole_number(1),
         default=DEFAULT_BACKLOG,
         metavar="N",
         help=f"listen backlog of the sockets opened here (default {DEFAULT_BACKLOG})",
@@ -413,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "-w",
         "--workers",
-        type=_count(0),
+        type=whole_number(0),
         default=None,
         metavar="N",
         help=(
@@ -424,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     group.add_argument(
         "--max-requests",
-        type=_count(0),
+        type=whole_number(0),
         default=0,
         metavar="N",
         help="a worker stops gracefully (and is replaced) after N requests; 0 = never (default)",
@@ -452,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("FastCGI limits")
     group.add_argument(
         "--max-conns",
-        type=_count(1),
+        type=whole_number(1),
         metavar="N",
         help=(
             f"connections served at once per process (FCGI_MAX_CONNS; default {DEFAULT_MAX_CONNS})"
@@ -460,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     group.add_argument(
         "--max-reqs",
-        type=_count(1),
+        type=whole_number(1),
         metavar="N",
         help=f"concurrent requests per connection (FCGI_MAX_REQS; default {DEFAULT_MAX_REQS})",
     )
@@ -478,13 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     group.add_argument(
         "--max-params-size",
-        type=_count(1),
+        type=whole_number(1),
         metavar="BYTES",
         help=f"largest FCGI_PARAMS of one request (default {DEFAULT_MAX_PARAMS_SIZE})",
     )
     group.add_argument(
         "--input-buffer-size",
-        type=_count(1),
+        type=whole_number(1),
         metavar="BYTES",
         help="request body buffered per request before reading pauses "
         f"(default {DEFAULT_INPUT_BUFFER_SIZE})",
@@ -531,119 +321,6 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     return parser
-
-
-def add_logging_options(group: argparse._ArgumentGroup) -> None:
-    """``--log-level``, ``--log-config`` and ``--access-log`` (both commands)."""
-    group.add_argument(
-        "--log-level",
-        type=str.lower,
-        choices=LOG_LEVELS,
-        default="info",
-        help="logging to stderr (default info; not used with --log-config)",
-    )
-    group.add_argument(
-        "--log-config",
-        metavar="FILE",
-        default=None,
-        help=(
-            "configure logging with logging.config.dictConfig from FILE, JSON or "
-            "(if it ends in .toml) TOML, instead of the default logging to stderr"
-        ),
-    )
-    group.add_argument(
-        "--access-log",
-        metavar="PATH",
-        default=None,
-        help=(
-            "log one line per request (combined log format, plus request id and "
-            "duration) to PATH, or to stdout if PATH is -; off by default. The "
-            f"logger is {ACCESS_LOGGER.name}"
-        ),
-    )
-
-
-_LOG_FORMAT: Final = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
-
-
-def read_log_config(path: str) -> dict[str, object]:
-    """The dictConfig dictionary in the JSON or TOML file at *path*.
-
-    Raises:
-      CLIError: it cannot be read or parsed, or is not a table/object.
-    """
-    try:
-        with open(path, "rb") as file:
-            data = file.read()
-    except OSError as exc:
-        raise CLIError(f"--log-config {path}: cannot read it: {exc.strerror or exc}") from None
-    config: object
-    if path.endswith(".toml"):
-        try:
-            import tomllib  # type: ignore[import-not-found,unused-ignore]
-        except ImportError:  # Python 3.10
-            raise CLIError(f"--log-config {path}: TOML needs Python 3.11; use JSON") from None
-        try:
-            config = tomllib.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise CLIError(f"--log-config {path}: not valid TOML: {exc}") from None
-    else:
-        try:
-            config = json.loads(data)
-        except ValueError as exc:
-            raise CLIError(f"--log-config {path}: not valid JSON: {exc}") from None
-    if not isinstance(config, dict):
-        raise CLIError(f"--log-config {path}: expected an object (a dictConfig dictionary)")
-    return config
-
-
-def configure_logging(
-    level: str, *, config_file: str | None = None, access_log: str | None = None
-) -> bool:
-    """Set up logging as the options say; True if the access log is on (by
-    ``--access-log``, or by a ``--log-config`` that configures its logger).
-
-    Raises:
-      CLIError: a bad ``--log-config`` file, or an ``--access-log`` that
-        cannot be opened.
-    """
-    access_on = access_log is not None
-    if config_file is None:
-        logging.basicConfig(level=level.upper(), stream=sys.stderr, format=_LOG_FORMAT)
-    else:
-        config = read_log_config(config_file)
-        # Else the loggers made at import time (this module's among them) go silent.
-        config.setdefault("disable_existing_loggers", False)
-        loggers = config.get("loggers")
-        access_on = access_on or (isinstance(loggers, dict) and ACCESS_LOGGER.name in loggers)
-        try:
-            logging.config.dictConfig(config)
-        except (ValueError, TypeError, AttributeError, ImportError, KeyError) as exc:
-            cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
-            raise CLIError(f"--log-config {config_file}: {exc}{cause}") from None
-    if access_log is not None:
-        open_access_log(access_log)
-    return access_on
-
-
-def open_access_log(target: str) -> None:
-    """Send :data:`ACCESS_LOGGER` to the file *target* (or stdout for ``-``),
-    and no longer to the root logger's handlers."""
-    handler: logging.Handler
-    if target == "-":
-        handler = logging.StreamHandler(sys.stdout)
-    else:
-        try:
-            # Reopens the file if logrotate moved it.
-            handler = logging.handlers.WatchedFileHandler(target, encoding="utf-8")
-        except OSError as exc:
-            raise CLIError(
-                f"--access-log {target}: cannot open it: {exc.strerror or exc}"
-            ) from None
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    ACCESS_LOGGER.addHandler(handler)
-    ACCESS_LOGGER.setLevel(logging.INFO)
-    ACCESS_LOGGER.propagate = False
 
 
 @contextlib.contextmanager
@@ -700,28 +377,36 @@ def _open(args: argparse.Namespace, binds: list[Bind]) -> list[BoundSocket]:
         raise CLIError(f"cannot listen: {exc}") from exc
 
 
-def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    """Run the server the parsed command line describes; the exit status."""
+def serve(args: argparse.Namespace, environ: Mapping[str, str], *, access_log: bool = False) -> int:
+    """Run the server the parsed command line describes; the exit status.
+    *access_log* wraps the handler in the access log."""
     options = server_options(args, environ)
     binds: list[Bind] = args.bind or default_binds(environ)
-    args.workers = worker_count(args.workers, binds)
+    workers = worker_count(args.workers, binds)
+    app = app_options(args, workers, access_log=access_log)
     with contextlib.ExitStack() as cleanup:
         if args.pid is not None:
             cleanup.enter_context(pid_file(args.pid))
-        if args.workers == 0:
-            status = _serve_in_this_process(args, binds, options, cleanup)
+        if workers == 0:
+            status = _serve_in_this_process(args, app, binds, options, cleanup)
         else:
-            status = _supervise(args, binds, options)
+            status = _supervise(args, app, workers, binds, options)
     return status
+
+
+def app_options(args: argparse.Namespace, workers: int, *, access_log: bool) -> AppOptions:
+    """What to serve, for *workers* worker processes (0: this process)."""
+    return AppOptions.from_args(args, access_log=access_log, multiprocess=workers > 1)
 
 
 def _serve_in_this_process(
     args: argparse.Namespace,
+    app: AppOptions,
     binds: list[Bind],
     options: ServerOptions,
     cleanup: contextlib.ExitStack,
 ) -> int:
-    loaded = loader(args)()  # import errors show before anything listens
+    loaded = app.load()  # import errors show before anything listens
     bound = _open(args, binds)
     LOGGER.info("listening on %s", ", ".join(b.describe() for b in bound))
     try:
@@ -741,15 +426,20 @@ def _serve_in_this_process(
     return 0
 
 
-def _supervise(args: argparse.Namespace, binds: list[Bind], options: ServerOptions) -> int:
-    load = loader(args)
+def _supervise(
+    args: argparse.Namespace,
+    app: AppOptions,
+    workers: int,
+    binds: list[Bind],
+    options: ServerOptions,
+) -> int:
     bound = _open(args, binds)
     LOGGER.info(
         "trio-fastcgi %s: %s on %s with %d worker(s)",
         __version__,
-        args.app,
+        app.spec,
         ", ".join(b.describe() for b in bound),
-        args.workers,
+        workers,
     )
 
     def worker_main(
@@ -757,7 +447,7 @@ def _supervise(args: argparse.Namespace, binds: list[Bind], options: ServerOptio
     ) -> int:
         try:
             run_worker(
-                load,
+                app.load,  # in each worker, after the fork
                 sockets,
                 options,
                 max_requests=args.max_requests,
@@ -770,7 +460,7 @@ def _supervise(args: argparse.Namespace, binds: list[Bind], options: ServerOptio
         return 0
 
     supervisor = Supervisor(
-        bound, worker_main, workers=args.workers, graceful_timeout=args.graceful_timeout
+        bound, worker_main, workers=workers, graceful_timeout=args.graceful_timeout
     )
     return supervisor.run()
 
@@ -798,10 +488,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(habit)
     args = parser.parse_args(arguments)
     try:
-        args.access_log_on = configure_logging(
+        access_log = configure_logging(
             args.log_level, config_file=args.log_config, access_log=args.access_log
         )
-        return serve(args, os.environ)
+        return serve(args, os.environ, access_log=access_log)
     except CLIError as exc:
         parser.exit(2, f"trio-fastcgi: error: {exc}\n")
     except KeyboardInterrupt:

@@ -37,11 +37,12 @@ import trio
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
 
+from ._app import AppOptions, CLIError, add_app_arguments, add_logging_options, configure_logging
 from ._cgi import request_params
 from ._listeners import ListenError, listen_error
 from ._server import serve_tcp
 from ._version import __version__
-from ._workers import LoadedApp, _no_lifespan
+from ._workers import LoadedApp
 from .client import (
     CGIResponse,
     CGIResponseError,
@@ -304,7 +305,7 @@ async def serve_dev(
     """
     handler, lifespan = loaded
     async with (
-        lifespan if lifespan is not None else _no_lifespan(),
+        lifespan if lifespan is not None else contextlib.nullcontext(),
         trio.open_nursery() as nursery,
     ):
         fastcgi_listeners = await nursery.start(
@@ -329,8 +330,6 @@ async def serve_dev(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ._cli import INTERFACES, _app_spec, _count, add_logging_options
-
     parser = argparse.ArgumentParser(
         prog="trio-fastcgi dev",
         description=(
@@ -341,19 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
             "behind a real web server."
         ),
     )
-    parser.add_argument(
-        "app", metavar="MODULE:APP", type=_app_spec, help="the application, e.g. myapp:app"
-    )
-    parser.add_argument("--host", default=DEFAULT_HOST, help="HTTP address (default 127.0.0.1)")
-    parser.add_argument(
+    add_app_arguments(parser)
+    group = parser.add_argument_group("HTTP")
+    group.add_argument("--host", default=DEFAULT_HOST, help="HTTP address (default 127.0.0.1)")
+    group.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help="HTTP port (default 8000; 0 picks one)"
-    )
-    parser.add_argument("--interface", choices=INTERFACES, default="auto", help="what APP is")
-    parser.add_argument("--app-dir", default=".", metavar="DIR", help="searched first for MODULE")
-    parser.add_argument("--script-name", default=None, metavar="PATH", help=argparse.SUPPRESS)
-    parser.add_argument("--threads", type=_count(1), default=40, metavar="N", help="WSGI threads")
-    parser.add_argument(
-        "--lifespan", choices=("auto", "on", "off"), default="auto", help="ASGI lifespan"
     )
     group = parser.add_argument_group("reloading")
     group.add_argument(
@@ -379,22 +370,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str], *, reloaded: bool = False) -> int:
     """``trio-fastcgi dev``: the exit status. *reloaded* is set in the process
     that ``--reload`` starts, which serves and leaves the watching to its parent."""
-    from ._cli import CLIError, configure_logging, loader
-
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.workers = 0
     if args.reload and not reloaded:
         return _reload(list(argv), args, parser)
     try:
-        args.access_log_on = configure_logging(
+        access_log = configure_logging(
             args.log_level, config_file=args.log_config, access_log=args.access_log
         )
+        app = AppOptions.from_args(args, access_log=access_log)
     except CLIError as exc:
         parser.exit(2, f"trio-fastcgi dev: error: {exc}\n")
     sys.stderr.write(BANNER + "\n")
     try:
-        loaded = loader(args)()
+        loaded = app.load()
     except CLIError as exc:
         parser.exit(2, f"trio-fastcgi dev: error: {exc}\n")
     try:
@@ -435,8 +424,6 @@ class _QuietStop(logging.Filter):
 def _reload(argv: list[str], args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run the dev server in a child process, and start a new one whenever a
     watched ``.py`` file changes, until SIGINT or SIGTERM."""
-    from ._cli import CLIError, configure_logging
-
     try:
         import watchfiles
     except ImportError:

@@ -34,8 +34,8 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from functools import partial
 from typing import Final, Protocol, final, runtime_checkable
 
@@ -124,11 +124,6 @@ def exit_now(status: int) -> None:
 
 #: What a worker serves: the handler and, for ASGI, its lifespan.
 LoadedApp = tuple[Handler, "AbstractAsyncContextManager[None] | None"]
-
-
-@asynccontextmanager
-async def _no_lifespan() -> AsyncIterator[None]:
-    yield
 
 
 def _counting(handler: Handler, limit: int, stop: trio.Event) -> Handler:
@@ -244,7 +239,7 @@ async def _serve_until_stopped(
         if life_fd is not None:
             nursery.start_soon(_stop_when_orphaned, stop, life_fd)
         async with (
-            lifespan if lifespan is not None else _no_lifespan(),
+            lifespan if lifespan is not None else contextlib.nullcontext(),
             trio.open_nursery() as serving,
         ):
             serve_options = options.copy()
