@@ -35,7 +35,7 @@ from trio_fastcgi import (
     serve_tcp,
     serve_unix,
 )
-from trio_fastcgi._client_protocol import ClientConnection, encode_params
+from trio_fastcgi._client_connection import FastCGIClientConnection, encode_params
 from trio_fastcgi.client import (
     CGIResponseError,
     Client,
@@ -674,7 +674,7 @@ def test_client_protocol_params_huge_pair_spans_records() -> None:
 
 
 def test_client_protocol_stdin_records_fit() -> None:
-    conn = ClientConnection()
+    conn = FastCGIClientConnection()
     conn.begin_request(1, Role.RESPONDER, keep_conn=True)
     records, _ = helpers.parse_records(conn.stdin(1, bytes(200_000)) + conn.stdin(1, b""))
     assert all(len(r.content) <= 65535 for r in records)
@@ -691,7 +691,7 @@ def test_client_protocol_stdin_records_fit() -> None:
 
 
 def test_client_protocol_begin_request_bytes() -> None:
-    conn = ClientConnection()
+    conn = FastCGIClientConnection()
     assert conn.begin_request(258, Role.FILTER, keep_conn=True) == (
         bytes([1, 1, 1, 2, 0, 8, 0, 0]) + bytes([0, 3, 1, 0, 0, 0, 0, 0])
     )
@@ -700,7 +700,7 @@ def test_client_protocol_begin_request_bytes() -> None:
 
 def drain(pieces: list[bytes]) -> list[object]:
     """Feed *pieces* (then EOF) to a client connection with requests 1-3 begun."""
-    conn = ClientConnection()
+    conn = FastCGIClientConnection()
     for rid in (1, 2, 3):
         conn.begin_request(rid, Role.RESPONDER, keep_conn=True)
     conn.abort_request(3)

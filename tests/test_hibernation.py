@@ -23,7 +23,7 @@ from tests.helpers import FakeWebServer
 from trio_fastcgi import Request, serve_tcp
 from trio_fastcgi._config import Config
 from trio_fastcgi._hibernation import Hibernation
-from trio_fastcgi._serve_connection import ServedConnection
+from trio_fastcgi._served_connection import ServedConnection
 from trio_fastcgi._transport import SocketTransport
 
 #: Seconds on the mock clock.

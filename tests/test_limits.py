@@ -27,7 +27,7 @@ import trio.testing
 from tests import helpers
 from tests.helpers import FakeWebServer
 from trio_fastcgi import Handler, ProtocolStatus, Request, serve_connection, serve_tcp, serve_unix
-from trio_fastcgi._serve_connection import RECEIVE_SIZE
+from trio_fastcgi._served_connection import RECEIVE_SIZE
 
 MAX_RECORD = 8 + 0xFFFF + 0xFF
 

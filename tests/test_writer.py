@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import socket
+from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
 import trio.testing
 
-from tests.helpers import END, STDOUT, parse_records
+from tests.helpers import END, STDOUT, FakeWebServer, Response, parse_records
+from trio_fastcgi import Request, serve_connection
 from trio_fastcgi._connection import FastCGIConnection
 from trio_fastcgi._events import NEED_DATA, EndRequest, Stdout
 from trio_fastcgi._transport import SocketTransport, Transport
@@ -314,3 +317,126 @@ async def test_a_transport_that_half_closes_at_once_needs_no_writer_task() -> No
     assert harness.half_closed == 0
     with pytest.raises(trio.BrokenResourceError):  # nothing may follow a half-close
         await harness.writer.send(Stdout(1, b"late"))
+
+
+# -- the end of a response is held for the END_REQUEST that follows ------------
+
+
+class CountingSocketTransport(FakeTransport):
+    """A FakeTransport that says it is a socket, so output may be held."""
+
+    @property
+    def socket(self) -> socket.socket | None:
+        return self._fake_socket
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._fake_socket = socket.socket()
+
+    async def close(self) -> None:
+        self._fake_socket.close()
+
+
+async def test_the_end_of_a_response_and_its_end_request_are_one_send() -> None:
+    transport = CountingSocketTransport()
+    harness = Harness(transport, core_with_requests(1))
+    woken: list[str] = []
+
+    def flush_soon() -> bool:
+        woken.append("soon")
+        return True
+
+    harness.writer._flush_soon = flush_soon
+    async with trio.open_nursery() as nursery:
+        harness.writer.nursery = nursery
+        await harness.writer.send_ending([Stdout(1, b"body"), Stdout(1, b"")])
+        assert transport.sends_nowait == 0  # held
+        assert harness.writer.holding
+        assert not harness.writer.idle
+        assert woken == ["soon"]
+        await harness.writer.send(EndRequest(1))
+    await transport.close()
+    assert transport.sends_nowait == 1
+    assert records_of(bytes(transport.wire)) == [(STDOUT, 1), (STDOUT, 1), (END, 1)]
+    assert harness.writer.idle
+
+
+async def test_held_output_goes_out_on_flush_or_when_the_reader_cannot_wake() -> None:
+    transport = CountingSocketTransport()
+    harness = Harness(transport, core_with_requests(1, 2))
+    async with trio.open_nursery() as nursery:
+        harness.writer.nursery = nursery
+        # flush_soon says the reader cannot come: nothing is held.
+        harness.writer._flush_soon = lambda: False
+        await harness.writer.send_ending([Stdout(1, b"a"), Stdout(1, b"")])
+        assert transport.sends_nowait == 1
+        assert not harness.writer.holding
+        # Held, then flushed by the reader.
+        harness.writer._flush_soon = lambda: True
+        await harness.writer.send_ending([Stdout(2, b"b"), Stdout(2, b"")])
+        assert transport.sends_nowait == 1
+        harness.writer.flush()
+        assert transport.sends_nowait == 2
+    await transport.close()
+    assert stdout_of(bytes(transport.wire), 2) == b"b"
+
+
+async def serve_on_socket(
+    nursery: trio.Nursery, handler: Callable[[Request], Awaitable[None]], **options: object
+) -> FakeWebServer:
+    ours, theirs = trio.socket.socketpair()
+    nursery.start_soon(
+        functools.partial(serve_connection, handler, trio.SocketStream(ours), **options)  # type: ignore[arg-type]
+    )
+    return FakeWebServer(trio.SocketStream(theirs))
+
+
+async def test_a_response_held_for_its_end_request_still_leaves_if_the_handler_goes_on(
+    nursery: trio.Nursery,
+) -> None:
+    """respond() and then a long wait: the response is not held until the
+    handler returns; END_REQUEST follows when it does."""
+    release = trio.Event()
+
+    async def handler(request: Request) -> None:
+        await request.respond(b"early")
+        await release.wait()
+
+    web = await serve_on_socket(nursery, handler)
+    await web.request(1)
+    with trio.fail_after(5):
+        while b"early" not in web.responses.get(1, Response()).stdout:
+            assert await web._read_more()
+    assert web.responses[1].app_status is None  # no END_REQUEST yet
+    release.set()
+    response = await web.read_response(1)
+    assert response.body == b"early"
+    assert response.app_status == 0
+    await web.stream.aclose()
+
+
+async def test_a_response_is_not_held_while_the_reader_waits_for_the_handler_to_read(
+    nursery: trio.Nursery,
+) -> None:
+    """The reader blocked on a full input buffer cannot flush: a response
+    written then goes out at once."""
+    release = trio.Event()
+
+    async def handler(request: Request) -> None:
+        await trio.testing.wait_all_tasks_blocked()  # the reader is stuck feeding
+        await request.respond(b"too large")
+        await release.wait()
+
+    web = await serve_on_socket(nursery, handler, input_buffer_size=16)
+
+    async def send_body() -> None:
+        await web.request(1, stdin=b"x" * 100_000)
+
+    nursery.start_soon(send_body)
+    with trio.fail_after(5):
+        while b"too large" not in web.responses.get(1, Response()).stdout:
+            assert await web._read_more()
+    release.set()
+    response = await web.read_response(1)
+    assert response.app_status == 0
+    await web.stream.aclose()

@@ -37,7 +37,7 @@ from ._exceptions import ProtocolError as ProtocolError
 from ._exceptions import RemoteProtocolError as RemoteProtocolError
 from ._exceptions import UnknownRole as UnknownRole
 from ._request import Request as Request
-from ._serve_connection import Handler as Handler
+from ._served_connection import Handler as Handler
 from ._server import serve_connection as serve_connection
 from ._server import serve_inherited as serve_inherited
 from ._server import serve_listeners as serve_listeners

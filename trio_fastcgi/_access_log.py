@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from ._request import Request
-    from ._serve_connection import Handler
+    from ._served_connection import Handler
 
 ACCESS_LOGGER: Final = logging.getLogger("trio_fastcgi.access")
 

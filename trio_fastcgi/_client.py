@@ -16,8 +16,8 @@ from typing import Final, TypeAlias, final
 
 import trio
 
+from ._client_connection import FastCGIClientConnection, ServerProtocolError
 from ._client_errors import GetValuesUnsupported, ResponseTooLarge, copy_error
-from ._client_protocol import ClientConnection, ServerProtocolError
 from ._client_streams import ActiveRequest, ClientRequestState, Response
 from ._events import (
     NEED_DATA,
@@ -119,7 +119,7 @@ class Client:
         if stdout_buffer_size < 1:
             raise ValueError("stdout_buffer_size must be >= 1")
         self.stream = stream
-        self._conn = ClientConnection()
+        self._conn = FastCGIClientConnection()
         self._limit = max_concurrent or MAX_CONCURRENT_REQUESTS
         self._stdout_buffer_size = stdout_buffer_size
         self._requests: dict[int, ClientRequestState] = {}

@@ -14,8 +14,8 @@ import trio
 from ._cgi import request_params
 from ._cgi_response import CGIResponseError
 from ._client import open_client
+from ._client_connection import ServerProtocolError
 from ._client_errors import GetValuesUnsupported
-from ._client_protocol import ServerProtocolError
 from ._wire import ProtocolStatus, Role
 
 if sys.version_info < (3, 11):

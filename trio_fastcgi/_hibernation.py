@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, final
 import trio
 
 if TYPE_CHECKING:
-    from ._serve_connection import ServedConnection
+    from ._served_connection import ServedConnection
 
 
 def hibernation_supported() -> bool:

@@ -31,7 +31,7 @@ from ._listeners import (
     protect_std_fds,
     remove_socket_file,
 )
-from ._serve_connection import Handler, ServedConnection, timeout_policy
+from ._served_connection import Handler, ServedConnection, timeout_policy
 from ._transport import Acceptor, Transport, open_transport
 
 LOGGER: Final = logging.getLogger("trio_fastcgi")

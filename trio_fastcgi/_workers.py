@@ -45,7 +45,7 @@ import trio
 from ._bind import BoundSocket
 from ._config import DEFAULT_GRACE_PERIOD, ServerOptions
 from ._request import Request
-from ._serve_connection import Handler
+from ._served_connection import Handler
 from ._server import serve_listeners
 
 LOGGER: Final = logging.getLogger("trio_fastcgi.workers")

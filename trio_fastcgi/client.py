@@ -59,10 +59,10 @@ from ._client_cli import EXIT_TIMEOUT as EXIT_TIMEOUT
 from ._client_cli import EXIT_UNAVAILABLE as EXIT_UNAVAILABLE
 from ._client_cli import main as main
 from ._client_cli import parse_address as parse_address
+from ._client_connection import ServerProtocolError as ServerProtocolError
 from ._client_errors import ClientError as ClientError
 from ._client_errors import GetValuesUnsupported as GetValuesUnsupported
 from ._client_errors import ResponseTooLarge as ResponseTooLarge
-from ._client_protocol import ServerProtocolError as ServerProtocolError
 from ._client_streams import ActiveRequest as ActiveRequest
 from ._client_streams import Response as Response
 from ._client_streams import ResponseStream as ResponseStream

@@ -55,7 +55,7 @@ from ._config import DEFAULT_INPUT_BUFFER_SIZE, Config, ServerOptions
 from ._events import OutputEvent, Stderr, Stdout
 from ._exceptions import EndRequestWith
 from ._request import Request
-from ._serve_connection import Handler
+from ._served_connection import Handler
 from ._server import serve_connection
 from ._streams import Outbox
 from ._version import __version__

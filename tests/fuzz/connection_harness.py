@@ -62,7 +62,7 @@ from tests.helpers import (
     record,
 )
 from trio_fastcgi import InputError, Request, Role, serve_connection
-from trio_fastcgi._serve_connection import _ERROR_RESPONSE
+from trio_fastcgi._served_connection import _ERROR_RESPONSE
 
 #: Virtual seconds the peer waits after its last step before it closes, so that
 #: every handler that can finish has finished (handlers sleep at most ~100 s).

@@ -1,6 +1,6 @@
 """The web-server side of a FastCGI connection, sans-IO: what a client needs.
 
-:class:`ClientConnection` turns requests into bytes (``begin_request``,
+:class:`FastCGIClientConnection` turns requests into bytes (``begin_request``,
 ``params``, ``stdin``, ``data``, ``abort_request``, ``get_values``) and bytes
 from the application into events. The events are the same classes the
 application side sends (:class:`~trio_fastcgi.Stdout`, :class:`~trio_fastcgi.Stderr`,
@@ -93,7 +93,7 @@ def encode_params(request_id: int, pairs: Iterable[tuple[bytes, bytes]]) -> byte
 
 
 @final
-class ClientConnection(RecordProtocol[ClientEvent]):
+class FastCGIClientConnection(RecordProtocol[ClientEvent]):
     """The web-server (client) side of one FastCGI transport connection.
 
     Output methods return the bytes of whole records; write them in the order
@@ -282,4 +282,4 @@ def _type_name(record_type: int) -> str:
         return f"unknown type {record_type}"
 
 
-__all__ = ["ClientConnection", "ClientEvent", "ServerProtocolError", "encode_params"]
+__all__ = ["ClientEvent", "FastCGIClientConnection", "ServerProtocolError", "encode_params"]
