@@ -319,66 +319,7 @@ async def test_a_transport_that_half_closes_at_once_needs_no_writer_task() -> No
         await harness.writer.send(Stdout(1, b"late"))
 
 
-# -- the end of a response is held for the END_REQUEST that follows ------------
-
-
-class CountingSocketTransport(FakeTransport):
-    """A FakeTransport that says it is a socket, so output may be held."""
-
-    @property
-    def socket(self) -> socket.socket | None:
-        return self._fake_socket
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._fake_socket = socket.socket()
-
-    async def close(self) -> None:
-        self._fake_socket.close()
-
-
-async def test_the_end_of_a_response_and_its_end_request_are_one_send() -> None:
-    transport = CountingSocketTransport()
-    harness = Harness(transport, core_with_requests(1))
-    woken: list[str] = []
-
-    def flush_soon() -> bool:
-        woken.append("soon")
-        return True
-
-    harness.writer._flush_soon = flush_soon
-    async with trio.open_nursery() as nursery:
-        harness.writer.nursery = nursery
-        await harness.writer.send_ending([Stdout(1, b"body"), Stdout(1, b"")])
-        assert transport.sends_nowait == 0  # held
-        assert harness.writer.holding
-        assert not harness.writer.idle
-        assert woken == ["soon"]
-        await harness.writer.send(EndRequest(1))
-    await transport.close()
-    assert transport.sends_nowait == 1
-    assert records_of(bytes(transport.wire)) == [(STDOUT, 1), (STDOUT, 1), (END, 1)]
-    assert harness.writer.idle
-
-
-async def test_held_output_goes_out_on_flush_or_when_the_reader_cannot_wake() -> None:
-    transport = CountingSocketTransport()
-    harness = Harness(transport, core_with_requests(1, 2))
-    async with trio.open_nursery() as nursery:
-        harness.writer.nursery = nursery
-        # flush_soon says the reader cannot come: nothing is held.
-        harness.writer._flush_soon = lambda: False
-        await harness.writer.send_ending([Stdout(1, b"a"), Stdout(1, b"")])
-        assert transport.sends_nowait == 1
-        assert not harness.writer.holding
-        # Held, then flushed by the reader.
-        harness.writer._flush_soon = lambda: True
-        await harness.writer.send_ending([Stdout(2, b"b"), Stdout(2, b"")])
-        assert transport.sends_nowait == 1
-        harness.writer.flush()
-        assert transport.sends_nowait == 2
-    await transport.close()
-    assert stdout_of(bytes(transport.wire), 2) == b"b"
+# -- a response leaves when it is written, not when the handler returns -------
 
 
 async def serve_on_socket(
@@ -391,11 +332,7 @@ async def serve_on_socket(
     return FakeWebServer(trio.SocketStream(theirs))
 
 
-async def test_a_response_held_for_its_end_request_still_leaves_if_the_handler_goes_on(
-    nursery: trio.Nursery,
-) -> None:
-    """respond() and then a long wait: the response is not held until the
-    handler returns; END_REQUEST follows when it does."""
+async def test_a_response_leaves_before_the_handler_returns(nursery: trio.Nursery) -> None:
     release = trio.Event()
 
     async def handler(request: Request) -> None:
@@ -415,11 +352,11 @@ async def test_a_response_held_for_its_end_request_still_leaves_if_the_handler_g
     await web.stream.aclose()
 
 
-async def test_a_response_is_not_held_while_the_reader_waits_for_the_handler_to_read(
+async def test_a_response_leaves_while_the_reader_waits_for_the_handler_to_read(
     nursery: trio.Nursery,
 ) -> None:
-    """The reader blocked on a full input buffer cannot flush: a response
-    written then goes out at once."""
+    """The reader blocked on a full input buffer: a response written then
+    still goes out at once."""
     release = trio.Event()
 
     async def handler(request: Request) -> None:

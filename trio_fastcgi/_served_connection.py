@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import math
 import socket
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final, final
@@ -108,7 +107,6 @@ class ServedConnection:
     __slots__ = (
         "_config",
         "_conn",
-        "_feeding",
         "_handler",
         "_life",
         "_number",
@@ -155,8 +153,6 @@ class ServedConnection:
             should_close=self._should_close,
             half_close=self._half_close,
             half_close_nowait=self._half_close_nowait,
-            flush_soon=self._flush_soon,
-            flushed=self._restore_receive_deadline,
             fail=self.cancel,
         )
         # Requests whose handler runs, and ones that began but wait for params.
@@ -164,8 +160,6 @@ class ServedConnection:
         self._pending: dict[int, BeginRequest] = {}
         self._nursery: trio.Nursery | None = None
         self._refusals = 0
-        # The reader waits for room in a request's input buffer.
-        self._feeding = False
 
     @property
     def name(self) -> str:
@@ -277,11 +271,8 @@ class ServedConnection:
         """Read until the connection is done (False) or may hibernate (True)."""
         transport = self._transport
         life = self._life
-        writer = self._writer
         try:
             while True:
-                if writer.holding:
-                    writer.flush()  # held output never waits for the web server
                 data = await transport.receive_some(RECEIVE_SIZE, life.deadline())
                 if data is None:
                     expiry = life.expire(trio.current_time())
@@ -352,12 +343,7 @@ class ServedConnection:
     async def _feed(self, stream: InputStream, data: bytes) -> None:
         """Pass input to a request's stream; waits while its buffer is full."""
         if not stream._offer(data):
-            self._writer.flush()  # held output never waits for a handler
-            self._feeding = True
-            try:
-                await stream._feed(data)
-            finally:
-                self._feeding = False
+            await stream._feed(data)
 
     async def _dispatch(self, event: InputEvent) -> bool:
         """Act on one input event; True means stop reading."""
@@ -497,19 +483,6 @@ class ServedConnection:
             self._transport.move_receive_deadline(life.deadline())
 
     # -- writing -----------------------------------------------------------------
-
-    def _flush_soon(self) -> bool:
-        """The writer holds output: wake the reader at once to send it, unless
-        the request's END_REQUEST takes it along first (then the deadline is
-        put back before the reader ever runs). False if the reader waits for
-        a handler to read its input: it cannot send then."""
-        if self._feeding:
-            return False
-        self._transport.move_receive_deadline(-math.inf)
-        return True
-
-    def _restore_receive_deadline(self) -> None:
-        self._transport.move_receive_deadline(self._life.deadline())
 
     def _should_close(self) -> bool:
         """Whether to half-close once the output queued now is sent."""

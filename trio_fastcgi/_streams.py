@@ -40,12 +40,6 @@ class Outbox(abc.ABC):
         for event in events:
             await self.send(event)
 
-    async def send_ending(self, events: Sequence[OutputEvent]) -> None:
-        """:meth:`send_many` for events that end a stream, after which the
-        request's end usually follows at once: they may be held for an instant
-        so that both go out in one write."""
-        await self.send_many(events)
-
 
 @final
 class InputStream(trio.abc.ReceiveStream, metaclass=NoPublicConstructor):
@@ -270,7 +264,7 @@ class OutputStream(trio.abc.SendStream, metaclass=NoPublicConstructor):
             self._closed = True
             event_type, request_id = self._event_type, self._request_id
             last = event_type(request_id, b"")
-            await self._outbox.send_ending([event_type(request_id, data), last] if data else [last])
+            await self._outbox.send_many([event_type(request_id, data), last] if data else [last])
         finally:
             self._busy = False
 

@@ -13,13 +13,6 @@ when the queue is empty) sends them in order, gathering what is queued into one
 write. A transport that cannot say whether a send would block (any stream but a
 socket) always goes through the writer task.
 
-The end of a response (:meth:`Writer.send_ending`: ``respond()``'s one write)
-is *held* for an instant instead: a handler that responds and returns sends its
-``FCGI_END_REQUEST`` right after, and both leave in one send, one TCP segment
-for the web server to read. Held output is never left behind: the next output
-on the connection sends it first, and the reader, woken at once by moving its
-receive's deadline to now, sends it before it waits for anything.
-
 The queue is bounded: while it holds :data:`QUEUE_LIMIT` bytes or more, senders
 wait for room. When the writer fails or the connection stops,
 :meth:`Writer.close` makes every later send raise
@@ -71,22 +64,14 @@ class Writer(Outbox):
       half_close: awaited by the writer task to half-close otherwise.
       fail: called when a send fails (the peer is gone, or took nothing for
         write_timeout): it cancels the connection.
-      flush_soon: called when output is held: arranges for the reader to call
-        :meth:`flush` as soon as it can, or returns False if it cannot (the
-        output is sent at once then).
-      flushed: called when held output went out with later output, so the
-        reader need not wake for it.
     """
 
     __slots__ = (
         "_closed",
         "_conn",
         "_fail",
-        "_flush_soon",
-        "_flushed",
         "_half_close",
         "_half_close_nowait",
-        "_held",
         "_name",
         "_queue",
         "_queued",
@@ -107,8 +92,6 @@ class Writer(Outbox):
         half_close: Callable[[], Coroutine[Any, Any, None]],
         half_close_nowait: Callable[[], bool],
         fail: Callable[[], None],
-        flush_soon: Callable[[], bool] = lambda: False,
-        flushed: Callable[[], None] = lambda: None,
     ) -> None:
         self._conn = conn
         self._transport = transport
@@ -117,10 +100,6 @@ class Writer(Outbox):
         self._half_close = half_close
         self._half_close_nowait = half_close_nowait
         self._fail = fail
-        self._flush_soon = flush_soon
-        self._flushed = flushed
-        # Output held back so that what follows at once joins it (send_ending).
-        self._held: list[bytes | memoryview] = []
         self._queue: deque[bytes | memoryview] = deque()
         self._queued = 0
         self._running = False
@@ -132,12 +111,7 @@ class Writer(Outbox):
     @property
     def idle(self) -> bool:
         """True when everything was sent and no writer task runs."""
-        return not self._running and not self._held
-
-    @property
-    def holding(self) -> bool:
-        """True while output is held back (see :meth:`flush`)."""
-        return bool(self._held)
+        return not self._running
 
     @property
     def closed(self) -> bool:
@@ -150,7 +124,6 @@ class Writer(Outbox):
         self._closed = True
         self._queue.clear()
         self._queued = 0
-        self._held = []
         self._room.unpark_all()
 
     async def send(self, event: OutputEvent) -> None:
@@ -171,29 +144,6 @@ class Writer(Outbox):
         for event in events:
             parts += self._encode(event)
         await self._write(parts, events[-1])
-
-    async def send_ending(self, events: Sequence[OutputEvent]) -> None:
-        """Like :meth:`send_many`, but on a socket that nothing else is
-        waiting for, hold the records until the next output or :meth:`flush`."""
-        if self._running or self._transport.socket is None:
-            await self.send_many(events)
-            return
-        await self._wait_for_room()
-        held = self._held
-        first = not held
-        for event in events:
-            held += self._encode(event)
-        if first and held and not self._flush_soon():
-            self.flush()
-
-    def flush(self) -> None:
-        """Send held output now (the reader calls this before it waits)."""
-        if self._held and not self._running and not self._closed:
-            parts, self._held = self._held, []
-            try:
-                self._send_now(parts, None)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self._failed(exc)
 
     def wake(self) -> None:
         """Check now whether to half-close (the connection's phase changed).
@@ -226,33 +176,24 @@ class Writer(Outbox):
     async def _write(self, parts: list[bytes | memoryview], last: OutputEvent) -> None:
         """Send *parts* now, as far as the socket takes them; queue the rest.
         A checkpoint only when the send fails."""
-        if self._held:
-            parts = self._held + parts
-            self._held = []
-            self._flushed()
         if not parts:
             return
         if self._running:
             self._enqueue(parts)
             return
+        size = 0
+        for piece in parts:
+            size += len(piece)
+        if size < GATHER_THRESHOLD and len(parts) > 1:
+            parts = [b"".join(parts)]
         try:
-            self._send_now(parts, last)
+            self._transport.send_nowait(parts)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._failed(exc)
             # The connection is cancelled now: the sender gets Cancelled like
             # its other tasks, or, shielded, BrokenResourceError.
             await trio.lowlevel.checkpoint()
             raise trio.BrokenResourceError("the connection to the web server is gone") from exc
-
-    def _send_now(self, parts: list[bytes | memoryview], last: OutputEvent | None) -> None:
-        """Send *parts* with one non-blocking send; queue what the socket did
-        not take. Raises what the transport raises."""
-        size = 0
-        for piece in parts:
-            size += len(piece)
-        if size < GATHER_THRESHOLD and len(parts) > 1:
-            parts = [b"".join(parts)]
-        self._transport.send_nowait(parts)
         if parts:
             self._enqueue(parts)
             self._start()
