@@ -4,7 +4,9 @@ processes run from the templates in docs/deploy/."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import random
 import struct
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -171,3 +173,22 @@ def http_client(port: int, **kwargs: object) -> httpx.AsyncClient:
         timeout=30.0,
         **kwargs,  # type: ignore[arg-type]
     )
+
+
+async def upload_2mb(client: httpx.AsyncClient) -> None:
+    """A 2 MB multipart form posted to ``/upload`` arrives whole: the app
+    (Django's and Flask's test apps) answers the field, the file's name, size
+    and SHA-256."""
+    data = random.Random(13).randbytes(2 * 1024 * 1024 + 17)
+    answer = await client.post(
+        "/upload",
+        data={"name": "fixture"},
+        files={"file": ("blob.bin", data, "application/octet-stream")},
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {
+        "name": "fixture",
+        "filename": "blob.bin",
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+import trio
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -129,3 +130,22 @@ class ManagedProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def process_exists(pid: int) -> bool:
+    """True if a process with *pid* exists (a zombie counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def wait_until_gone(pid: int, what: str, seconds: float = 10.0) -> None:
+    """Wait until process *pid* has exited, or fail the test naming *what*.
+    Polled, and bounded: a process's exit has no event a test can wait on."""
+    for _ in range(round(seconds / 0.05)):
+        if not process_exists(pid):
+            return
+        await trio.sleep(0.05)
+    pytest.fail(f"{what} (pid {pid}) is still running after {seconds:g} s")

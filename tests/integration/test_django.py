@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import random
 import re
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import trio
 
 from tests.integration.apps.payload import stream_bytes
 from tests.integration.configs import DEPLOY_DIR, render_text
-from tests.integration.harness import IS_ROOT, REPO_ROOT, http_client, running
+from tests.integration.harness import IS_ROOT, REPO_ROOT, http_client, running, upload_2mb
 from tests.integration.procs import (
     ManagedProcess,
     free_port,
@@ -204,22 +203,6 @@ async def absolute_uri_keeps_the_port(site: Site, prefix: str = "") -> None:
     }
 
 
-async def upload_2mb(site: Site) -> None:
-    data = random.Random(13).randbytes(2 * MiB + 17)
-    answer = await site.client.post(
-        "/upload",
-        data={"name": "fixture"},
-        files={"file": ("blob.bin", data, "application/octet-stream")},
-    )
-    assert answer.status_code == 200, answer.text
-    assert answer.json() == {
-        "name": "fixture",
-        "filename": "blob.bin",
-        "size": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
-    }
-
-
 async def stream_10mb(site: Site) -> None:
     size = 10 * MiB + 5
     digest = hashlib.sha256()
@@ -239,7 +222,7 @@ async def test_django_behind_nginx(tmp_path: Path, app_args: list[str]) -> None:
     async with django_site(tmp_path, app_args) as site:
         await admin_login(site)
         await absolute_uri_keeps_the_port(site)
-        await upload_2mb(site)
+        await upload_2mb(site.client)
         await stream_10mb(site)
 
 
@@ -256,7 +239,7 @@ async def test_django_wsgi_two_workers(tmp_path: Path) -> None:
     async with django_site(tmp_path, WSGI_ARGS, "nginx-keepalive.conf", "--workers=2") as site:
         await admin_login(site)
         await absolute_uri_keeps_the_port(site)
-        await upload_2mb(site)
+        await upload_2mb(site.client)
         await stream_10mb(site)
         # The session made by one worker is valid in the other: a few more
         # admin pages, spread over both by the kernel's accept.

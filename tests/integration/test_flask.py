@@ -9,18 +9,16 @@ other frameworks in test_frameworks_prefix.py.
 
 from __future__ import annotations
 
-import hashlib
-import random
 import re
 from pathlib import Path
 
 import pytest
 
 from tests.integration.configs import DEPLOY_DIR
+from tests.integration.harness import upload_2mb
 from tests.integration.test_frameworks_prefix import (
     FLASK,
     ROOT_TEMPLATE,
-    Site,
     behind_nginx,
     index_answers,
     lines_stream,
@@ -32,28 +30,11 @@ pytestmark = pytest.mark.integration
 MiB = 1024 * 1024
 
 
-async def upload_2mb(site: Site) -> None:
-    """A 2 MB multipart form reaches Flask whole: the field and the file."""
-    data = random.Random(13).randbytes(2 * MiB + 17)
-    answer = await site.client.post(
-        "/upload",
-        data={"name": "fixture"},
-        files={"file": ("blob.bin", data, "application/octet-stream")},
-    )
-    assert answer.status_code == 200, answer.text
-    assert answer.json() == {
-        "name": "fixture",
-        "filename": "blob.bin",
-        "size": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
-    }
-
-
 async def test_flask_behind_nginx(tmp_path: Path) -> None:
     async with behind_nginx(tmp_path, ROOT_TEMPLATE, {"app_port": (FLASK,)}) as site:
         await index_answers(site, "", FLASK)
         await urls_carry_port_and_prefix(site, "")
-        await upload_2mb(site)
+        await upload_2mb(site.client)
         await lines_stream(site, "")
         missing = await site.client.get("/missing")
     assert missing.status_code == 404
@@ -66,7 +47,7 @@ async def test_flask_two_workers_kept_alive(tmp_path: Path) -> None:
     async with behind_nginx(tmp_path, template, {"app_port": (FLASK, "--workers=2")}) as site:
         for _ in range(3):
             await urls_carry_port_and_prefix(site, "")
-            await upload_2mb(site)
+            await upload_2mb(site.client)
             await lines_stream(site, "")
     (app,) = site.apps
     assert len(re.findall(r"is serving", app.log())) == 2, app.log()

@@ -8,7 +8,6 @@ h2o-spawn.conf), exactly as the docs show them.
 
 from __future__ import annotations
 
-import os
 import random
 import sys
 from collections.abc import AsyncIterator
@@ -22,7 +21,7 @@ import trio
 from tests.integration.apps.echo import GREETING, EchoApp
 from tests.integration.configs import render, spawned_app_values
 from tests.integration.harness import IS_ROOT, http_client, running, serve_app_counted
-from tests.integration.procs import ManagedProcess, free_port, require_binary
+from tests.integration.procs import ManagedProcess, free_port, require_binary, wait_until_gone
 
 pytestmark = pytest.mark.integration
 
@@ -97,12 +96,7 @@ async def test_h2o_spawn_runs_the_command_on_fd0(tmp_path: Path) -> None:
     assert echoed.content == body
     # Stopping H2O stops the program it started (polled: a process's exit has
     # no event we could wait on here).
-    for _ in range(200):
-        if not _process_exists(info["pid"]):
-            break
-        await trio.sleep(0.05)
-    else:
-        pytest.fail(f"the spawned application (pid {info['pid']}) outlived H2O")
+    await wait_until_gone(info["pid"], "the application H2O spawned, after H2O stopped,")
 
 
 def _parent_of(pid: int) -> int:
@@ -110,11 +104,3 @@ def _parent_of(pid: int) -> int:
         if line.startswith("PPid:"):
             return int(line.split()[1])
     raise AssertionError(f"no PPid in /proc/{pid}/status")
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True

@@ -23,7 +23,7 @@ from tests.integration.apps import spawned_app
 from tests.integration.apps.echo import GREETING, PASSWORD, TOKEN, USER, EchoApp
 from tests.integration.configs import render
 from tests.integration.harness import REPO_ROOT, http_client, running, serve_app_tcp
-from tests.integration.procs import ManagedProcess, free_port, require_binary
+from tests.integration.procs import ManagedProcess, free_port, require_binary, wait_until_gone
 from trio_fastcgi import Role
 
 pytestmark = pytest.mark.integration
@@ -111,17 +111,4 @@ async def test_lighttpd_bin_path_spawns_app_on_fd0(tmp_path: Path) -> None:
     assert echoed.content == body
     # lighttpd stops the program it started when it shuts down (polled: a
     # process's exit has no event we could wait on here).
-    for _ in range(200):
-        if not _process_exists(info["pid"]):
-            break
-        await trio.sleep(0.05)
-    else:
-        pytest.fail(f"the spawned application (pid {info['pid']}) outlived lighttpd")
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    await wait_until_gone(info["pid"], "the application lighttpd spawned, after lighttpd stopped,")

@@ -23,13 +23,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-import trio
 from packaging.requirements import Requirement
 
 from tests.integration.apps.echo import GREETING
 from tests.integration.configs import render, spawned_app_values
 from tests.integration.harness import IS_ROOT, REPO_ROOT, http_client, running
-from tests.integration.procs import IN_CI, ManagedProcess, free_port
+from tests.integration.procs import IN_CI, ManagedProcess, free_port, wait_until_gone
 from tests.integration.test_apache import APACHE_MODULES, apache_argv
 
 pytestmark = pytest.mark.integration
@@ -162,14 +161,6 @@ def _status_field(pid: int, name: str) -> str:
     raise AssertionError(f"no {name} in /proc/{pid}/status")
 
 
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 async def test_mod_fcgid_spawns_the_command_on_fd0(shared_dir: Path) -> None:
     body = random.Random(31).randbytes(512 * KiB)
     async with apache_fcgid(shared_dir) as (client, httpd):
@@ -203,12 +194,7 @@ async def test_mod_fcgid_replaces_an_idle_process(shared_dir: Path) -> None:
         first = (await client.get("/app/whoami")).json()
         # FcgidIdleTimeout: mod_fcgid stops the idle process (polled, bounded:
         # its exit has no event we could wait on here).
-        for _ in range(600):
-            if not _process_exists(first["pid"]):
-                break
-            await trio.sleep(0.05)
-        else:
-            pytest.fail(f"mod_fcgid kept the idle process {first['pid']}")
+        await wait_until_gone(first["pid"], "the idle process mod_fcgid should stop", 30.0)
         second = await client.get("/app/whoami")
         echoed = await client.post("/app/echo", content=b"after the respawn")
     assert second.status_code == 200, second.text
