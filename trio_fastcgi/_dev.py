@@ -329,6 +329,20 @@ async def serve_dev(
         task_status.started(http_listeners)
 
 
+async def _serve_until_interrupted(loaded: LoadedApp, *, host: str, port: int) -> None:
+    """:func:`serve_dev` until Ctrl+C. Once serving, SIGINT cancels the server
+    rather than raising KeyboardInterrupt wherever the program happens to be
+    (inside an ``AsyncExitStack`` entering a nursery, that corrupts Trio's
+    task tree)."""
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(serve_dev, loaded, host=host, port=port))
+            async for _ in signals:
+                LOGGER.info("stopped")  # Ctrl+C: what the banner says to do
+                nursery.cancel_scope.cancel()
+                break
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trio-fastcgi dev",
@@ -387,7 +401,7 @@ def main(argv: Sequence[str], *, reloaded: bool = False) -> int:
     except CLIError as exc:
         parser.exit(2, f"trio-fastcgi dev: error: {exc}\n")
     try:
-        trio.run(partial(serve_dev, loaded, host=args.host, port=args.port))
+        trio.run(partial(_serve_until_interrupted, loaded, host=args.host, port=args.port))
     except BaseException as exc:  # sorted below; anything else is raised again
         leaves = _leaves(exc)
         if all(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
