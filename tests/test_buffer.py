@@ -316,3 +316,70 @@ async def test_byte_buffer_close_wakes_the_reader(
     assert not buffer.ended
     buffer.append(b"dropped")
     assert buffer.take() == b""
+
+
+async def test_wait_full_or_ended_sleeps_through_chunks_below_the_bound() -> None:
+    buffer = ByteBuffer(10)
+    woke = trio.Event()
+
+    async def consumer() -> None:
+        await buffer.wait_full_or_ended()
+        woke.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(consumer)
+        await trio.testing.wait_all_tasks_blocked()
+        buffer.append(b"abc")
+        buffer.append(b"def")
+        await trio.testing.wait_all_tasks_blocked()
+        assert not woke.is_set()  # chunks alone do not wake it
+        buffer.put_eof()
+    assert woke.is_set()
+    assert buffer.take(coalesce=True) == b"abcdef"
+
+
+async def test_wait_full_or_ended_wakes_when_the_producer_must_wait() -> None:
+    buffer = ByteBuffer(10)
+    taken: list[bytes] = []
+
+    async def producer() -> None:
+        for chunk in (b"12345", b"67890", b"abcde", b""):
+            if chunk:
+                await buffer.wait_room_for(len(chunk))
+                buffer.append(chunk)
+            else:
+                buffer.put_eof()
+
+    async def consumer() -> None:
+        while True:
+            await buffer.wait_full_or_ended()
+            data = buffer.take(coalesce=True)
+            if not data and buffer.at_eof:
+                return
+            taken.append(data)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consumer)
+            nursery.start_soon(producer)
+    # One take per buffer-full, and every byte, in order.
+    assert taken == [b"1234567890", b"abcde"]
+
+
+async def test_an_emptied_buffer_is_not_full_while_the_producer_is_still_parked() -> None:
+    """Taking everything while the producer waits for room must not make an
+    empty, unended buffer look finished (a bulk reader would see b"" as EOF)."""
+    buffer = ByteBuffer(4)
+    buffer.append(b"abcd")
+
+    async def producer() -> None:
+        await buffer.wait_room_for(4)
+        buffer.append(b"efgh")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(producer)
+        await trio.testing.wait_all_tasks_blocked()
+        assert buffer.full_or_ended
+        assert buffer.take() == b"abcd"
+        assert not buffer.full_or_ended  # the producer has not run yet
+    assert buffer.take() == b"efgh"

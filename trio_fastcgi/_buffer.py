@@ -31,6 +31,7 @@ class ByteBuffer:
     but for one chunk in an empty buffer) or after (``append(data); await
     wait_room_for()``: the reader sees the chunk at once, and the buffer may
     go over by that one chunk). The consumer calls :meth:`wait_readable`
+    (or :meth:`wait_full_or_ended`, to read everything in few large takes)
     and :meth:`take`, and :meth:`discard` or :meth:`close` once it stops
     reading. Neither side is guarded against concurrent use: the stream on
     top decides who may read.
@@ -38,10 +39,12 @@ class ByteBuffer:
 
     __slots__ = (
         "_broken_off",
+        "_bulk",
         "_chunks",
         "_closed",
         "_discarding",
         "_eof",
+        "_producer_waiting",
         "_readable",
         "_size",
         "_writable",
@@ -59,6 +62,9 @@ class ByteBuffer:
         self._broken_off = False
         self._discarding = False
         self._closed = False
+        # A consumer waits in wait_full_or_ended; the producer waits for room.
+        self._bulk = False
+        self._producer_waiting = False
         self._readable = trio.lowlevel.ParkingLot()
         self._writable = trio.lowlevel.ParkingLot()
 
@@ -115,7 +121,7 @@ class ByteBuffer:
             return
         self._chunks.append(data)
         self._size += len(data)
-        if self._readable:
+        if self._readable and not self._bulk:
             self._readable.unpark_all()
 
     async def wait_room_for(self, nbytes: int = 0) -> None:
@@ -125,7 +131,15 @@ class ByteBuffer:
         consumer has brought the buffer back within :attr:`max_size`.
         """
         while not self.room_for(nbytes):
-            await self._writable.park()
+            # Nothing more comes until bytes are taken: a consumer waiting for
+            # a full buffer takes them now.
+            self._producer_waiting = True
+            if self._readable:
+                self._readable.unpark_all()
+            try:
+                await self._writable.park()
+            finally:
+                self._producer_waiting = False
 
     def put_eof(self) -> None:
         """End the stream: once the buffered bytes are taken, :meth:`take` gives
@@ -148,6 +162,29 @@ class ByteBuffer:
         was closed; no checkpoint if that is already so."""
         while not (self._chunks or self._eof or self._broken_off or self._closed):
             await self._readable.park()
+
+    @property
+    def full_or_ended(self) -> bool:
+        """True once the stream ended, or the producer waits for room with bytes
+        buffered (nothing more comes until they are taken), or the buffer was
+        closed. An empty buffer that has not ended is never full or ended."""
+        return (
+            self._eof
+            or self._broken_off
+            or self._closed
+            or (self._producer_waiting and self._size > 0)
+        )
+
+    async def wait_full_or_ended(self) -> None:
+        """Wait until :attr:`full_or_ended`; no checkpoint if that is already so.
+        Unlike :meth:`wait_readable`, chunks arriving meanwhile do not wake the
+        consumer: one wake-up per buffer-full, for a consumer that reads it all."""
+        self._bulk = True
+        try:
+            while not self.full_or_ended:
+                await self._readable.park()
+        finally:
+            self._bulk = False
 
     def take(self, max_bytes: int | None = None, *, coalesce: bool = False) -> bytes:
         """The oldest chunk, or its first *max_bytes* (the rest stays first in

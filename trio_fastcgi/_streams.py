@@ -85,6 +85,11 @@ class InputStream(trio.abc.ReceiveStream, metaclass=NoPublicConstructor):
         """Wait for and return some input, at most *max_bytes*; ``b""`` at the end."""
         if max_bytes is not None and max_bytes < 1:
             raise ValueError("max_bytes must be at least 1")
+        return await self._receive(max_bytes, bulk=False)
+
+    async def _receive(self, max_bytes: int | None, *, bulk: bool) -> bytes:
+        """:meth:`receive_some`; with *bulk*, wait until the stream ended or the
+        buffer is full before taking anything (:meth:`receive_all`)."""
         if self._busy:
             raise trio.BusyResourceError(f"another task is already reading {self._name}")
         self._busy = True
@@ -92,10 +97,10 @@ class InputStream(trio.abc.ReceiveStream, metaclass=NoPublicConstructor):
             buffer = self._buffer
             if buffer.closed:
                 raise trio.ClosedResourceError(f"{self._name} was closed")
-            if buffer.size or buffer.at_eof:
+            if buffer.full_or_ended if bulk else (buffer.size or buffer.at_eof):
                 await trio.lowlevel.checkpoint()
             else:
-                await buffer.wait_readable()
+                await (buffer.wait_full_or_ended() if bulk else buffer.wait_readable())
                 if buffer.closed:
                     raise trio.ClosedResourceError(f"{self._name} was closed")
             return self._take(max_bytes)
@@ -128,7 +133,8 @@ class InputStream(trio.abc.ReceiveStream, metaclass=NoPublicConstructor):
             )
         parts: list[bytes] = []
         size = 0
-        while chunk := await self.receive_some():
+        # One wake-up per buffer-full, not one per record that arrives.
+        while chunk := await self._receive(None, bulk=True):
             size += len(chunk)
             if size > max_size:
                 raise InputTooLarge(f"{self._name} is longer than the {max_size} bytes allowed")
