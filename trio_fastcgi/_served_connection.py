@@ -492,30 +492,29 @@ class ServedConnection:
     def _half_close_nowait(self) -> bool:
         """:meth:`_half_close` if the transport can half-close without waiting
         (a socket can); False, having done nothing, if it cannot."""
-        transport = self._transport
-        life = self._life
         try:
-            half_closed = transport.send_eof_nowait()
+            half_closed = self._transport.send_eof_nowait()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             half_closed = False
         if half_closed is None:
             return False
-        life.half_closed(trio.current_time())  # from now on input is discarded
-        if half_closed:
-            transport.move_receive_deadline(life.deadline())
-        else:
-            self.cancel()
+        self._life.half_closed(trio.current_time())  # from now on input is discarded
+        self._after_eof(half_closed)
         return True
 
     async def _half_close(self) -> None:
         """Send EOF, then let the reader drain until the peer closes too."""
-        life = self._life
-        life.half_closed(trio.current_time())  # from now on input is discarded
+        self._life.half_closed(trio.current_time())  # from now on input is discarded
         try:
             half_closed = await self._transport.send_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             half_closed = False
-        if not half_closed:
+        self._after_eof(half_closed)
+
+    def _after_eof(self, half_closed: bool) -> None:
+        """Drain until the web server closes too, or close now if the
+        half-close failed (or the stream cannot do one)."""
+        if half_closed:
+            self._transport.move_receive_deadline(self._life.deadline())
+        else:
             self.cancel()
-            return
-        self._transport.move_receive_deadline(life.deadline())
