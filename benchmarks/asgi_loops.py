@@ -78,8 +78,9 @@ def start(backend: Backend, callgrind: bool, tmp: Path) -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(backend.code), str(BACKENDS_DIR)])
     argv = [
-        # sys.executable, not a shim: callgrind does not follow exec.
-        os.path.realpath(sys.executable),
+        # The interpreter itself (a shim has exec'd it already); its path,
+        # not the symlink's target, keeps a virtual environment's packages.
+        sys.executable,
         str(Path(__file__).resolve()),
         "--serve",
         backend.variant,

@@ -177,8 +177,10 @@ def measure(key: str, scenario: Scenario, requests: int, log: Callable[[str], No
                 "valgrind",
                 "--tool=callgrind",
                 f"--callgrind-out-file={out_dir}/cg.%p",
-                # sys.executable, not a shim: callgrind does not follow exec.
-                os.path.realpath(sys.executable),
+                # sys.executable is the interpreter itself (a shim such as
+                # pyenv's has exec'd it already), and its path, not the
+                # symlink's target, keeps a virtual environment's packages.
+                sys.executable,
                 str(BACKENDS_DIR / script),
                 "--port",
                 str(port),
