@@ -489,10 +489,12 @@ async def test_sender_a_client_whose_send_failed_fails_later_sends_at_once() -> 
 
 async def test_sender_a_client_whose_direct_send_fails_raises_the_failure() -> None:
     ours, theirs = socket.socketpair()
-    theirs.close()
     stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
     async with Client(stream) as client:
-        # The direct send meets EPIPE before the reader can see the EOF.
+        await trio.testing.wait_all_tasks_blocked()
+        theirs.close()
+        # With no schedule point in between, the direct send meets EPIPE
+        # before the reader can see the EOF.
         with pytest.raises(
             trio.BrokenResourceError, match="sending to the FastCGI application failed"
         ):
