@@ -429,6 +429,28 @@ async def test_sender_a_client_over_a_socket_stream_sends_from_the_sending_task(
             assert client._sender.idle
 
 
+async def test_sender_a_client_over_a_full_socket_queues_behind_what_waits() -> None:
+    ours, theirs = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    big, small = b"a" * 200_000, b"b" * 10
+    received = bytearray()
+    with theirs:
+        theirs.setblocking(False)
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+        async with Client(stream) as client:
+            await client._send(big)  # the socket takes part; the rest is queued
+            assert not client._sender.idle
+            # Room in the socket now, but the writer task has not run: what
+            # comes next must still go after what is queued.
+            received += theirs.recv(1 << 20)
+            await client._send(small)
+            with trio.fail_after(5):
+                while len(received) < len(big) + len(small):
+                    await trio.lowlevel.wait_readable(theirs)
+                    received += theirs.recv(1 << 20)
+    assert bytes(received) == big + small
+
+
 async def test_sender_a_client_whose_stream_stalls_queues_and_coalesces_in_order() -> None:
     stream = StallingStream()
     stream.stalled = trio.Event()
