@@ -106,11 +106,7 @@ class Writer(Sender, Outbox):
         parts: list[bytes | memoryview] = []
         for event in events:
             parts += self._encode(event)
-        if (
-            await self._write(parts)
-            and type(events[-1]) is EndRequest
-            and self._should_close()
-        ):
+        if await self._write(parts) and type(events[-1]) is EndRequest and self._should_close():
             self._close_output()
 
     def wake(self) -> None:
