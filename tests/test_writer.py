@@ -427,6 +427,12 @@ async def test_sender_a_client_over_a_socket_stream_sends_from_the_sending_task(
             # On the wire before any other task could run: no writer task.
             assert theirs.recv(1000) == record
             assert client._sender.idle
+            # The stream is still the caller's: its socket was not taken.
+            assert stream.socket.fileno() != -1
+            assert stream.socket.getpeername() == theirs.getsockname()
+        # Closed with the client, the duplicate and the stream both.
+        assert stream.socket.fileno() == -1
+        assert theirs.recv(1000) == b""
 
 
 async def test_sender_a_client_over_a_full_socket_queues_behind_what_waits() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import os
+import socket
 import sys
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
@@ -29,7 +30,7 @@ from ._events import (
     UnknownType,
 )
 from ._sender import Sender
-from ._transport import open_transport
+from ._transport import SocketTransport, StreamTransport, Transport
 from ._wire import MAX_ALIGNED_CONTENT_LEN, RecordType, Role
 
 if sys.version_info < (3, 11):
@@ -102,9 +103,10 @@ class Client:
     request only once no other is free).
 
     Output goes out from the task that sends it when nothing is queued and
-    the stream is a plain :class:`trio.SocketStream` (whose socket the client
-    then drives itself, so the stream object must not be used any more);
-    otherwise, or when the socket is full, a writer task sends it in order.
+    the stream is a plain :class:`trio.SocketStream` (the client drives its
+    socket through a duplicate of the file descriptor, so the stream itself
+    stays as it was); otherwise, or when the socket is full, a writer task
+    sends it in order.
 
     Attributes:
       stream: the underlying stream.
@@ -122,7 +124,7 @@ class Client:
         if stdout_buffer_size < 1:
             raise ValueError("stdout_buffer_size must be >= 1")
         self.stream = stream
-        self._transport = open_transport(stream)
+        self._transport = _transport_over(stream)
         self._conn = FastCGIClientConnection()
         self._limit = max_concurrent or MAX_CONCURRENT_REQUESTS
         self._stdout_buffer_size = stdout_buffer_size
@@ -479,11 +481,11 @@ class Client:
         await self._close_transport()
 
     async def _close_transport(self) -> None:
-        await self._transport.close()
-        if self._transport.socket is not None:
-            # Closing a socket does not wait: a schedule point all the same,
-            # as trio.aclose_forcefully(stream) is.
-            await trio.lowlevel.cancel_shielded_checkpoint()
+        transport = self._transport
+        await transport.close()
+        if transport.socket is not None:
+            # The duplicate is closed; now the stream itself.
+            await trio.aclose_forcefully(self.stream)
 
     # -- internals -----------------------------------------------------------
 
@@ -625,3 +627,17 @@ async def open_unix_client(
         stream, max_concurrent=max_concurrent, stdout_buffer_size=stdout_buffer_size
     ) as client:
         yield client
+
+
+def _transport_over(stream: trio.abc.Stream) -> Transport:
+    """Drive *stream* without taking it over: a plain :class:`trio.SocketStream`
+    is driven directly through a duplicate of its socket's file descriptor
+    (closed by the client, before the stream), any other stream through its
+    own methods."""
+    if type(stream) is trio.SocketStream:
+        trio_sock = stream.socket
+        duplicate = socket.socket(
+            trio_sock.family, trio_sock.type, trio_sock.proto, fileno=os.dup(trio_sock.fileno())
+        )
+        return SocketTransport(duplicate)
+    return StreamTransport(stream)
