@@ -1,4 +1,5 @@
-"""The connection's one sender: direct sends, the writer task, order, room, failure."""
+"""The connection's one sender: direct sends, the writer task, order, room,
+failure; the server's Writer and the Sender under it, which the client uses too."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from tests.helpers import END, STDOUT, FakeWebServer, Response, parse_records
 from trio_fastcgi import Request, serve_connection
 from trio_fastcgi._connection import FastCGIConnection
 from trio_fastcgi._events import NEED_DATA, EndRequest, Stdout
+from trio_fastcgi._sender import Sender
 from trio_fastcgi._transport import SocketTransport, Transport
 from trio_fastcgi._wire import (
     KEEP_CONN_FLAG,
@@ -25,6 +27,7 @@ from trio_fastcgi._wire import (
     encode_record,
 )
 from trio_fastcgi._writer import QUEUE_LIMIT, Writer
+from trio_fastcgi.client import Client
 
 
 class FakeTransport(Transport):
@@ -377,3 +380,177 @@ async def test_a_response_leaves_while_the_reader_waits_for_the_handler_to_read(
     response = await web.read_response(1)
     assert response.app_status == 0
     await web.stream.aclose()
+
+
+# -- the shared Sender, as the client uses it --------------------------------
+
+
+def get_values_record() -> bytes:
+    return encode_record(RecordType.GET_VALUES, 0, encode_pairs([(b"FCGI_MAX_CONNS", b"")]))
+
+
+class StallingStream(trio.abc.Stream):
+    """Records each send_all; a send waits while *stalled* is clear, and
+    raises *fail_with* if set. Receives wait forever."""
+
+    def __init__(self) -> None:
+        self.sends: list[bytes] = []
+        self.stalled = trio.Event()
+        self.stalled.set()
+        self.fail_with: BaseException | None = None
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.sends.append(bytes(data))
+        await self.stalled.wait()
+        if self.fail_with is not None:
+            raise self.fail_with
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def test_sender_a_client_over_a_socket_stream_sends_from_the_sending_task() -> None:
+    ours, theirs = socket.socketpair()
+    with theirs:
+        theirs.setblocking(False)
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+        async with Client(stream) as client:
+            record = get_values_record()
+            await client._send(record)
+            # On the wire before any other task could run: no writer task.
+            assert theirs.recv(1000) == record
+            assert client._sender.idle
+            # The stream is still the caller's: its socket was not taken.
+            assert stream.socket.fileno() != -1
+            assert stream.socket.getpeername() == theirs.getsockname()
+        # Closed with the client, the duplicate and the stream both.
+        assert stream.socket.fileno() == -1
+        assert theirs.recv(1000) == b""
+
+
+async def test_sender_a_client_over_a_full_socket_queues_behind_what_waits() -> None:
+    ours, theirs = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    big, small = b"a" * 200_000, b"b" * 10
+    received = bytearray()
+    with theirs:
+        theirs.setblocking(False)
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+        async with Client(stream) as client:
+            await client._send(big)  # the socket takes part; the rest is queued
+            assert not client._sender.idle
+            # Room in the socket now, but the writer task has not run: what
+            # comes next must still go after what is queued.
+            received += theirs.recv(1 << 20)
+            await client._send(small)
+            with trio.fail_after(5):
+                while len(received) < len(big) + len(small):
+                    await trio.lowlevel.wait_readable(theirs)
+                    received += theirs.recv(1 << 20)
+    assert bytes(received) == big + small
+
+
+async def test_sender_a_client_whose_stream_stalls_queues_and_coalesces_in_order() -> None:
+    stream = StallingStream()
+    stream.stalled = trio.Event()
+    first, second, third = b"1" * 10, b"2" * 20, b"3" * 30
+    async with Client(stream) as client:
+        await client._send(first)
+        await trio.testing.wait_all_tasks_blocked()
+        assert stream.sends == [first]  # the writer task is stuck in it
+        await client._send(second)
+        client._send_soon(third)
+        assert not client._sender.idle
+        stream.stalled.set()
+        await trio.testing.wait_all_tasks_blocked()
+        # What queued behind the stalled send went out in one write, in order.
+        assert stream.sends == [first, second + third]
+        assert client._sender.idle
+
+
+async def test_sender_a_client_waits_for_room_while_its_queue_is_full() -> None:
+    stream = StallingStream()
+    stream.stalled = trio.Event()
+    sent_more = False
+    async with Client(stream) as client, trio.open_nursery() as nursery:
+        await client._send(b"x")
+        await trio.testing.wait_all_tasks_blocked()
+        await client._send(b"y" * QUEUE_LIMIT)
+
+        async def more() -> None:
+            nonlocal sent_more
+            await client._send(b"z")
+            sent_more = True
+
+        nursery.start_soon(more)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not sent_more
+        stream.stalled.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert sent_more
+        assert b"".join(stream.sends) == b"x" + b"y" * QUEUE_LIMIT + b"z"
+
+
+async def test_sender_a_client_whose_send_failed_fails_later_sends_at_once() -> None:
+    stream = StallingStream()
+    stream.fail_with = trio.BrokenResourceError("reset")
+    async with Client(stream) as client:
+        await client._send(b"lost")  # queued: the writer task's send fails
+        await trio.testing.wait_all_tasks_blocked()
+        assert not client.is_usable
+        for _ in range(2):
+            with pytest.raises(
+                trio.BrokenResourceError, match="sending to the FastCGI application failed"
+            ):
+                await client._send(b"later")
+        client._send_soon(b"dropped")
+        await trio.testing.wait_all_tasks_blocked()
+        assert stream.sends == [b"lost"]
+
+
+async def test_sender_a_client_whose_direct_send_fails_raises_the_failure() -> None:
+    ours, theirs = socket.socketpair()
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+    async with Client(stream) as client:
+        await trio.testing.wait_all_tasks_blocked()
+        theirs.close()
+        # With no schedule point in between, the direct send meets EPIPE
+        # before the reader can see the EOF.
+        with pytest.raises(
+            trio.BrokenResourceError, match="sending to the FastCGI application failed"
+        ):
+            await client._send(get_values_record())
+        with pytest.raises(
+            trio.BrokenResourceError, match="sending to the FastCGI application failed"
+        ):
+            await client.get_values()
+
+
+async def test_sender_send_soon_sends_at_once_or_queues_behind_the_writer_task() -> None:
+    transport = FakeTransport(per_send=3)
+    failures: list[BaseException] = []
+    sender = Sender(transport, fail=failures.append)
+    async with trio.open_nursery() as nursery:
+        sender.nursery = nursery
+        sender.send_soon(b"abc")
+        assert bytes(transport.wire) == b"abc"
+        assert sender.idle
+        sender.send_soon(b"defgh")  # 3 bytes out, the rest queued
+        sender.send_soon(b"ij")
+        assert bytes(transport.wire) == b"abcdef"
+        assert not sender.idle
+        transport.allow.set()
+    assert bytes(transport.wire) == b"abcdefghij"
+    transport.fail_with = trio.BrokenResourceError("reset")
+    sender.send_soon(b"lost")
+    assert failures == [transport.fail_with]
+    assert sender.closed
+    with pytest.raises(trio.BrokenResourceError):
+        await sender.send_all(b"later")

@@ -1,12 +1,13 @@
-"""The client's connection: :class:`Client` (request ids, the reader and writer
-tasks, multiplexed requests over one stream) and the ``open_*`` functions that
-make one."""
+"""The client's connection: :class:`Client` (request ids, the reader task, the
+shared :class:`~trio_fastcgi._sender.Sender` for output, multiplexed requests
+over one stream) and the ``open_*`` functions that make one."""
 
 from __future__ import annotations
 
 import contextlib
 import heapq
 import os
+import socket
 import sys
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
@@ -28,6 +29,8 @@ from ._events import (
     Stdout,
     UnknownType,
 )
+from ._sender import Sender
+from ._transport import SocketTransport, StreamTransport, Transport
 from ._wire import MAX_ALIGNED_CONTENT_LEN, RecordType, Role
 
 if sys.version_info < (3, 11):
@@ -54,13 +57,9 @@ ParamsArg: TypeAlias = (
 BodyArg: TypeAlias = bytes | bytearray | memoryview | AsyncIterable[bytes]
 
 RECEIVE_SIZE: Final = 256 * 1024
-#: Write-queue items (each one or more whole records) before senders wait.
-SEND_QUEUE_SIZE: Final = 16
-#: Stdin/data go to the writer in pieces of this size (four full records), so a
+#: Stdin/data go to the sender in pieces of this size (four full records), so a
 #: huge body does not sit in the queue at once.
 INPUT_PIECE_SIZE: Final = 4 * MAX_ALIGNED_CONTENT_LEN
-#: The writer gathers queued records into one send up to this many bytes.
-COALESCE_LIMIT: Final = 256 * 1024
 #: Unread stdout of one request kept before the reader stops reading the
 #: connection (which pushes back on the application, and on every other
 #: request of the connection: read what you stream).
@@ -103,6 +102,12 @@ class Client:
     free one first, reused after ``FCGI_END_REQUEST``; the id of an aborted
     request only once no other is free).
 
+    Output goes out from the task that sends it when nothing is queued and
+    the stream is a plain :class:`trio.SocketStream` (the client drives its
+    socket through a duplicate of the file descriptor, so the stream itself
+    stays as it was); otherwise, or when the socket is full, a writer task
+    sends it in order.
+
     Attributes:
       stream: the underlying stream.
     """
@@ -119,6 +124,7 @@ class Client:
         if stdout_buffer_size < 1:
             raise ValueError("stdout_buffer_size must be >= 1")
         self.stream = stream
+        self._transport = _transport_over(stream)
         self._conn = FastCGIClientConnection()
         self._limit = max_concurrent or MAX_CONCURRENT_REQUESTS
         self._stdout_buffer_size = stdout_buffer_size
@@ -130,7 +136,7 @@ class Client:
         self._quarantined: deque[int] = deque()
         self._next_id = 1
         self._id_waiters = trio.lowlevel.ParkingLot()
-        self._send_channel, self._receive_channel = trio.open_memory_channel[bytes](SEND_QUEUE_SIZE)
+        self._sender = Sender(self._transport, fail=self._send_failed)
         self._values_waiters: deque[_ValuesWaiter] = deque()
         self._error: BaseException | None = None
         self._closed = False
@@ -180,11 +186,11 @@ class Client:
             raise copy_error(self._error)
 
     async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The reader and writer tasks, until :meth:`aclose`."""
+        """The reader task, and the sender's writer task when output waits,
+        until :meth:`aclose`."""
         with self._task_scope:
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                nursery.start_soon(self._write_loop)
+                self._nursery = self._sender.nursery = nursery
                 nursery.start_soon(self._read_loop)
                 task_status.started()
 
@@ -212,50 +218,20 @@ class Client:
 
     async def _send(self, data: bytes) -> None:
         try:
-            await self._send_channel.send(data)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            await self._sender.send_all(data)
+        except trio.BrokenResourceError:
             self._check_usable()
             raise trio.ClosedResourceError("the FastCGI client is closed") from None
 
     def _send_soon(self, data: bytes) -> None:
-        """Queue *data* without waiting (for cleanup code, which must not block)."""
-        try:
-            self._send_channel.send_nowait(data)
-        except trio.WouldBlock:
-            assert self._nursery is not None
-            self._nursery.start_soon(self._send_quietly, data)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
+        """Send *data* without waiting (for cleanup code, which must not block)."""
+        self._sender.send_soon(data)
 
-    async def _send_quietly(self, data: bytes) -> None:
-        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-            await self._send_channel.send(data)
-
-    async def _write_loop(self) -> None:
-        receiver = self._receive_channel
-        parts: list[bytes] = []
-        async for data in receiver:
-            parts.append(data)
-            size = len(data)
-            while size < COALESCE_LIMIT:
-                try:
-                    more = receiver.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-                parts.append(more)
-                size += len(more)
-            payload = parts[0] if len(parts) == 1 else b"".join(parts)
-            parts.clear()
-            try:
-                await self.stream.send_all(payload)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                if not self._closed:
-                    self._fail(
-                        trio.BrokenResourceError(
-                            f"sending to the FastCGI application failed: {exc!r}"
-                        )
-                    )
-                return
+    def _send_failed(self, exc: BaseException) -> None:
+        if not self._closed:
+            self._fail(
+                trio.BrokenResourceError(f"sending to the FastCGI application failed: {exc!r}")
+            )
 
     # -- receiving -----------------------------------------------------------
 
@@ -263,7 +239,7 @@ class Client:
         conn = self._conn
         while True:
             try:
-                data = await self.stream.receive_some(RECEIVE_SIZE)
+                data = await self._transport.receive_some(RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 if not self._closed:
                     self._fail(
@@ -272,6 +248,7 @@ class Client:
                         )
                     )
                 return
+            assert data is not None  # no deadline
             try:
                 conn.receive_data(data)
                 while (event := conn.next_event()) is not NEED_DATA:
@@ -281,7 +258,7 @@ class Client:
                     await self._dispatch(event)
             except ServerProtocolError as exc:
                 self._fail(exc)
-                await trio.aclose_forcefully(self.stream)
+                await self._close_transport()
                 return
 
     async def _dispatch(
@@ -352,7 +329,7 @@ class Client:
             waiter.error = error
             waiter.done.set()
         self._id_waiters.unpark_all()
-        self._send_channel.close()
+        self._sender.close()
 
     # -- public API ----------------------------------------------------------
 
@@ -501,7 +478,14 @@ class Client:
             self._closed = True
             self._fail(trio.ClosedResourceError("the FastCGI client was closed"))
             self._task_scope.cancel()
-        await trio.aclose_forcefully(self.stream)
+        await self._close_transport()
+
+    async def _close_transport(self) -> None:
+        transport = self._transport
+        await transport.close()
+        if transport.socket is not None:
+            # The duplicate is closed; now the stream itself.
+            await trio.aclose_forcefully(self.stream)
 
     # -- internals -----------------------------------------------------------
 
@@ -643,3 +627,17 @@ async def open_unix_client(
         stream, max_concurrent=max_concurrent, stdout_buffer_size=stdout_buffer_size
     ) as client:
         yield client
+
+
+def _transport_over(stream: trio.abc.Stream) -> Transport:
+    """Drive *stream* without taking it over: a plain :class:`trio.SocketStream`
+    is driven directly through a duplicate of its socket's file descriptor
+    (closed by the client, before the stream), any other stream through its
+    own methods."""
+    if type(stream) is trio.SocketStream:
+        trio_sock = stream.socket
+        duplicate = socket.socket(
+            trio_sock.family, trio_sock.type, trio_sock.proto, fileno=os.dup(trio_sock.fileno())
+        )
+        return SocketTransport(duplicate)
+    return StreamTransport(stream)
