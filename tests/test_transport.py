@@ -12,6 +12,7 @@ import pytest
 import trio
 import trio.testing
 
+from trio_fastcgi._alarm import Alarm, AlarmClock
 from trio_fastcgi._transport import (
     EAGER_CALLS_PER_YIELD,
     Acceptor,
@@ -227,16 +228,32 @@ def transport_pair(
     return StreamTransport(server), client.send_all
 
 
+async def receive_until(transport: Transport, alarm: Alarm) -> bytes | None:
+    """Receive as the connection's reader does: in a scope that *alarm*
+    cancels at its deadline. None if it rang first."""
+    with trio.CancelScope() as scope:
+        alarm.scope = scope
+        data = await transport.receive_some(100, alarm)
+        if not scope.cancel_called:
+            alarm.stop()
+            return data
+    alarm.stop()
+    return None
+
+
 @pytest.mark.parametrize("kind", ["socket", "stream"])
-async def test_receive_deadline_passes_with_nothing_received(
+async def test_receive_alarm_rings_with_nothing_received(
     kind: str, autojump_clock: trio.testing.MockClock, peers: list[socket.socket]
 ) -> None:
     transport, send = transport_pair(kind, peers)
     start = trio.current_time()
-    assert await transport.receive_some(100, start + 5) is None
-    assert trio.current_time() == start + 5
-    await send(b"later")  # nothing was taken: the next receive gets it all
-    assert await transport.receive_some(100, trio.current_time() + 5) == b"later"
+    async with trio.open_nursery() as nursery:
+        clock = AlarmClock(nursery)
+        alarm = clock.alarm(lambda: start + 5)
+        assert await receive_until(transport, alarm) is None
+        assert trio.current_time() == start + 5
+        await send(b"later")  # nothing was taken: the next receive gets it all
+        assert await receive_until(transport, clock.alarm(lambda: start + 10)) == b"later"
     await transport.close()
 
 
@@ -245,41 +262,45 @@ async def test_receive_with_a_passed_deadline_still_returns_what_is_there(
     kind: str, autojump_clock: trio.testing.MockClock, peers: list[socket.socket]
 ) -> None:
     # Data that is already waiting is returned even if the deadline passed
-    # (a socket is read without waiting); if the deadline wins instead, the
+    # (a socket is read without waiting); if the alarm wins instead, the
     # data stays for the next receive. Either way nothing is lost.
     transport, send = transport_pair(kind, peers)
     await send(b"waiting")
-    data = await transport.receive_some(100, trio.current_time() - 1)
-    if data is None:
-        assert kind == "stream"
-        data = await transport.receive_some(100)
+    async with trio.open_nursery() as nursery:
+        clock = AlarmClock(nursery)
+        past = trio.current_time() - 1
+        data = await receive_until(transport, clock.alarm(lambda: past))
+        if data is None:
+            assert kind == "stream"
+            data = await transport.receive_some(100)
     assert data == b"waiting"
     await transport.close()
 
 
 @pytest.mark.parametrize("kind", ["socket", "stream"])
-async def test_move_receive_deadline_moves_the_waiting_receive(
+async def test_alarm_update_moves_the_waiting_receive(
     kind: str, autojump_clock: trio.testing.MockClock, peers: list[socket.socket]
 ) -> None:
     transport, send = transport_pair(kind, peers)
-    transport.move_receive_deadline(0)  # no receive waiting: nothing happens
-    results: list[bytes | None] = []
+    results: list[tuple[bytes | None, float]] = []
     start = trio.current_time()
+    deadline = start + 100
     async with trio.open_nursery() as nursery:
+        alarm = AlarmClock(nursery).alarm(lambda: deadline)
 
         async def receive() -> None:
-            results.append(await transport.receive_some(100, start + 100))
+            results.append((await receive_until(transport, alarm), trio.current_time()))
 
+        alarm.update()  # no receive waiting: nothing happens
         nursery.start_soon(receive)
         await trio.testing.wait_all_tasks_blocked()
-        transport.move_receive_deadline(start + 3)
-    assert results == [None]
-    assert trio.current_time() == start + 3
+        deadline = start + 3  # earlier: it rings then, not at start + 100
+        alarm.update()
+    assert results == [(None, start + 3)]
     async with trio.open_nursery() as nursery:
+        deadline = math.inf
         nursery.start_soon(receive)
-        await trio.testing.wait_all_tasks_blocked()
-        transport.move_receive_deadline(math.inf)
         await trio.sleep(1000)
         await send(b"in time")
-    assert results == [None, b"in time"]
+    assert [data for data, _ in results] == [None, b"in time"]
     await transport.close()

@@ -4,7 +4,6 @@ failure; the server's Writer and the Sender under it, which the client uses too.
 from __future__ import annotations
 
 import functools
-import math
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -14,6 +13,7 @@ import trio.testing
 
 from tests.helpers import END, STDOUT, FakeWebServer, Response, parse_records
 from trio_fastcgi import Request, serve_connection
+from trio_fastcgi._alarm import Alarm
 from trio_fastcgi._connection import FastCGIConnection
 from trio_fastcgi._events import NEED_DATA, EndRequest, Stdout
 from trio_fastcgi._sender import Sender
@@ -60,7 +60,7 @@ class FakeTransport(Transport):
         self.wire += b"".join(parts)
         parts.clear()
 
-    async def receive_some(self, max_bytes: int, deadline: float = math.inf) -> bytes | None:
+    async def receive_some(self, max_bytes: int, alarm: Alarm | None = None) -> bytes:
         raise NotImplementedError
 
     async def send_all(self, data: bytes) -> None:

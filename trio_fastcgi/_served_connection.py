@@ -16,7 +16,8 @@ matches what went on the wire. When the connection stops, the writer is closed:
 every later send raises :class:`trio.BrokenResourceError` at once.
 
 The connection's phase and every timeout rule live in :mod:`._lifecycle`; the
-reader's receives wait until its deadline, and nothing else runs under one.
+reader's receives wait until its deadline, kept by an :class:`~._alarm.Alarm`,
+and nothing else runs under one.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Final, final
 
 import trio
 
+from ._alarm import AlarmClock
 from ._cgi import format_cgi_head
 from ._connection import FastCGIConnection
 from ._events import (
@@ -105,6 +107,8 @@ class ServedConnection:
     """
 
     __slots__ = (
+        "_alarm",
+        "_clock",
         "_config",
         "_conn",
         "_handler",
@@ -128,6 +132,7 @@ class ServedConnection:
         *,
         policy: TimeoutPolicy | None = None,
         hibernates: bool = False,
+        clock: AlarmClock | None = None,
     ) -> None:
         self._number = next(self._ids)
         self._handler = handler
@@ -139,6 +144,10 @@ class ServedConnection:
             trio.current_time(),
             hibernates=hibernates and transport.socket is not None,
         )
+        # A server's connections share its clock; one served alone has its own,
+        # whose task runs in the connection's nursery.
+        self._clock = clock or AlarmClock()
+        self._alarm = self._clock.alarm(self._life.deadline)
         self._conn = FastCGIConnection(
             roles=config.roles,
             max_conns=config.max_conns,
@@ -184,11 +193,14 @@ class ServedConnection:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = self._writer.nursery = nursery
+                if self._clock.nursery is None:
+                    self._clock.nursery = nursery  # the connection's own clock
                 if self._life.phase is Phase.CLOSED:
                     self._stop_tasks()
                 else:
                     self._writer.wake()  # woken from hibernation to close, say
                 wants_sleep = await self._read_loop()
+                self._alarm.stop()  # nothing waits for input any more
                 if wants_sleep:
                     # No request is left and the writer is idle: it serves again
                     # when the connection wakes.
@@ -199,6 +211,7 @@ class ServedConnection:
                     self._stop_tasks()
             hibernating = wants_sleep and self._life.phase is not Phase.CLOSED
         finally:
+            self._alarm.stop()
             self._nursery = self._writer.nursery = None
             if not hibernating:
                 self._life.close(trio.current_time())
@@ -256,32 +269,48 @@ class ServedConnection:
         """
         life = self._life
         life.begin_shutdown(trio.current_time())
-        self._transport.move_receive_deadline(life.deadline())
+        self._alarm.update()
         self._writer.wake()
 
     # -- reading -----------------------------------------------------------------
     #
-    # Each receive waits at most until the lifecycle's deadline, and nothing
-    # else the reader does (dispatching input, waiting for room in a request's
-    # buffer or in the outbox) runs under a deadline, so input that arrived is
-    # always dispatched. Whoever changes the lifecycle from another task moves
-    # the waiting receive's deadline (Transport.move_receive_deadline).
+    # Each receive waits at most until the lifecycle's deadline (its alarm
+    # rings then), and nothing else the reader does (dispatching input, waiting
+    # for room in a request's buffer or in the outbox) runs under a deadline,
+    # so input that arrived is always dispatched. Whoever makes the deadline
+    # earlier from another task tells the alarm (Alarm.update).
 
     async def _read_loop(self) -> bool:
         """Read until the connection is done (False) or may hibernate (True)."""
         transport = self._transport
         life = self._life
+        alarm = self._alarm
         try:
             while True:
-                data = await transport.receive_some(RECEIVE_SIZE, life.deadline())
-                if data is None:
-                    expiry = life.expire(trio.current_time())
-                    if expiry is not Expiry.NOTHING:
-                        stop = self._expired(expiry)
-                        if stop is not None:
-                            return stop
-                elif await self._received(data):
-                    return False
+                # One scope from one timeout to the next, not one per wait
+                # (a scope costs a tenth of a request): the alarm cancels it
+                # only while a receive waits, so dispatching never runs in a
+                # cancelled scope.
+                with trio.CancelScope() as scope:
+                    alarm.scope = scope
+                    while True:
+                        data = None
+                        data = await transport.receive_some(RECEIVE_SIZE, alarm)
+                        if scope.cancel_called:
+                            break  # the alarm rang just as input came
+                        if await self._received(data):
+                            return False
+                if data is not None:
+                    # Input that came as the alarm rang is dispatched outside
+                    # the cancelled scope, and the deadline is asked anew.
+                    if await self._received(data):
+                        return False
+                    continue
+                expiry = life.expire(trio.current_time())
+                if expiry is not Expiry.NOTHING:
+                    stop = self._expired(expiry)
+                    if stop is not None:
+                        return stop
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             LOGGER.debug("%s: receive or queue failed (%r); peer is gone", self.name, exc)
             return False
@@ -480,7 +509,7 @@ class ServedConnection:
         life = self._life
         life.request_ended(trio.current_time())
         if not life.in_flight:
-            self._transport.move_receive_deadline(life.deadline())
+            self._alarm.update()
 
     # -- writing -----------------------------------------------------------------
 
@@ -515,6 +544,6 @@ class ServedConnection:
         """Drain until the web server closes too, or close now if the
         half-close failed (or the stream cannot do one)."""
         if half_closed:
-            self._transport.move_receive_deadline(self._life.deadline())
+            self._alarm.update()
         else:
             self.cancel()

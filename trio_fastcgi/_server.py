@@ -21,6 +21,7 @@ else:
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
     from typing_extensions import Unpack
 
+from ._alarm import AlarmClock
 from ._config import Config, ServerOptions, parse_ip_address
 from ._hibernation import Hibernation, hibernation_supported
 from ._listeners import (
@@ -127,6 +128,7 @@ class _Server:
         self._shutting_down = False
         self._policy = timeout_policy(config)
         self._hibernation: Hibernation | None = None
+        self._clock: AlarmClock | None = None
 
     async def serve(
         self,
@@ -137,6 +139,10 @@ class _Server:
         self._warn_if_exposed(listeners)
         async with trio.open_nursery() as own_nursery:
             connection_nursery = handler_nursery or own_nursery
+            # Rings the timeouts of every connection's receives; connections
+            # that outlive the server (in handler_nursery) get a task there.
+            self._clock = AlarmClock(connection_nursery)
+            own_nursery.start_soon(self._clock.run, name="trio_fastcgi.alarm_clock")
             if self._config.hibernate_after is not None and hibernation_supported():
                 self._hibernation = Hibernation(
                     wake=partial(self._wake, connection_nursery),
@@ -286,6 +292,7 @@ class _Server:
             self._config,
             policy=self._policy,
             hibernates=self._hibernation is not None,
+            clock=self._clock,
         )
         self._connections.add(connection)
         if self._shutting_down:

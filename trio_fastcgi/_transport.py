@@ -9,11 +9,11 @@ connection on a real socket therefore owns a plain non-blocking
 when the kernel says it would block. Any other stream (memory streams in tests,
 TLS, your own) goes through its methods unchanged (:class:`StreamTransport`).
 
-Timeouts belong to the waits: :meth:`Transport.receive_some` takes the deadline
-by which some input must have come, and a send that can make no progress for
-``write_timeout`` seconds fails. A scope is opened only around an actual wait,
-so a receive that times out has received nothing, and bytes that were received
-are always returned.
+Timeouts belong to the waits: :meth:`Transport.receive_some` takes the
+:class:`~._alarm.Alarm` that bounds its wait by the connection's deadline, and
+a send that can make no progress for ``write_timeout`` seconds fails. A scope
+is opened only around an actual wait, so a receive that timed out has received
+nothing, and bytes that were received are always returned.
 
 Both kinds raise :class:`trio.BrokenResourceError` when the connection fails.
 Only one task may receive and one task may send at a time (the connection's
@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import abc
 import errno
-import math
 import os
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Final, TypeVar, final
+from typing import TYPE_CHECKING, Final, TypeVar, final
 
 import trio
+
+if TYPE_CHECKING:
+    from ._alarm import Alarm
 
 _T = TypeVar("_T")
 
@@ -86,15 +88,13 @@ class Transport(abc.ABC):
     peer stopped reading) raises :class:`WriteTimeout`.
     """
 
-    __slots__ = ("_receive_scope", "peer", "write_timeout")
+    __slots__ = ("peer", "write_timeout")
 
     def __init__(self, peer: object = None) -> None:
         #: The peer's address as accept(2) gave it, if known.
         self.peer = peer
         #: Seconds a send may wait for the peer to take data; None: forever.
         self.write_timeout: float | None = None
-        # The scope of the receive that is waiting now, if one is.
-        self._receive_scope: trio.CancelScope | None = None
 
     @property
     def socket(self) -> socket.socket | None:
@@ -102,15 +102,10 @@ class Transport(abc.ABC):
         return None
 
     @abc.abstractmethod
-    async def receive_some(self, max_bytes: int, deadline: float = math.inf) -> bytes | None:
-        """Some bytes, ``b""`` at end of file, or None if *deadline* (trio
-        time) came first, in which case nothing was received."""
-
-    def move_receive_deadline(self, deadline: float) -> None:
-        """Change the deadline of the receive that is waiting now, if any."""
-        scope = self._receive_scope
-        if scope is not None:
-            scope.deadline = deadline
+    async def receive_some(self, max_bytes: int, alarm: Alarm | None = None) -> bytes:
+        """Some bytes, ``b""`` at end of file. If it must wait, *alarm*
+        watches the wait: when it rings, the wait is cancelled (through the
+        alarm's scope) and nothing was received."""
 
     @abc.abstractmethod
     async def send_all(self, data: bytes) -> None:
@@ -172,7 +167,7 @@ class SocketTransport(Transport):
         """The socket."""
         return self._sock
 
-    async def receive_some(self, max_bytes: int, deadline: float = math.inf) -> bytes | None:
+    async def receive_some(self, max_bytes: int, alarm: Alarm | None = None) -> bytes:
         sock = self._sock
         try:
             data = sock.recv(max_bytes)
@@ -189,19 +184,20 @@ class SocketTransport(Transport):
         self._eager = 0
         # Cancellation can only strike inside wait_readable, before recv: a
         # receive that timed out has taken nothing from the socket.
-        with trio.CancelScope(deadline=deadline) as self._receive_scope:
-            try:
-                while True:
-                    await trio.lowlevel.wait_readable(sock)
-                    try:
-                        return sock.recv(max_bytes)
-                    except BlockingIOError:
-                        continue
-                    except OSError as exc:
-                        raise trio.BrokenResourceError(exc) from exc
-            finally:
-                self._receive_scope = None
-        return None
+        if alarm is not None:
+            alarm.watch()
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(sock)
+                try:
+                    return sock.recv(max_bytes)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    raise trio.BrokenResourceError(exc) from exc
+        finally:
+            if alarm is not None:
+                alarm.unwatch()
 
     async def send_all(self, data: bytes) -> None:
         """Send all of *data*; waits only while the kernel's buffer is full."""
@@ -269,15 +265,16 @@ class StreamTransport(Transport):
         super().__init__()
         self._stream = stream
 
-    async def receive_some(self, max_bytes: int, deadline: float = math.inf) -> bytes | None:
+    async def receive_some(self, max_bytes: int, alarm: Alarm | None = None) -> bytes:
         # trio's streams take nothing from their buffer when a receive is
         # cancelled, so a receive that timed out has received nothing.
-        with trio.CancelScope(deadline=deadline) as self._receive_scope:
-            try:
-                return bytes(await self._stream.receive_some(max_bytes))
-            finally:
-                self._receive_scope = None
-        return None
+        if alarm is None:
+            return bytes(await self._stream.receive_some(max_bytes))
+        alarm.watch()
+        try:
+            return bytes(await self._stream.receive_some(max_bytes))
+        finally:
+            alarm.unwatch()
 
     def send_nowait(self, parts: list[bytes | memoryview]) -> None:
         """Sends nothing: a stream cannot tell whether a send would block."""
