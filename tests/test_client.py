@@ -36,6 +36,8 @@ from trio_fastcgi import (
     serve_unix,
 )
 from trio_fastcgi._client_connection import FastCGIClientConnection, encode_params
+from trio_fastcgi._sender import QUEUE_LIMIT
+from trio_fastcgi._wire import RecordReader, RecordType, encode_end_request, encode_stream
 from trio_fastcgi.client import (
     CGIResponseError,
     Client,
@@ -805,3 +807,67 @@ def test_parse_address() -> None:
     for bad in ("localhost", "host:port", "[::1]", "h:0", "h:70000"):
         with pytest.raises(ValueError, match=r"address|port"):
             parse_address(bad)
+
+
+async def test_client_sends_no_input_for_a_request_that_ended_while_the_input_waited() -> None:
+    # Request 1's stdin end waits for room in the client's full output queue;
+    # meanwhile the application answers request 1 without reading its stdin.
+    # Once request 1 has ended its id may be a new request's, so the waiting
+    # record must not go out at all (it would end that request's stdin).
+    client_stream, app = trio.testing.lockstep_stream_pair()
+    records: list[tuple[int, int, int]] = []
+    reader = RecordReader()
+
+    async def read_until(record_type: int, request_id: int, *, empty: bool) -> None:
+        while True:
+            while (record := reader.next_record()) is not None:
+                records.append((record[0], record[1], len(record[2])))
+                if record[:2] == (record_type, request_id) and (not record[2]) == empty:
+                    return
+            reader.feed(await app.receive_some(1 << 20))
+
+    release = trio.Event()
+
+    async def late_empty_body() -> AsyncIterator[bytes]:
+        await release.wait()
+        return
+        yield b""  # an async generator that yields nothing
+
+    ended: list[int] = []
+    big_body = b"z" * (3 * QUEUE_LIMIT)
+    async with Client(client_stream) as client, trio.open_nursery() as nursery:
+
+        async def request(stdin: bytes | AsyncIterator[bytes]) -> None:
+            async with client.open_request({"SCRIPT_NAME": "/x"}, stdin=stdin) as active:
+                ended.append((await active.wait_ended()).app_status)
+
+        nursery.start_soon(request, late_empty_body())
+        await read_until(RecordType.PARAMS, 1, empty=True)
+        nursery.start_soon(request, big_body)  # request 2 fills the queue
+        await read_until(RecordType.PARAMS, 2, empty=True)
+        await trio.testing.wait_all_tasks_blocked()
+        assert client._sender._queued >= QUEUE_LIMIT  # a record waits for room now
+        release.set()  # request 1's stdin ends, its record waits for room
+        await trio.testing.wait_all_tasks_blocked()
+        await app.send_all(
+            encode_stream(RecordType.STDOUT, 1, b"")
+            + encode_end_request(1, 7, ProtocolStatus.REQUEST_COMPLETE)
+        )
+        await trio.testing.wait_all_tasks_blocked()
+        assert ended == [7]
+        await read_until(RecordType.STDIN, 2, empty=True)  # all of request 2's body
+        await app.send_all(
+            encode_stream(RecordType.STDOUT, 2, b"")
+            + encode_end_request(2, 0, ProtocolStatus.REQUEST_COMPLETE)
+        )
+        # Everything the client still sends (each send waits for this reader).
+        await trio.testing.wait_all_tasks_blocked()
+        while True:
+            with trio.move_on_after(0.2):
+                reader.feed(await app.receive_some(1 << 20))
+                await read_until(RecordType.STDIN, 1, empty=True)
+                continue
+            break
+    assert ended == [7, 0]
+    assert (RecordType.STDIN, 2, 0) in records
+    assert [r for r in records if r[0] == RecordType.STDIN and r[1] == 1] == []

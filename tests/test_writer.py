@@ -554,3 +554,34 @@ async def test_sender_send_soon_sends_at_once_or_queues_behind_the_writer_task()
     assert sender.closed
     with pytest.raises(trio.BrokenResourceError):
         await sender.send_all(b"later")
+
+
+async def test_sender_send_made_makes_the_bytes_only_once_there_is_room() -> None:
+    # A record that is right only while its request is active is made when
+    # it can go out, not when its sender began to wait: the request may have
+    # ended meanwhile (and its id gone to a new one).
+    transport = FakeTransport(per_send=0)  # everything queues behind the writer task
+    sender = Sender(transport, fail=lambda exc: None)
+    request_active = True
+    made_while: list[bool] = []
+
+    def record(data: bytes) -> Callable[[], bytes | None]:
+        def make() -> bytes | None:
+            made_while.append(request_active)
+            return data if request_active else None
+
+        return make
+
+    async with trio.open_nursery() as nursery:
+        sender.nursery = nursery
+        await sender.send_all(b"q" * QUEUE_LIMIT)  # the queue is full now
+        nursery.start_soon(sender.send_made, record(b"stale"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert made_while == []  # still waiting for room: nothing made yet
+        request_active = False  # the request ends while its record waits
+        transport.allow.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert made_while == [False]
+        request_active = True
+        await sender.send_made(record(b"fresh"))
+    assert bytes(transport.wire) == b"q" * QUEUE_LIMIT + b"fresh"

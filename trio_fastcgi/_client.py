@@ -216,9 +216,14 @@ class Client:
 
     # -- sending -------------------------------------------------------------
 
-    async def _send(self, data: bytes) -> None:
+    async def _send(self, data: bytes | Callable[[], bytes | None]) -> None:
+        """Send *data*, or the bytes that *data()* makes once the sender has
+        room (None: nothing to send)."""
         try:
-            await self._sender.send_all(data)
+            if isinstance(data, bytes):
+                await self._sender.send_all(data)
+            else:
+                await self._sender.send_made(data)
         except trio.BrokenResourceError:
             self._check_usable()
             raise trio.ClosedResourceError("the FastCGI client is closed") from None
@@ -508,14 +513,19 @@ class Client:
     async def _feed_stream(
         self, state: ClientRequestState, body: BodyArg, encode: Callable[[bytes], bytes]
     ) -> None:
-        # state.finished is checked right before each encode: once the request
-        # has ended, its id may belong to a new request.
+        # Each record is made only once the sender has room, and not at all if
+        # the request has ended by then: while a send waited, the application
+        # may have ended the request (answered without reading its stdin, say)
+        # and its id gone to a new request, which must not get this input.
+        def record(piece: bytes) -> Callable[[], bytes | None]:
+            return lambda: None if state.finished else encode(piece)
+
         if isinstance(body, (bytes, bytearray, memoryview)):
             view = memoryview(body)
             for start in range(0, len(view), INPUT_PIECE_SIZE):
                 if state.finished:
                     return
-                await self._send(encode(bytes(view[start : start + INPUT_PIECE_SIZE])))
+                await self._send(record(bytes(view[start : start + INPUT_PIECE_SIZE])))
         else:
             async for chunk in body:
                 if not isinstance(chunk, (bytes, bytearray, memoryview)):
@@ -525,9 +535,8 @@ class Client:
                 if state.finished:
                     return
                 if chunk:
-                    await self._send(encode(bytes(chunk)))
-        if not state.finished:
-            await self._send(encode(b""))
+                    await self._send(record(bytes(chunk)))
+        await self._send(record(b""))
 
     def _abort_record(self, state: ClientRequestState) -> bytes | None:
         if state.aborted or state.finished or self._error is not None:

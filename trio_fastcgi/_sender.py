@@ -115,6 +115,16 @@ class Sender:
         await self._wait_for_room()
         await self._write([data])
 
+    async def send_made(self, make: Callable[[], bytes | None]) -> None:
+        """As :meth:`send_all`, but the bytes are made by *make()* only once
+        there is room, with no checkpoint between making and handing them
+        over: for bytes that are right only while some state holds (a
+        record for a request that may end meanwhile). None sends nothing."""
+        await self._wait_for_room()
+        data = make()
+        if data is not None:
+            await self._write([data])
+
     def send_soon(self, data: bytes) -> None:
         """Send *data* after everything handed over before, without waiting:
         for cleanup code, which must not block. It may go over the queue's
