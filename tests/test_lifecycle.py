@@ -311,3 +311,12 @@ def test_lifecycle_deadline_is_the_earliest_and_never_early(
     assert deadline <= life.wake_deadline()
     if math.isfinite(deadline):
         assert life.expire(deadline - 1e-6) is Expiry.NOTHING
+
+
+@given(histories())
+def test_lifecycle_deadline_is_the_tables_earliest_row(history: tuple[Lifecycle, float]) -> None:
+    # deadline() answers the common rows without building the table; it must
+    # agree with the table (its candidates' earliest) whatever happened.
+    life, _ = history
+    rows = life._candidates(hibernating=False)
+    assert life.deadline() == min((when for when, _ in rows), default=math.inf)

@@ -211,8 +211,21 @@ class Lifecycle:
 
     def deadline(self) -> float:
         """When the reader must stop waiting for input and call :meth:`expire`."""
+        if self._partial_since is None and self._phase is _SERVING:
+            # The common cases, asked before every wait: a request in flight,
+            # or an idle connection (the table's first two rows).
+            if self._in_flight:
+                return math.inf
+            policy = self._policy
+            idle = policy.idle_timeout
+            hibernate = policy.hibernate_after if self.hibernates else None
+            if hibernate is None:
+                return math.inf if idle is None else self._idle_since + idle
+            if idle is None or hibernate < idle:
+                return self._idle_since + hibernate
+            return self._idle_since + idle
         if self._in_flight and self._partial_since is None and self._phase in _OPEN:
-            return math.inf  # the common case, asked before every receive
+            return math.inf
         return self._next()
 
     def wake_deadline(self) -> float:
