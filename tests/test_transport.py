@@ -37,6 +37,25 @@ async def read_into(peer: socket.socket, received: bytearray, size: int) -> None
         received.extend(peer.recv(1 << 20))
 
 
+async def test_a_receive_after_a_short_read_waits_instead_of_trying_recv() -> None:
+    # A read that returned less than asked emptied the socket: the next
+    # receive waits for readability (a schedule point) instead of trying a
+    # recv(2) that would fail, and still returns what came meanwhile.
+    transport, peer = socket_pair()
+    with peer:
+        peer.sendall(b"first")
+        with trio.testing.assert_no_checkpoints():
+            assert await transport.receive_some(100) == b"first"  # eager, no wait
+        peer.sendall(b"second")
+        with trio.testing.assert_checkpoints():
+            assert await transport.receive_some(100) == b"second"
+        peer.sendall(b"x" * 10)
+        assert await transport.receive_some(4) == b"xxxx"  # a full read: more may wait
+        with trio.testing.assert_no_checkpoints():
+            assert await transport.receive_some(100) == b"x" * 6
+        await transport.close()
+
+
 async def test_transport_receives_and_sends_on_a_socket() -> None:
     transport, peer = socket_pair()
     with peer:

@@ -6,7 +6,9 @@ of a few hundred bytes those cost more than the system calls themselves. A
 connection on a real socket therefore owns a plain non-blocking
 :class:`socket.socket` (:class:`SocketTransport`) and waits with
 :func:`trio.lowlevel.wait_readable` / :func:`~trio.lowlevel.wait_writable` only
-when the kernel says it would block. Any other stream (memory streams in tests,
+when the kernel says it would block (or, for a receive, when the last read
+took less than it could: the socket was empty then, and the recv(2) that
+would say so is skipped). Any other stream (memory streams in tests,
 TLS, your own) goes through its methods unchanged (:class:`StreamTransport`).
 
 Timeouts belong to the waits: :meth:`Transport.receive_some` takes the
@@ -151,7 +153,7 @@ class Transport(abc.ABC):
 class SocketTransport(Transport):
     """A connected stream socket, driven directly (made non-blocking here)."""
 
-    __slots__ = ("_eager", "_sock")
+    __slots__ = ("_drained", "_eager", "_sock")
 
     def __init__(self, sock: socket.socket, peer: object = None) -> None:
         super().__init__(peer)
@@ -161,6 +163,7 @@ class SocketTransport(Transport):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock = sock
         self._eager = 0
+        self._drained = False
 
     @property
     def socket(self) -> socket.socket:
@@ -169,18 +172,23 @@ class SocketTransport(Transport):
 
     async def receive_some(self, max_bytes: int, alarm: Alarm | None = None) -> bytes:
         sock = self._sock
-        try:
-            data = sock.recv(max_bytes)
-        except BlockingIOError:
-            pass
-        except OSError as exc:
-            raise trio.BrokenResourceError(exc) from exc
-        else:
-            self._eager += 1
-            if self._eager >= EAGER_CALLS_PER_YIELD:
-                self._eager = 0
-                await trio.lowlevel.checkpoint()
-            return data
+        if not self._drained:
+            try:
+                data = sock.recv(max_bytes)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise trio.BrokenResourceError(exc) from exc
+            else:
+                self._drained = len(data) < max_bytes
+                self._eager += 1
+                if self._eager >= EAGER_CALLS_PER_YIELD:
+                    self._eager = 0
+                    await trio.lowlevel.checkpoint()
+                return data
+        # The last receive took less than it could, so the socket was empty
+        # then: wait at once rather than try a recv(2) that would fail (a
+        # request that came meanwhile is reported by the wait at once).
         self._eager = 0
         # Cancellation can only strike inside wait_readable, before recv: a
         # receive that timed out has taken nothing from the socket.
@@ -190,11 +198,13 @@ class SocketTransport(Transport):
             while True:
                 await trio.lowlevel.wait_readable(sock)
                 try:
-                    return sock.recv(max_bytes)
+                    data = sock.recv(max_bytes)
                 except BlockingIOError:
                     continue
                 except OSError as exc:
                     raise trio.BrokenResourceError(exc) from exc
+                self._drained = len(data) < max_bytes
+                return data
         finally:
             if alarm is not None:
                 alarm.unwatch()
