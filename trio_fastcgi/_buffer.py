@@ -65,8 +65,9 @@ class ByteBuffer:
         # A consumer waits in wait_full_or_ended; the producer waits for room.
         self._bulk = False
         self._producer_waiting = False
-        self._readable = trio.lowlevel.ParkingLot()
-        self._writable = trio.lowlevel.ParkingLot()
+        # Made when a side first waits: most request bodies never make one.
+        self._readable: trio.lowlevel.ParkingLot | None = None
+        self._writable: trio.lowlevel.ParkingLot | None = None
 
     def __repr__(self) -> str:
         return f"<ByteBuffer {self._size}/{self.max_size} bytes{' eof' if self._eof else ''}>"
@@ -137,7 +138,7 @@ class ByteBuffer:
             if self._readable:
                 self._readable.unpark_all()
             try:
-                await self._writable.park()
+                await self._producer_lot().park()
             finally:
                 self._producer_waiting = False
 
@@ -161,7 +162,7 @@ class ByteBuffer:
         """Wait until there are bytes to take, the stream has ended, or the buffer
         was closed; no checkpoint if that is already so."""
         while not (self._chunks or self._eof or self._broken_off or self._closed):
-            await self._readable.park()
+            await self._consumer_lot().park()
 
     @property
     def full_or_ended(self) -> bool:
@@ -182,7 +183,7 @@ class ByteBuffer:
         self._bulk = True
         try:
             while not self.full_or_ended:
-                await self._readable.park()
+                await self._consumer_lot().park()
         finally:
             self._bulk = False
 
@@ -229,6 +230,16 @@ class ByteBuffer:
         self.discard()
         if self._readable:
             self._readable.unpark_all()
+
+    def _consumer_lot(self) -> trio.lowlevel.ParkingLot:
+        if self._readable is None:
+            self._readable = trio.lowlevel.ParkingLot()
+        return self._readable
+
+    def _producer_lot(self) -> trio.lowlevel.ParkingLot:
+        if self._writable is None:
+            self._writable = trio.lowlevel.ParkingLot()
+        return self._writable
 
     def _wake_both(self) -> None:
         if self._readable:
