@@ -52,7 +52,6 @@ from ._events import (
 from ._exceptions import EndRequestWith, RemoteProtocolError
 from ._lifecycle import Expiry, Lifecycle, Phase, TimeoutPolicy
 from ._request import Request
-from ._streams import InputStream
 from ._transport import Transport, close_socket
 from ._wire import ProtocolStatus, Role
 from ._writer import Writer
@@ -354,10 +353,21 @@ class ServedConnection:
         conn = self._conn
         conn.receive_data(data)
         progressed = False
+        requests = self._requests
         try:
             while (event := conn.next_event()) is not NEED_DATA:
                 progressed = True
-                if await self._dispatch(event):
+                # The events of every request first, without a coroutine each.
+                if isinstance(event, Stdin):
+                    request = requests.get(event.request_id)
+                    if request is not None and not request.stdin._offer(event.data):
+                        await request.stdin._feed(event.data)
+                elif isinstance(event, Params):
+                    self._start_request(event)
+                elif isinstance(event, BeginRequest):
+                    self._pending[event.request_id] = event
+                    life.request_began()
+                elif await self._dispatch(event):
                     return True
         except RemoteProtocolError as exc:
             LOGGER.warning("%s: closing connection: %s", self.name, exc)
@@ -369,27 +379,14 @@ class ServedConnection:
         )
         return False
 
-    async def _feed(self, stream: InputStream, data: bytes) -> None:
-        """Pass input to a request's stream; waits while its buffer is full."""
-        if not stream._offer(data):
-            await stream._feed(data)
-
     async def _dispatch(self, event: InputEvent) -> bool:
-        """Act on one input event; True means stop reading."""
+        """Act on an input event other than BEGIN_REQUEST, PARAMS and STDIN
+        (which :meth:`_received` handles); True means stop reading."""
         match event:
-            case Stdin(request_id, data):
-                request = self._requests.get(request_id)
-                if request is not None:
-                    await self._feed(request.stdin, data)
-            case Params():
-                self._start_request(event)
-            case BeginRequest(request_id):
-                self._pending[request_id] = event
-                self._life.request_began()
             case Data(request_id, data):
                 request = self._requests.get(request_id)
-                if request is not None:
-                    await self._feed(request.data, data)
+                if request is not None and not request.data._offer(data):
+                    await request.data._feed(data)
             case AbortRequest(request_id):
                 await self._abort(request_id)
             case RequestRejected(request_id, protocol_status, role):
