@@ -160,35 +160,46 @@ def decode_pairs(buffer: bytes, max_pairs: int | None = None) -> list[tuple[byte
     end = len(buffer)
     pos = 0
     unpack_long = _LONG_LENGTH.unpack_from
-    limit = end if max_pairs is None else max_pairs
+    # A pair takes at least 2 bytes, so without max_pairs the loop is bounded
+    # by the buffer; counting iterations saves a len(pairs) call per pair.
+    limit = end if max_pairs is None else max(max_pairs, 0)
+    name_len = value_len = 0
     try:
-        while pos < end:
-            # One byte for a length below 128 (nearly every one), else four.
+        for _ in range(limit + 1):
+            if pos >= end:
+                break
             name_len = buffer[pos]
-            if name_len & 0x80:
-                name_len = unpack_long(buffer, pos)[0] & 0x7FFFFFFF
-                pos += 4
+            value_len = buffer[pos + 1]
+            if (name_len | value_len) < 0x80:
+                # Both lengths in one byte (nearly every pair): one test.
+                pos += 2
             else:
-                pos += 1
-            value_len = buffer[pos]
-            if value_len & 0x80:
-                value_len = unpack_long(buffer, pos)[0] & 0x7FFFFFFF
-                pos += 4
-            else:
-                pos += 1
+                if name_len & 0x80:
+                    name_len = unpack_long(buffer, pos)[0] & 0x7FFFFFFF
+                    pos += 4
+                else:
+                    pos += 1
+                value_len = buffer[pos]
+                if value_len & 0x80:
+                    value_len = unpack_long(buffer, pos)[0] & 0x7FFFFFFF
+                    pos += 4
+                else:
+                    pos += 1
             name_end = pos + name_len
-            value_end = name_end + value_len
-            if value_end > end:
-                raise WireError(
-                    f"name-value pair declares {name_len} + {value_len} bytes "
-                    f"but only {end - pos} remain"
-                )
-            append((buffer[pos:name_end], buffer[name_end:value_end]))
-            pos = value_end
-            if len(pairs) > limit:
+            pos = name_end + value_len
+            # A pair that runs past the end is cut short by the slices (nothing
+            # larger than *buffer*) and ends the loop; it is reported below.
+            append((buffer[name_end - name_len : name_end], buffer[name_end:pos]))
+        else:
+            if pos <= end:
                 raise WireError(f"more than {max_pairs} name-value pairs")
     except (IndexError, struct.error):
         raise WireError("name-value pair truncated inside a length") from None
+    if pos > end:
+        raise WireError(
+            f"name-value pair declares {name_len} + {value_len} bytes "
+            f"but only {end - pos + name_len + value_len} remain"
+        )
     return pairs
 
 
