@@ -82,6 +82,8 @@ _ABORT_REQUEST: Final = int(RecordType.ABORT_REQUEST)
 _PARAMS: Final = int(RecordType.PARAMS)
 _STDIN: Final = int(RecordType.STDIN)
 _GET_VALUES: Final = int(RecordType.GET_VALUES)
+_STDOUT: Final = int(RecordType.STDOUT)
+_STDERR: Final = int(RecordType.STDERR)
 _STREAM_RECORDS: Final = frozenset({_PARAMS, _STDIN, int(RecordType.DATA)})
 _DELIVER: Final = Action.DELIVER
 _IGNORE: Final = Action.IGNORE
@@ -372,7 +374,7 @@ class FastCGIConnection(RecordProtocol[InputEvent]):
         if not request.stdout_open:
             raise LocalProtocolError(f"FCGI_STDOUT of request {event.request_id} is closed")
         data = event.data
-        parts = stream_records(RecordType.STDOUT, event.request_id, data)
+        parts = stream_records(_STDOUT, event.request_id, data)
         if not data:
             request.stdout_open = False
         return parts
@@ -382,7 +384,7 @@ class FastCGIConnection(RecordProtocol[InputEvent]):
         if request.stderr == _STDERR_CLOSED:
             raise LocalProtocolError(f"FCGI_STDERR of request {event.request_id} is closed")
         data = event.data
-        parts = stream_records(RecordType.STDERR, event.request_id, data)
+        parts = stream_records(_STDERR, event.request_id, data)
         request.stderr = _STDERR_OPEN if data else _STDERR_CLOSED
         return parts
 
@@ -404,9 +406,9 @@ class FastCGIConnection(RecordProtocol[InputEvent]):
             # layer) never started one.
             parts = []
             if request.stdout_open:
-                parts.append(encode_stream(RecordType.STDOUT, request_id, _EMPTY))
+                parts.append(encode_stream(_STDOUT, request_id, _EMPTY))
             if request.stderr == _STDERR_OPEN:
-                parts.append(encode_stream(RecordType.STDERR, request_id, _EMPTY))
+                parts.append(encode_stream(_STDERR, request_id, _EMPTY))
             parts.append(end)
             end = b"".join(parts)
         del self._requests[request_id]

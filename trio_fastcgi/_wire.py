@@ -62,6 +62,8 @@ BEGIN_REQUEST_BODY: Final = struct.Struct("!HB5x")
 END_REQUEST_BODY: Final = struct.Struct("!LB3x")
 UNKNOWN_TYPE_BODY: Final = struct.Struct("!B7x")
 _LONG_LENGTH: Final = struct.Struct("!L")
+_END_REQUEST_RECORD: Final = struct.Struct(HEADER.format + END_REQUEST_BODY.format[1:])
+_END_REQUEST: Final = int(RecordType.END_REQUEST)
 _PADDING: Final = bytes(8)
 
 
@@ -121,10 +123,15 @@ def encode_begin_request_body(role: int, flags: int) -> bytes:
 
 
 def encode_end_request(request_id: int, app_status: int, protocol_status: ProtocolStatus) -> bytes:
-    return encode_record(
-        RecordType.END_REQUEST,
+    # One pack for header and body: the body is 8 bytes, so never padded.
+    return _END_REQUEST_RECORD.pack(
+        FCGI_VERSION_1,
+        _END_REQUEST,
         request_id,
-        END_REQUEST_BODY.pack(app_status, protocol_status),
+        END_REQUEST_BODY.size,
+        0,
+        app_status,
+        protocol_status,
     )
 
 
