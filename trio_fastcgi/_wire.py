@@ -270,26 +270,26 @@ class RecordReader:
         """
         buffer = self._buffer
         pos = self._pos
-        available = len(buffer) - pos
-        if available >= HEADER_LEN:
+        size = len(buffer)
+        start = pos + HEADER_LEN
+        if size >= start:
             version, record_type, request_id, length, padding = HEADER.unpack_from(buffer, pos)
             if version != FCGI_VERSION_1:
                 raise WireError(
                     f"unsupported FastCGI version {version} in record header "
                     f"(expected {FCGI_VERSION_1})"
                 )
-            end = pos + HEADER_LEN + length
-            if available >= HEADER_LEN + length + padding:
+            end = start + length
+            if size >= end + padding:
                 self._pos = end + padding
                 if type(buffer) is bytes:
-                    content = buffer[pos + HEADER_LEN : end]
-                else:
-                    # One copy: slicing the bytearray itself would make two.
-                    with memoryview(buffer) as view:
-                        content = bytes(view[pos + HEADER_LEN : end])
-                return record_type, request_id, content
-        if self._eof and available:
+                    return record_type, request_id, buffer[start:end]
+                # One copy: slicing the bytearray itself would make two.
+                with memoryview(buffer) as view:
+                    return record_type, request_id, bytes(view[start:end])
+        if self._eof and size > pos:
             raise WireError(
-                f"connection closed in the middle of a record ({available} bytes of it received)"
+                "connection closed in the middle of a record "
+                f"({size - pos} bytes of it received)"
             )
         return None
