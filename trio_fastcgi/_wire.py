@@ -289,7 +289,6 @@ class RecordReader:
                     return record_type, request_id, bytes(view[start:end])
         if self._eof and size > pos:
             raise WireError(
-                "connection closed in the middle of a record "
-                f"({size - pos} bytes of it received)"
+                f"connection closed in the middle of a record ({size - pos} bytes of it received)"
             )
         return None
