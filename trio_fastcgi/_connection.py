@@ -14,7 +14,6 @@ from typing import Final, final
 from ._events import (
     AbortRequest,
     BeginRequest,
-    Data,
     EndRequest,
     GetValues,
     GetValuesResult,
@@ -23,10 +22,13 @@ from ._events import (
     Params,
     RequestRejected,
     Stderr,
-    Stdin,
     Stdout,
     UnknownRecord,
     UnknownType,
+    _make_begin_request,
+    _make_data,
+    _make_params,
+    _make_stdin,
 )
 from ._exceptions import LocalProtocolError, RemoteProtocolError
 from ._record_protocol import RecordProtocol
@@ -223,8 +225,8 @@ class FastCGIConnection(RecordProtocol[InputEvent]):
                 if not content:
                     request.state = NEXT_STATES[request.role, state]
                 if record_type == _STDIN:
-                    return Stdin(request_id, content)
-                return Data(request_id, content)
+                    return _make_stdin(request_id, content)
+                return _make_data(request_id, content)
             if action is _IGNORE:
                 return None
             raise RemoteProtocolError(
@@ -286,7 +288,7 @@ class FastCGIConnection(RecordProtocol[InputEvent]):
             return RequestRejected(request_id, status, role_number)
         role = _ROLES_BY_NUMBER[role_number]
         self._requests[request_id] = _Request(role, keep_conn)
-        return BeginRequest(request_id, role, keep_conn)
+        return _make_begin_request(request_id, role, keep_conn)
 
     def _params(self, request_id: int, request: _Request, content: bytes) -> Params | None:
         if content:
@@ -309,7 +311,7 @@ class FastCGIConnection(RecordProtocol[InputEvent]):
             ) from None
         request.state = NEXT_STATES[request.role, _READING_PARAMS]
         request.params_complete = True
-        return Params(request_id, tuple(pairs))
+        return _make_params(request_id, tuple(pairs))
 
     # -- output --------------------------------------------------------------
     #
