@@ -144,6 +144,7 @@ class FastCGIConnection(RecordProtocol[InputEvent]):
     __slots__ = (
         "_keep_alive",
         "_max_conns",
+        "_max_params_pairs",
         "_max_params_size",
         "_max_reqs",
         "_mpxs_conns",
@@ -168,6 +169,7 @@ class FastCGIConnection(RecordProtocol[InputEvent]):
         self._max_reqs = max_reqs
         self._mpxs_conns = mpxs_conns
         self._max_params_size = max_params_size
+        self._max_params_pairs = max(1, max_params_size // PARAMS_PAIR_COST)
         super().__init__()
         self._requests: dict[int, _Request] = {}
         # Ids refused at BEGIN_REQUEST whose END_REQUEST has not been sent yet
@@ -304,7 +306,7 @@ class FastCGIConnection(RecordProtocol[InputEvent]):
         request.params = []
         whole = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         try:
-            pairs = decode_pairs(whole, max(1, self._max_params_size // PARAMS_PAIR_COST))
+            pairs = decode_pairs(whole, self._max_params_pairs)
         except WireError as exc:
             raise RemoteProtocolError(
                 f"malformed FCGI_PARAMS for request {request_id}: {exc}"
