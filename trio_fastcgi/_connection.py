@@ -14,7 +14,6 @@ from typing import Final, final
 from ._events import (
     AbortRequest,
     BeginRequest,
-    Data,
     EndRequest,
     GetValues,
     GetValuesResult,
@@ -23,10 +22,13 @@ from ._events import (
     Params,
     RequestRejected,
     Stderr,
-    Stdin,
     Stdout,
     UnknownRecord,
     UnknownType,
+    _make_begin_request,
+    _make_data,
+    _make_params,
+    _make_stdin,
 )
 from ._exceptions import LocalProtocolError, RemoteProtocolError
 from ._record_protocol import RecordProtocol
@@ -82,6 +84,8 @@ _ABORT_REQUEST: Final = int(RecordType.ABORT_REQUEST)
 _PARAMS: Final = int(RecordType.PARAMS)
 _STDIN: Final = int(RecordType.STDIN)
 _GET_VALUES: Final = int(RecordType.GET_VALUES)
+_STDOUT: Final = int(RecordType.STDOUT)
+_STDERR: Final = int(RecordType.STDERR)
 _STREAM_RECORDS: Final = frozenset({_PARAMS, _STDIN, int(RecordType.DATA)})
 _DELIVER: Final = Action.DELIVER
 _IGNORE: Final = Action.IGNORE
@@ -140,6 +144,7 @@ class FastCGIConnection(RecordProtocol[InputEvent]):
     __slots__ = (
         "_keep_alive",
         "_max_conns",
+        "_max_params_pairs",
         "_max_params_size",
         "_max_reqs",
         "_mpxs_conns",
@@ -164,6 +169,7 @@ class FastCGIConnection(RecordProtocol[InputEvent]):
         self._max_reqs = max_reqs
         self._mpxs_conns = mpxs_conns
         self._max_params_size = max_params_size
+        self._max_params_pairs = max(1, max_params_size // PARAMS_PAIR_COST)
         super().__init__()
         self._requests: dict[int, _Request] = {}
         # Ids refused at BEGIN_REQUEST whose END_REQUEST has not been sent yet
@@ -221,8 +227,8 @@ class FastCGIConnection(RecordProtocol[InputEvent]):
                 if not content:
                     request.state = NEXT_STATES[request.role, state]
                 if record_type == _STDIN:
-                    return Stdin(request_id, content)
-                return Data(request_id, content)
+                    return _make_stdin(request_id, content)
+                return _make_data(request_id, content)
             if action is _IGNORE:
                 return None
             raise RemoteProtocolError(
@@ -284,7 +290,7 @@ class FastCGIConnection(RecordProtocol[InputEvent]):
             return RequestRejected(request_id, status, role_number)
         role = _ROLES_BY_NUMBER[role_number]
         self._requests[request_id] = _Request(role, keep_conn)
-        return BeginRequest(request_id, role, keep_conn)
+        return _make_begin_request(request_id, role, keep_conn)
 
     def _params(self, request_id: int, request: _Request, content: bytes) -> Params | None:
         if content:
@@ -300,14 +306,14 @@ class FastCGIConnection(RecordProtocol[InputEvent]):
         request.params = []
         whole = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         try:
-            pairs = decode_pairs(whole, max(1, self._max_params_size // PARAMS_PAIR_COST))
+            pairs = decode_pairs(whole, self._max_params_pairs)
         except WireError as exc:
             raise RemoteProtocolError(
                 f"malformed FCGI_PARAMS for request {request_id}: {exc}"
             ) from None
         request.state = NEXT_STATES[request.role, _READING_PARAMS]
         request.params_complete = True
-        return Params(request_id, tuple(pairs))
+        return _make_params(request_id, tuple(pairs))
 
     # -- output --------------------------------------------------------------
     #
@@ -372,7 +378,7 @@ class FastCGIConnection(RecordProtocol[InputEvent]):
         if not request.stdout_open:
             raise LocalProtocolError(f"FCGI_STDOUT of request {event.request_id} is closed")
         data = event.data
-        parts = stream_records(RecordType.STDOUT, event.request_id, data)
+        parts = stream_records(_STDOUT, event.request_id, data)
         if not data:
             request.stdout_open = False
         return parts
@@ -382,7 +388,7 @@ class FastCGIConnection(RecordProtocol[InputEvent]):
         if request.stderr == _STDERR_CLOSED:
             raise LocalProtocolError(f"FCGI_STDERR of request {event.request_id} is closed")
         data = event.data
-        parts = stream_records(RecordType.STDERR, event.request_id, data)
+        parts = stream_records(_STDERR, event.request_id, data)
         request.stderr = _STDERR_OPEN if data else _STDERR_CLOSED
         return parts
 
@@ -404,9 +410,9 @@ class FastCGIConnection(RecordProtocol[InputEvent]):
             # layer) never started one.
             parts = []
             if request.stdout_open:
-                parts.append(encode_stream(RecordType.STDOUT, request_id, _EMPTY))
+                parts.append(encode_stream(_STDOUT, request_id, _EMPTY))
             if request.stderr == _STDERR_OPEN:
-                parts.append(encode_stream(RecordType.STDERR, request_id, _EMPTY))
+                parts.append(encode_stream(_STDERR, request_id, _EMPTY))
             parts.append(end)
             end = b"".join(parts)
         del self._requests[request_id]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import reprlib
+from collections.abc import Callable
 from typing import Any, Final, Literal, NoReturn, TypeAlias
 
 import attrs
@@ -112,6 +113,65 @@ class UnknownRecord(Event):
 @attrs.frozen(slots=True)
 class ConnectionClosed(Event):
     """The web server closed the connection cleanly, between records."""
+
+
+# -- built by the core -----------------------------------------------------------
+#
+# attrs' frozen __init__ sets each field through object.__setattr__. The core
+# builds an input event for nearly every record, so for the common ones it sets
+# the slots directly instead: the same objects (equal, hashable, still frozen)
+# for about a quarter less. Input events have no validators to skip.
+
+_new: Final = object.__new__
+
+
+def _slot_setter(cls: type[Event], name: str) -> Callable[[Event, object], None]:
+    setter: Callable[[Event, object], None] = cls.__dict__[name].__set__
+    return setter
+
+
+_set_begin_request_id: Final = _slot_setter(BeginRequest, "request_id")
+_set_begin_role: Final = _slot_setter(BeginRequest, "role")
+_set_begin_keep_conn: Final = _slot_setter(BeginRequest, "keep_conn")
+_set_params_request_id: Final = _slot_setter(Params, "request_id")
+_set_params_params: Final = _slot_setter(Params, "params")
+_set_stdin_request_id: Final = _slot_setter(Stdin, "request_id")
+_set_stdin_data: Final = _slot_setter(Stdin, "data")
+_set_data_request_id: Final = _slot_setter(Data, "request_id")
+_set_data_data: Final = _slot_setter(Data, "data")
+
+
+def _make_begin_request(request_id: int, role: Role, keep_conn: bool) -> BeginRequest:
+    """``BeginRequest(request_id, role, keep_conn)``, built for the core."""
+    event = _new(BeginRequest)
+    _set_begin_request_id(event, request_id)
+    _set_begin_role(event, role)
+    _set_begin_keep_conn(event, keep_conn)
+    return event
+
+
+def _make_params(request_id: int, params: tuple[tuple[bytes, bytes], ...]) -> Params:
+    """``Params(request_id, params)``, built for the core."""
+    event = _new(Params)
+    _set_params_request_id(event, request_id)
+    _set_params_params(event, params)
+    return event
+
+
+def _make_stdin(request_id: int, data: bytes) -> Stdin:
+    """``Stdin(request_id, data)``, built for the core."""
+    event = _new(Stdin)
+    _set_stdin_request_id(event, request_id)
+    _set_stdin_data(event, data)
+    return event
+
+
+def _make_data(request_id: int, data: bytes) -> Data:
+    """``Data(request_id, data)``, built for the core."""
+    event = _new(Data)
+    _set_data_request_id(event, request_id)
+    _set_data_data(event, data)
+    return event
 
 
 # -- sent to the web server ------------------------------------------------------

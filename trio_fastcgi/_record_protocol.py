@@ -51,7 +51,9 @@ class RecordProtocol(Generic[EventT]):
                     raise self._error_type(self._describe(exc)) from None
                 if record is None:
                     return ConnectionClosed() if reader.eof else NEED_DATA
-                event = self._handle_record(*record)
+                # Unpacked: a call with *record costs more than one with three names.
+                record_type, request_id, content = record
+                event = self._handle_record(record_type, request_id, content)
                 if event is not None:
                     return event
         except RemoteProtocolError as exc:

@@ -62,6 +62,8 @@ BEGIN_REQUEST_BODY: Final = struct.Struct("!HB5x")
 END_REQUEST_BODY: Final = struct.Struct("!LB3x")
 UNKNOWN_TYPE_BODY: Final = struct.Struct("!B7x")
 _LONG_LENGTH: Final = struct.Struct("!L")
+_END_REQUEST_RECORD: Final = struct.Struct(HEADER.format + END_REQUEST_BODY.format[1:])
+_END_REQUEST: Final = int(RecordType.END_REQUEST)
 _PADDING: Final = bytes(8)
 
 
@@ -121,10 +123,15 @@ def encode_begin_request_body(role: int, flags: int) -> bytes:
 
 
 def encode_end_request(request_id: int, app_status: int, protocol_status: ProtocolStatus) -> bytes:
-    return encode_record(
-        RecordType.END_REQUEST,
+    # One pack for header and body: the body is 8 bytes, so never padded.
+    return _END_REQUEST_RECORD.pack(
+        FCGI_VERSION_1,
+        _END_REQUEST,
         request_id,
-        END_REQUEST_BODY.pack(app_status, protocol_status),
+        END_REQUEST_BODY.size,
+        0,
+        app_status,
+        protocol_status,
     )
 
 
@@ -160,35 +167,46 @@ def decode_pairs(buffer: bytes, max_pairs: int | None = None) -> list[tuple[byte
     end = len(buffer)
     pos = 0
     unpack_long = _LONG_LENGTH.unpack_from
-    limit = end if max_pairs is None else max_pairs
+    # A pair takes at least 2 bytes, so without max_pairs the loop is bounded
+    # by the buffer; counting iterations saves a len(pairs) call per pair.
+    limit = end if max_pairs is None else max(max_pairs, 0)
+    name_len = value_len = 0
     try:
-        while pos < end:
-            # One byte for a length below 128 (nearly every one), else four.
+        for _ in range(limit + 1):
+            if pos >= end:
+                break
             name_len = buffer[pos]
-            if name_len & 0x80:
-                name_len = unpack_long(buffer, pos)[0] & 0x7FFFFFFF
-                pos += 4
+            value_len = buffer[pos + 1]
+            if (name_len | value_len) < 0x80:
+                # Both lengths in one byte (nearly every pair): one test.
+                pos += 2
             else:
-                pos += 1
-            value_len = buffer[pos]
-            if value_len & 0x80:
-                value_len = unpack_long(buffer, pos)[0] & 0x7FFFFFFF
-                pos += 4
-            else:
-                pos += 1
+                if name_len & 0x80:
+                    name_len = unpack_long(buffer, pos)[0] & 0x7FFFFFFF
+                    pos += 4
+                else:
+                    pos += 1
+                value_len = buffer[pos]
+                if value_len & 0x80:
+                    value_len = unpack_long(buffer, pos)[0] & 0x7FFFFFFF
+                    pos += 4
+                else:
+                    pos += 1
             name_end = pos + name_len
-            value_end = name_end + value_len
-            if value_end > end:
-                raise WireError(
-                    f"name-value pair declares {name_len} + {value_len} bytes "
-                    f"but only {end - pos} remain"
-                )
-            append((buffer[pos:name_end], buffer[name_end:value_end]))
-            pos = value_end
-            if len(pairs) > limit:
+            pos = name_end + value_len
+            # A pair that runs past the end is cut short by the slices (nothing
+            # larger than *buffer*) and ends the loop; it is reported below.
+            append((buffer[name_end - name_len : name_end], buffer[name_end:pos]))
+        else:
+            if pos <= end:
                 raise WireError(f"more than {max_pairs} name-value pairs")
     except (IndexError, struct.error):
         raise WireError("name-value pair truncated inside a length") from None
+    if pos > end:
+        raise WireError(
+            f"name-value pair declares {name_len} + {value_len} bytes "
+            f"but only {end - pos + name_len + value_len} remain"
+        )
     return pairs
 
 
@@ -252,26 +270,25 @@ class RecordReader:
         """
         buffer = self._buffer
         pos = self._pos
-        available = len(buffer) - pos
-        if available >= HEADER_LEN:
+        size = len(buffer)
+        start = pos + HEADER_LEN
+        if size >= start:
             version, record_type, request_id, length, padding = HEADER.unpack_from(buffer, pos)
             if version != FCGI_VERSION_1:
                 raise WireError(
                     f"unsupported FastCGI version {version} in record header "
                     f"(expected {FCGI_VERSION_1})"
                 )
-            end = pos + HEADER_LEN + length
-            if available >= HEADER_LEN + length + padding:
+            end = start + length
+            if size >= end + padding:
                 self._pos = end + padding
                 if type(buffer) is bytes:
-                    content = buffer[pos + HEADER_LEN : end]
-                else:
-                    # One copy: slicing the bytearray itself would make two.
-                    with memoryview(buffer) as view:
-                        content = bytes(view[pos + HEADER_LEN : end])
-                return record_type, request_id, content
-        if self._eof and available:
+                    return record_type, request_id, buffer[start:end]
+                # One copy: slicing the bytearray itself would make two.
+                with memoryview(buffer) as view:
+                    return record_type, request_id, bytes(view[start:end])
+        if self._eof and size > pos:
             raise WireError(
-                f"connection closed in the middle of a record ({available} bytes of it received)"
+                f"connection closed in the middle of a record ({size - pos} bytes of it received)"
             )
         return None
