@@ -340,7 +340,17 @@ async def test_handler_raises_protocol_status(
 
 
 @pytest.mark.parametrize(
-    ("result", "status"), [(None, 0), (0, 0), (7, 7), (2**32 - 1, 2**32 - 1), (-1, 1), ("x", 1)]
+    ("result", "status"),
+    [
+        (None, 0),
+        (0, 0),
+        (7, 7),
+        (2**32 - 1, 2**32 - 1),
+        (-1, 1),
+        ("x", 1),
+        (True, 1),  # ints of another type count as their value
+        (ProtocolStatus.OVERLOADED, 2),
+    ],
 )
 async def test_return_value_is_app_status(
     nursery: trio.Nursery, result: object, status: int

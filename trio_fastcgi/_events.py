@@ -333,3 +333,42 @@ InputEvent: TypeAlias = (
     | ConnectionClosed
 )
 OutputEvent: TypeAlias = Stdout | Stderr | EndRequest | GetValuesResult | UnknownType
+
+
+# The output events the library itself builds (a request's stdout and stderr
+# from bytes it made, its END_REQUEST from a status it checked) are valid by
+# construction: they skip the validators, which are for events users build.
+_set_stdout_request_id: Final = _slot_setter(Stdout, "request_id")
+_set_stdout_data: Final = _slot_setter(Stdout, "data")
+_set_stderr_request_id: Final = _slot_setter(Stderr, "request_id")
+_set_stderr_data: Final = _slot_setter(Stderr, "data")
+_set_end_request_id: Final = _slot_setter(EndRequest, "request_id")
+_set_end_app_status: Final = _slot_setter(EndRequest, "app_status")
+_set_end_protocol_status: Final = _slot_setter(EndRequest, "protocol_status")
+
+
+def _make_stdout(request_id: int, data: bytes) -> Stdout:
+    """``Stdout(request_id, data)`` for a valid id and exactly ``bytes``."""
+    event = _new(Stdout)
+    _set_stdout_request_id(event, request_id)
+    _set_stdout_data(event, data)
+    return event
+
+
+def _make_stderr(request_id: int, data: bytes) -> Stderr:
+    """``Stderr(request_id, data)`` for a valid id and exactly ``bytes``."""
+    event = _new(Stderr)
+    _set_stderr_request_id(event, request_id)
+    _set_stderr_data(event, data)
+    return event
+
+
+def _make_end_request(
+    request_id: int, app_status: int, protocol_status: ProtocolStatus
+) -> EndRequest:
+    """``EndRequest(...)`` for a valid id and app status, and a ProtocolStatus."""
+    event = _new(EndRequest)
+    _set_end_request_id(event, request_id)
+    _set_end_app_status(event, app_status)
+    _set_end_protocol_status(event, protocol_status)
+    return event

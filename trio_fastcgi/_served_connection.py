@@ -48,6 +48,7 @@ from ._events import (
     Stdin,
     UnknownRecord,
     UnknownType,
+    _make_end_request,
 )
 from ._exceptions import EndRequestWith, RemoteProtocolError
 from ._lifecycle import Expiry, Lifecycle, Phase, TimeoutPolicy
@@ -479,7 +480,12 @@ class ServedConnection:
         self._request_ended()
         # Not contextlib.suppress: a context manager per request costs more.
         try:  # noqa: SIM105
-            await self._writer.send(EndRequest(request.request_id, app_status, protocol_status))
+            await self._writer.send(
+                # Built without validation when the values are known good.
+                _make_end_request(request.request_id, app_status, protocol_status)
+                if protocol_status is _REQUEST_COMPLETE
+                else EndRequest(request.request_id, app_status, protocol_status)
+            )
         except trio.BrokenResourceError:
             pass  # the connection is gone
 
@@ -487,7 +493,7 @@ class ServedConnection:
         if result is None:
             return 0
         if isinstance(result, int) and 0 <= result <= _MAX_APP_STATUS:
-            return result
+            return int(result)  # exactly an int (a bool or an IntEnum is one too)
         LOGGER.error(
             "%s: handler returned %r; expected None or an int in 0..2**32-1", self.name, result
         )

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final, final
 
 import trio
 
 from ._buffer import ByteBuffer
-from ._events import Stderr, Stdout
+from ._events import Stderr, Stdout, _make_stderr, _make_stdout
 from ._exceptions import IncompleteInput, InputTooLarge
 from ._util import NoPublicConstructor
 
@@ -200,7 +200,7 @@ class OutputStream(trio.abc.SendStream, metaclass=NoPublicConstructor):
     _closed_reason: str = "the output stream is closed"
 
     _request_id: int
-    _event_type: type[Stdout | Stderr]
+    _make_event: Callable[[int, bytes], Stdout | Stderr]
     _outbox: Outbox
     _closed: bool
     _busy: bool
@@ -212,7 +212,7 @@ class OutputStream(trio.abc.SendStream, metaclass=NoPublicConstructor):
     ) -> OutputStream:
         self = object.__new__(cls)
         self._request_id = request_id
-        self._event_type = event_type
+        self._make_event = _make_stdout if event_type is Stdout else _make_stderr
         self._outbox = outbox
         self._closed = False
         self._busy = False
@@ -250,7 +250,7 @@ class OutputStream(trio.abc.SendStream, metaclass=NoPublicConstructor):
                 self._first_chunk = chunk
             self._sent_data = True
             self._bytes_sent += len(chunk)
-            await self._outbox.send(self._event_type(self._request_id, chunk))
+            await self._outbox.send(self._make_event(self._request_id, chunk))
         finally:
             self._busy = False
 
@@ -268,9 +268,9 @@ class OutputStream(trio.abc.SendStream, metaclass=NoPublicConstructor):
                 self._sent_data = True
                 self._bytes_sent += len(data)
             self._closed = True
-            event_type, request_id = self._event_type, self._request_id
-            last = event_type(request_id, b"")
-            await self._outbox.send_many([event_type(request_id, data), last] if data else [last])
+            make, request_id = self._make_event, self._request_id
+            last = make(request_id, b"")
+            await self._outbox.send_many([make(request_id, data), last] if data else [last])
         finally:
             self._busy = False
 
@@ -288,4 +288,4 @@ class OutputStream(trio.abc.SendStream, metaclass=NoPublicConstructor):
         self._closed = True
         # If the connection is gone there is nothing left to end.
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await self._outbox.send(self._event_type(self._request_id, b""))
+            await self._outbox.send(self._make_event(self._request_id, b""))
