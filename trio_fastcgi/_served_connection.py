@@ -114,6 +114,7 @@ class ServedConnection:
         "_handler",
         "_life",
         "_number",
+        "_now",
         "_nursery",
         "_pending",
         "_refusals",
@@ -139,9 +140,12 @@ class ServedConnection:
         self._transport = transport
         transport.write_timeout = config.write_timeout
         self._config = config
+        # trio's clock, read directly: self._now() goes through three
+        # more calls, and the reader asks for the time on every request.
+        self._now = trio.lowlevel.current_clock().current_time
         self._life = Lifecycle(
             policy or timeout_policy(config),
-            trio.current_time(),
+            self._now(),
             hibernates=hibernates and transport.socket is not None,
         )
         # A server's connections share its clock; one served alone has its own,
@@ -214,7 +218,7 @@ class ServedConnection:
             self._alarm.stop()
             self._nursery = self._writer.nursery = None
             if not hibernating:
-                self._life.close(trio.current_time())
+                self._life.close(self._now())
                 for request in self._requests.values():
                     request._close_input()
                 await self._transport.close()
@@ -238,14 +242,14 @@ class ServedConnection:
 
     def abandon(self) -> None:
         """Close a hibernating connection at once (its server is going away)."""
-        self._life.close(trio.current_time())
+        self._life.close(self._now())
         sock = self._transport.socket
         if sock is not None:
             close_socket(sock)
 
     def cancel(self) -> None:
         """Cancel every request and close the connection now."""
-        self._life.close(trio.current_time())
+        self._life.close(self._now())
         if self._nursery is not None:
             self._stop_tasks()
 
@@ -268,7 +272,7 @@ class ServedConnection:
         arrive before the connection is closed, so that it is not refused.
         """
         life = self._life
-        life.begin_shutdown(trio.current_time())
+        life.begin_shutdown(self._now())
         self._alarm.update()
         self._writer.wake()
 
@@ -306,7 +310,7 @@ class ServedConnection:
                     if await self._received(data):
                         return False
                     continue
-                expiry = life.expire(trio.current_time())
+                expiry = life.expire(self._now())
                 if expiry is not Expiry.NOTHING:
                     stop = self._expired(expiry)
                     if stop is not None:
@@ -324,7 +328,7 @@ class ServedConnection:
                 # output still leaving (a refusal, the last response) can stop it.
                 if self._writer.idle:
                     return True
-                self._life.postpone(trio.current_time())  # output is still leaving
+                self._life.postpone(self._now())  # output is still leaving
             case Expiry.IDLE_TIMEOUT:
                 LOGGER.debug(
                     "%s: idle for idle_timeout (%s s); closing", self.name, config.idle_timeout
@@ -374,7 +378,7 @@ class ServedConnection:
             LOGGER.warning("%s: closing connection: %s", self.name, exc)
             return True
         life.received(
-            trio.current_time(),
+            self._now(),
             partial=conn.has_partial_record or bool(self._pending),
             progressed=progressed,
         )
@@ -510,7 +514,7 @@ class ServedConnection:
         """Count a request as ended, before its END_REQUEST is queued: the
         writer, which may close once that is sent, then sees it ended."""
         life = self._life
-        life.request_ended(trio.current_time())
+        life.request_ended(self._now())
         if not life.in_flight:
             self._alarm.update()
 
@@ -530,13 +534,13 @@ class ServedConnection:
             half_closed = False
         if half_closed is None:
             return False
-        self._life.half_closed(trio.current_time())  # from now on input is discarded
+        self._life.half_closed(self._now())  # from now on input is discarded
         self._after_eof(half_closed)
         return True
 
     async def _half_close(self) -> None:
         """Send EOF, then let the reader drain until the peer closes too."""
-        self._life.half_closed(trio.current_time())  # from now on input is discarded
+        self._life.half_closed(self._now())  # from now on input is discarded
         try:
             half_closed = await self._transport.send_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
