@@ -139,16 +139,7 @@ class _Server:
         self._warn_if_exposed(listeners)
         async with trio.open_nursery() as own_nursery:
             connection_nursery = handler_nursery or own_nursery
-            # Rings the timeouts of every connection's receives; connections
-            # that outlive the server (in handler_nursery) get a task there.
-            self._clock = AlarmClock(connection_nursery)
-            own_nursery.start_soon(self._clock.run, name="trio_fastcgi.alarm_clock")
-            if self._config.hibernate_after is not None and hibernation_supported():
-                self._hibernation = Hibernation(
-                    wake=partial(self._wake, connection_nursery),
-                    stopped=partial(self._watcher_stopped, handler_nursery),
-                )
-                own_nursery.start_soon(self._hibernation.watch, name="trio_fastcgi.hibernation")
+            self._start_watchers(own_nursery, connection_nursery, handler_nursery)
             async with trio.open_nursery() as accept_nursery:
                 for listener in listeners:
                     # A plain socket listener is accepted from directly; its
@@ -168,6 +159,28 @@ class _Server:
             # Only a graceful shutdown gets here: the listeners are closed.
             await self._drain()
             own_nursery.cancel_scope.cancel()  # only the hibernation watcher is left
+
+    @trio.lowlevel.enable_ki_protection
+    def _start_watchers(
+        self,
+        own_nursery: trio.Nursery,
+        connection_nursery: trio.Nursery,
+        handler_nursery: trio.Nursery | None,
+    ) -> None:
+        """Start the alarm clock and the hibernation watcher in *own_nursery*.
+        Ctrl+C waits until both are started: the listeners are open already,
+        and a KeyboardInterrupt inside ``start_soon`` would leave a coroutine
+        made and never run (a RuntimeWarning at exit)."""
+        # Rings the timeouts of every connection's receives; connections that
+        # outlive the server (in handler_nursery) get a task there.
+        self._clock = AlarmClock(connection_nursery)
+        own_nursery.start_soon(self._clock.run, name="trio_fastcgi.alarm_clock")
+        if self._config.hibernate_after is not None and hibernation_supported():
+            self._hibernation = Hibernation(
+                wake=partial(self._wake, connection_nursery),
+                stopped=partial(self._watcher_stopped, handler_nursery),
+            )
+            own_nursery.start_soon(self._hibernation.watch, name="trio_fastcgi.hibernation")
 
     def _warn_if_exposed(self, listeners: Sequence[ListenerT]) -> None:
         """FastCGI has no authentication: say so when anyone may connect."""
