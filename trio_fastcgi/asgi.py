@@ -131,12 +131,31 @@ def _port(value: bytes) -> int | None:
     return int(value) if value.isdigit() and len(value) <= 5 else None
 
 
-#: The ASGI header name of each param name seen so far (``HTTP_USER_AGENT`` ->
-#: ``user-agent``; ``b""`` for a param that is no header), so that each is
-#: worked out once; bounded, since the names come from clients.
-_HEADER_NAMES: Final[dict[bytes, bytes]] = {
+#: The params build_scope reads besides headers, each with its slot in the
+#: values it collects, in the order it unpacks them.
+_SLOTS: Final = (
+    b"SCRIPT_NAME",
+    b"PATH_INFO",
+    b"REQUEST_URI",
+    b"HTTPS",
+    b"REQUEST_SCHEME",
+    b"REQUEST_METHOD",
+    b"SERVER_PROTOCOL",
+    b"QUERY_STRING",
+    b"REMOTE_ADDR",
+    b"REMOTE_PORT",
+    b"SERVER_ADDR",
+    b"SERVER_NAME",
+    b"SERVER_PORT",
+)
+#: What build_scope does with each param name seen so far, worked out once:
+#: the ASGI header name (``HTTP_USER_AGENT`` -> ``user-agent``), the slot of
+#: a param it reads (an int), or ``b""`` for neither. Bounded, since the names
+#: come from clients.
+_HEADER_NAMES: Final[dict[bytes, bytes | int]] = {
     b"CONTENT_TYPE": b"content-type",
     b"CONTENT_LENGTH": b"content-length",
+    **{name: slot for slot, name in enumerate(_SLOTS)},
 }
 _HEADER_NAMES_MAX: Final = 1024
 #: Headers left out when empty (nginx sends both, empty, without a body).
@@ -156,26 +175,48 @@ def _header_name(param: bytes) -> bytes:
 def build_scope(request: Request, *, script_name: str | None = None) -> dict[str, Any]:
     """The ASGI ``http`` scope for *request* (without ``state``)."""
     raw_params = request.raw_params
-    params: dict[bytes, bytes] = dict(raw_params)
+    # One pass over the params: headers in order, and the last value of each
+    # param in _SLOTS.
+    values: list[bytes | None] = [None] * len(_SLOTS)
     headers: list[tuple[bytes, bytes]] = []
-    known = _HEADER_NAMES.get
+    params: dict[bytes, bytes] | None = None
+    kinds = _HEADER_NAMES.get
     for name, value in raw_params:
-        header = known(name)
-        if header is None:
-            header = _header_name(name)
-        if header:
-            # nginx sends CONTENT_TYPE and CONTENT_LENGTH empty without a body,
-            # and HTTP_CONTENT_TYPE besides CONTENT_TYPE: one header, or Django
-            # joins the two into "a,a" and reads no form.
-            if header in _CGI_HEADERS and (
-                (not value and name in _OMIT_EMPTY) or name[5:] in params
-            ):
-                continue
-            headers.append((header, value))
-    get = params.get
+        kind = kinds(name)
+        if kind is None:
+            kind = _header_name(name)
+        if isinstance(kind, int):
+            values[kind] = value
+        elif kind:
+            if kind in _CGI_HEADERS:
+                # nginx sends CONTENT_TYPE and CONTENT_LENGTH empty without a
+                # body, and HTTP_CONTENT_TYPE besides CONTENT_TYPE: one header,
+                # or Django joins the two into "a,a" and reads no form.
+                if not value and name in _OMIT_EMPTY:
+                    continue
+                if params is None:
+                    params = dict(raw_params)
+                if name[5:] in params:
+                    continue
+            headers.append((kind, value))
+    (
+        sent_script,
+        sent_path,
+        request_uri,
+        https,
+        request_scheme,
+        method,
+        protocol,
+        query_string,
+        remote_addr,
+        remote_port,
+        server_addr,
+        server_name,
+        server_port,
+    ) = values
     # Root path and full path, as bytes (same rules as the WSGI adapter).
-    sent_script = get(b"SCRIPT_NAME", b"")
-    sent_path = get(b"PATH_INFO")
+    if sent_script is None:
+        sent_script = b""
     if script_name is not None:
         root = script_name.rstrip("/").encode("utf-8")
         path = sent_script + sent_path if sent_path else sent_script
@@ -183,14 +224,14 @@ def build_scope(request: Request, *, script_name: str | None = None) -> dict[str
         root, path = sent_script, sent_script + sent_path
     else:
         root, path = b"", sent_script
-    request_uri = get(b"REQUEST_URI")
-    https = get(b"HTTPS")
     if https and https.decode("latin-1").lower() in _TRUE_VALUES:
         scheme = "https"
     else:
-        scheme = "https" if get(b"REQUEST_SCHEME", b"").lower() == b"https" else "http"
-    method = get(b"REQUEST_METHOD", b"")
-    protocol = get(b"SERVER_PROTOCOL", b"")
+        scheme = "https" if request_scheme and request_scheme.lower() == b"https" else "http"
+    if method is None:
+        method = b""
+    if protocol is None:
+        protocol = b""
     scope: dict[str, Any] = {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.4"},
@@ -199,7 +240,7 @@ def build_scope(request: Request, *, script_name: str | None = None) -> dict[str
         "scheme": scheme,
         "path": path.decode("utf-8", "replace"),
         "raw_path": request_uri.partition(b"?")[0] if request_uri else path,
-        "query_string": get(b"QUERY_STRING", b""),
+        "query_string": query_string or b"",
         "root_path": root.decode("utf-8", "replace") if root else "",
         "headers": headers,
         "extensions": {
@@ -210,16 +251,15 @@ def build_scope(request: Request, *, script_name: str | None = None) -> dict[str
             }
         },
     }
-    remote_addr = get(b"REMOTE_ADDR")
     if remote_addr is not None:
-        remote_port = _port(get(b"REMOTE_PORT", b""))
-        if remote_port is not None:
-            scope["client"] = (remote_addr.decode("latin-1"), remote_port)
-    server_host = get(b"SERVER_ADDR") or get(b"SERVER_NAME")
+        client_port = _port(remote_port or b"")
+        if client_port is not None:
+            scope["client"] = (remote_addr.decode("latin-1"), client_port)
+    server_host = server_addr or server_name
     if server_host:
-        server_port = _port(get(b"SERVER_PORT", b""))
-        if server_port is not None:
-            scope["server"] = (server_host.decode("latin-1"), server_port)
+        port = _port(server_port or b"")
+        if port is not None:
+            scope["server"] = (server_host.decode("latin-1"), port)
     return scope
 
 
