@@ -315,6 +315,8 @@ class _Exchange:
     _head: bytes = b""
     _disconnect_event: trio.Event | None = None
     _reading: trio.CancelScope | None = None
+    #: The request's task, while it waits in wait_ready().
+    _waiter: trio.lowlevel.Task | None = None
     #: Made when something waits for the application to return (wait_done()).
     _done: trio.Event | None = None
 
@@ -323,8 +325,6 @@ class _Exchange:
         self.request_id = request.request_id
         #: Cancels the application (its task runs in this scope).
         self.cancel_scope = trio.CancelScope()
-        #: Set when the last block is ready or the application has returned.
-        self.ready = trio.Event()
 
     async def run(self, handler: ASGIHandler, scope: Scope) -> None:
         """Run the application: the body of its task."""
@@ -345,11 +345,29 @@ class _Exchange:
                 self.failure = exc  # raised again in the request's task
         finally:
             self.finished = True
-            self.ready.set()
+            self._wake()
             if self._done is not None:
                 self._done.set()
             if self.detached:
                 handler._background.discard(self)
+
+    async def wait_ready(self) -> None:
+        """Wait until the last block is there or the application has returned
+        (without a checkpoint if it is so already). Only the request's task waits."""
+        # What an Event does, without making one for each request.
+        if self.last is None and not self.finished:
+            self._waiter = trio.lowlevel.current_task()
+            await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
+
+    def _abort_wait(self, _raise_cancel: object) -> trio.lowlevel.Abort:
+        self._waiter = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            trio.lowlevel.reschedule(waiter)
 
     async def wait_done(self) -> None:
         """Wait until the application has returned."""
@@ -432,7 +450,7 @@ class _Exchange:
             if not message.get("more_body", False):
                 self.response_done = True
                 self.last = data
-                self.ready.set()
+                self._wake()
                 return
             try:
                 if data:
@@ -556,10 +574,8 @@ class ASGIHandler:
             # The last block is sent from here, not from the application's task:
             # when the application returns at once (the usual case), the block,
             # the end of stdout and END_REQUEST are queued in one step and go
-            # out in one write. `ready` is set only once the last block is
-            # there or the application has returned, so one wait will do.
-            if exchange.last is None and not exchange.finished:
-                await exchange.ready.wait()
+            # out in one write.
+            await exchange.wait_ready()
             last = exchange.last
             if last is not None:
                 await exchange.send_last(last)
