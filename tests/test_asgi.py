@@ -104,6 +104,51 @@ async def test_build_scope_gives_content_type_and_length_once() -> None:
     # A web server that sends only the HTTP_ form still gets its header through.
     alone = make_request([(b"HTTP_CONTENT_TYPE", b"text/plain")])
     assert build_scope(alone)["headers"] == [(b"content-type", b"text/plain")]
+    # The HTTP_ form is left out whichever comes first.
+    first = make_request([(b"HTTP_CONTENT_TYPE", b"a/b"), (b"CONTENT_TYPE", b"a/b")])
+    assert build_scope(first)["headers"] == [(b"content-type", b"a/b")]
+
+
+async def test_build_scope_takes_the_last_of_a_repeated_param() -> None:
+    request = make_request(
+        [
+            (b"REQUEST_METHOD", b"GET"),
+            (b"PATH_INFO", b"/first"),
+            (b"SERVER_NAME", b"one.example"),
+            (b"SERVER_PORT", b"80"),
+            (b"HTTP_X_A", b"1"),
+            (b"REQUEST_METHOD", b"post"),
+            (b"PATH_INFO", b"/second"),
+            (b"SERVER_PORT", b"8080"),
+            (b"HTTP_X_A", b"2"),
+        ]
+    )
+    scope = build_scope(request)
+    assert scope["method"] == "POST"
+    assert scope["path"] == "/second"
+    assert scope["server"] == ("one.example", 8080)
+    assert scope["headers"] == [(b"x-a", b"1"), (b"x-a", b"2")]  # headers keep every one
+
+
+@pytest.mark.parametrize(
+    ("protocol", "version"),
+    [
+        (b"HTTP/1.0", "1.0"),
+        (b"HTTP/2.0", "2"),
+        (b"HTTP/3", "3"),
+        (b"SPDY/3.0", "3"),
+        (b"HTTP/0.9", "1.1"),
+        (b"", "1.1"),
+    ],
+)
+async def test_build_scope_http_version(protocol: bytes, version: str) -> None:
+    assert build_scope(make_request([(b"SERVER_PROTOCOL", protocol)]))["http_version"] == version
+
+
+async def test_build_scope_method_is_upper_case_and_get_by_default() -> None:
+    assert build_scope(make_request([(b"REQUEST_METHOD", b"propfind")]))["method"] == "PROPFIND"
+    assert build_scope(make_request([(b"REQUEST_METHOD", b"")]))["method"] == "GET"
+    assert build_scope(make_request([]))["method"] == "GET"
 
 
 @pytest.mark.parametrize(

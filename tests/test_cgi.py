@@ -64,6 +64,23 @@ def test_the_adapters_write_the_same_head_as_request_respond() -> None:
     assert wsgi_head("200 OK", text) == head
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("", "x"), ("A:B", "x"), ("A\r", "x"), ("A\nB", "x"), ("A", "x\ry"), ("A", "x\n")],
+)
+def test_the_asgi_head_refuses_each_header_the_formatter_refuses(name: str, value: str) -> None:
+    with pytest.raises(ValueError, match="invalid header") as text_error:
+        format_cgi_head(200, [(name, value)])
+    with pytest.raises(ValueError, match="invalid header") as bytes_error:
+        asgi_head(200, [(name.encode("latin-1"), value.encode("latin-1"))])
+    assert str(bytes_error.value) == str(text_error.value)
+
+
+def test_the_asgi_head_status_line() -> None:
+    assert asgi_head(404, []) == format_cgi_head(404, []) == b"Status: 404 Not Found\r\n\r\n"
+    assert asgi_head(299, []) == b"Status: 299\r\n\r\n"
+
+
 def test_the_adapters_refuse_what_the_formatter_refuses() -> None:
     with pytest.raises(ValueError, match="invalid header"):
         asgi_head(200, [(b"A", b"x\r\nInjected: 1")])

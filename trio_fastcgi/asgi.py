@@ -62,10 +62,11 @@ import trio
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
 
-from ._cgi import format_cgi_head
+from ._cgi import STATUS_LINES
 from ._exceptions import ClientDisconnected as ClientDisconnected
 from ._exceptions import InputError
 from ._request import Request
+from ._wire import Role
 
 __all__ = [
     "ASGIApp",
@@ -113,33 +114,54 @@ def _http_version(protocol: bytes) -> str:
     return "1.1"
 
 
+#: ``http_version`` of the ``SERVER_PROTOCOL`` values web servers send.
+_HTTP_VERSIONS: Final = {
+    protocol: _http_version(protocol)
+    for protocol in (b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"HTTP/2", b"HTTP/3.0", b"HTTP/3")
+}
+#: The ``method`` of the common ``REQUEST_METHOD`` values, decoded once.
+_METHODS: Final = {
+    method.encode("ascii"): method
+    for method in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE")
+}
+_ROLE_NAMES: Final = {role: role.name.lower() for role in Role}
+
+
 def _port(value: bytes) -> int | None:
     return int(value) if value.isdigit() and len(value) <= 5 else None
 
 
-def _split(params: dict[bytes, bytes], script_name: str | None) -> tuple[bytes, bytes]:
-    """Root path and full path, as bytes (same rules as the WSGI adapter)."""
-    sent_script = params.get(b"SCRIPT_NAME", b"")
-    sent_path = params.get(b"PATH_INFO")
-    if script_name is not None:
-        root = script_name.rstrip("/").encode("utf-8")
-        return root, sent_script + (sent_path or b"")
-    if sent_path is not None:
-        return sent_script, sent_script + sent_path
-    return b"", sent_script
-
-
-#: The ASGI header name of each param name seen so far (``HTTP_USER_AGENT`` ->
-#: ``user-agent``; ``b""`` for a param that is no header), so that each is
-#: worked out once; bounded, since the names come from clients.
-_HEADER_NAMES: Final[dict[bytes, bytes]] = {
+#: The params build_scope reads besides headers, each with its slot in the
+#: values it collects, in the order it unpacks them.
+_SLOTS: Final = (
+    b"SCRIPT_NAME",
+    b"PATH_INFO",
+    b"REQUEST_URI",
+    b"HTTPS",
+    b"REQUEST_SCHEME",
+    b"REQUEST_METHOD",
+    b"SERVER_PROTOCOL",
+    b"QUERY_STRING",
+    b"REMOTE_ADDR",
+    b"REMOTE_PORT",
+    b"SERVER_ADDR",
+    b"SERVER_NAME",
+    b"SERVER_PORT",
+)
+#: What build_scope does with each param name seen so far, worked out once:
+#: the ASGI header name (``HTTP_USER_AGENT`` -> ``user-agent``), the slot of
+#: a param it reads (an int), or ``b""`` for neither. Bounded, since the names
+#: come from clients.
+_HEADER_NAMES: Final[dict[bytes, bytes | int]] = {
     b"CONTENT_TYPE": b"content-type",
     b"CONTENT_LENGTH": b"content-length",
+    **{name: slot for slot, name in enumerate(_SLOTS)},
 }
 _HEADER_NAMES_MAX: Final = 1024
 #: Headers left out when empty (nginx sends both, empty, without a body).
 _OMIT_EMPTY: Final = frozenset({b"CONTENT_TYPE", b"CONTENT_LENGTH"})
 #: Headers a CGI param of their own carries (``CONTENT_TYPE``, ``CONTENT_LENGTH``).
+#: Every name in _OMIT_EMPTY is the param of one of them.
 _CGI_HEADERS: Final = frozenset({b"content-type", b"content-length"})
 
 
@@ -153,74 +175,117 @@ def _header_name(param: bytes) -> bytes:
 def build_scope(request: Request, *, script_name: str | None = None) -> dict[str, Any]:
     """The ASGI ``http`` scope for *request* (without ``state``)."""
     raw_params = request.raw_params
-    params: dict[bytes, bytes] = dict(raw_params)
+    # One pass over the params: headers in order, and the last value of each
+    # param in _SLOTS.
+    values: list[bytes | None] = [None] * len(_SLOTS)
     headers: list[tuple[bytes, bytes]] = []
-    known = _HEADER_NAMES.get
+    params: dict[bytes, bytes] | None = None
+    kinds = _HEADER_NAMES.get
     for name, value in raw_params:
-        header = known(name)
-        if header is None:
-            header = _header_name(name)
-        if not header or (not value and name in _OMIT_EMPTY):
-            continue
-        if header in _CGI_HEADERS and name[5:] in params:
-            # nginx sends HTTP_CONTENT_TYPE besides CONTENT_TYPE: one header,
-            # or Django joins the two into "a,a" and reads no form.
-            continue
-        headers.append((header, value))
-    get = params.get
-    root, path = _split(params, script_name)
-    request_uri = get(b"REQUEST_URI")
-    raw_path = request_uri.partition(b"?")[0] if request_uri else path
-    https = get(b"HTTPS")
+        kind = kinds(name)
+        if kind is None:
+            kind = _header_name(name)
+        if isinstance(kind, int):
+            values[kind] = value
+        elif kind:
+            if kind in _CGI_HEADERS:
+                # nginx sends CONTENT_TYPE and CONTENT_LENGTH empty without a
+                # body, and HTTP_CONTENT_TYPE besides CONTENT_TYPE: one header,
+                # or Django joins the two into "a,a" and reads no form.
+                if not value and name in _OMIT_EMPTY:
+                    continue
+                if params is None:
+                    params = dict(raw_params)
+                if name[5:] in params:
+                    continue
+            headers.append((kind, value))
+    (
+        sent_script,
+        sent_path,
+        request_uri,
+        https,
+        request_scheme,
+        method,
+        protocol,
+        query_string,
+        remote_addr,
+        remote_port,
+        server_addr,
+        server_name,
+        server_port,
+    ) = values
+    # Root path and full path, as bytes (same rules as the WSGI adapter).
+    if sent_script is None:
+        sent_script = b""
+    if script_name is not None:
+        root = script_name.rstrip("/").encode("utf-8")
+        path = sent_script + sent_path if sent_path else sent_script
+    elif sent_path is not None:
+        root, path = sent_script, sent_script + sent_path
+    else:
+        root, path = b"", sent_script
     if https and https.decode("latin-1").lower() in _TRUE_VALUES:
         scheme = "https"
     else:
-        scheme = "https" if get(b"REQUEST_SCHEME", b"").lower() == b"https" else "http"
-    method = get(b"REQUEST_METHOD")
+        scheme = "https" if request_scheme and request_scheme.lower() == b"https" else "http"
+    if method is None:
+        method = b""
+    if protocol is None:
+        protocol = b""
     scope: dict[str, Any] = {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.4"},
-        "http_version": _http_version(get(b"SERVER_PROTOCOL", b"")),
-        "method": method.decode("latin-1").upper() if method else "GET",
+        "http_version": _HTTP_VERSIONS.get(protocol) or _http_version(protocol),
+        "method": _METHODS.get(method) or (method.decode("latin-1").upper() or "GET"),
         "scheme": scheme,
         "path": path.decode("utf-8", "replace"),
-        "raw_path": raw_path,
-        "query_string": get(b"QUERY_STRING", b""),
+        "raw_path": request_uri.partition(b"?")[0] if request_uri else path,
+        "query_string": query_string or b"",
         "root_path": root.decode("utf-8", "replace") if root else "",
         "headers": headers,
         "extensions": {
             "fastcgi": {
                 "raw_params": raw_params,
-                "role": request.role.name.lower(),
+                "role": _ROLE_NAMES[request.role],
                 "request_id": request.request_id,
             }
         },
     }
-    remote_addr = get(b"REMOTE_ADDR")
     if remote_addr is not None:
-        remote_port = _port(get(b"REMOTE_PORT", b""))
-        if remote_port is not None:
-            scope["client"] = (remote_addr.decode("latin-1"), remote_port)
-    server_host = get(b"SERVER_ADDR") or get(b"SERVER_NAME")
+        client_port = _port(remote_port or b"")
+        if client_port is not None:
+            scope["client"] = (remote_addr.decode("latin-1"), client_port)
+    server_host = server_addr or server_name
     if server_host:
-        server_port = _port(get(b"SERVER_PORT", b""))
-        if server_port is not None:
-            scope["server"] = (server_host.decode("latin-1"), server_port)
+        port = _port(server_port or b"")
+        if port is not None:
+            scope["server"] = (server_host.decode("latin-1"), port)
     return scope
 
 
+#: The ``Status:`` line of each status code :class:`http.HTTPStatus` knows, as bytes.
+_STATUS_LINES: Final = {status: line.encode("latin-1") for status, line in STATUS_LINES.items()}
+
+
 def _cgi_head(status: int, headers: Iterable[Any]) -> bytes:
-    """The CGI head for an ASGI status and its byte-string header pairs."""
-    # latin-1 maps bytes to str one to one, and the text formatter is faster
-    # than the same checks on bytes.
-    items = []
+    """The CGI head for an ASGI status and its byte-string header pairs: what
+    :func:`~trio_fastcgi._cgi.format_cgi_head` writes for their latin-1 text,
+    with the same checks, done on the bytes."""
+    lines = [_STATUS_LINES.get(status) or b"Status: %d" % status]
     for name, value in headers:
         if type(name) is not bytes:
             name = bytes(name)
         if type(value) is not bytes:
             value = bytes(value)
-        items.append((name.decode("latin-1"), value.decode("latin-1")))
-    return format_cgi_head(status, items)
+        # A byte given as an int is found with no buffer to take: ":" is 58,
+        # LF 10, CR 13.
+        if 58 in name or 10 in name or 13 in name or 10 in value or 13 in value or not name:
+            raise ValueError(
+                f"invalid header {name.decode('latin-1')!r}: {value.decode('latin-1')!r}"
+            )
+        lines.append(name + b": " + value)
+    lines.append(b"\r\n")
+    return b"\r\n".join(lines)
 
 
 _DISCONNECT: Final = "http.disconnect"
@@ -228,21 +293,90 @@ _DISCONNECT: Final = "http.disconnect"
 
 @final
 class _Exchange:
-    """receive() and send() of one request."""
+    """One call of the application for one request: its receive() and send(),
+    and how to stop it."""
+
+    # Class-level defaults: a request pays only for the flags it changes.
+    disconnected: bool = False
+    body_done: bool = False
+    response_done: bool = False
+    started: bool = False
+    #: Set once the application returned, or failed.
+    finished: bool = False
+    #: Set once its request ended with the response complete while the
+    #: application still runs (see ASGIHandler.__call__).
+    detached: bool = False
+    #: What the application raised before its request ended, raised again in
+    #: the request's task.
+    failure: BaseException | None = None
+    #: The response's last block, left for the request's own task to send
+    #: with the end of stdout (see ASGIHandler.__call__).
+    last: bytes | None = None
+    _head: bytes = b""
+    _disconnect_event: trio.Event | None = None
+    _reading: trio.CancelScope | None = None
+    #: The request's task, while it waits in wait_ready().
+    _waiter: trio.lowlevel.Task | None = None
+    #: Made when something waits for the application to return (wait_done()).
+    _done: trio.Event | None = None
 
     def __init__(self, request: Request) -> None:
         self.request = request
-        self.disconnected = False
-        self._disconnect_event: trio.Event | None = None
-        self._reading: trio.CancelScope | None = None
-        self.body_done = False
-        self.response_done = False
-        self.started = False
-        self._head = b""
-        #: The response's last block, left for the request's own task to send
-        #: with the end of stdout (see ASGIHandler.__call__).
-        self.last: bytes | None = None
-        self.last_ready = trio.Event()
+        self.request_id = request.request_id
+        #: Cancels the application (its task runs in this scope).
+        self.cancel_scope = trio.CancelScope()
+
+    async def run(self, handler: ASGIHandler, scope: Scope) -> None:
+        """Run the application: the body of its task."""
+        try:
+            with self.cancel_scope:
+                await handler.app(scope, self.receive, self.send)
+        except trio.Cancelled:
+            raise  # only when the whole run ends
+        except BaseException as exc:
+            if self.detached:
+                # Its request is over: nobody else can report it.
+                LOGGER.error(
+                    "request %d: the ASGI application failed after its response was complete",
+                    self.request_id,
+                    exc_info=exc,
+                )
+            else:
+                self.failure = exc  # raised again in the request's task
+        finally:
+            self.finished = True
+            self._wake()
+            if self._done is not None:
+                self._done.set()
+            if self.detached:
+                handler._background.discard(self)
+
+    async def wait_ready(self) -> None:
+        """Wait until the last block is there or the application has returned
+        (without a checkpoint if it is so already). Only the request's task waits."""
+        # What an Event does, without making one for each request.
+        if self.last is None and not self.finished:
+            self._waiter = trio.lowlevel.current_task()
+            await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
+
+    def _abort_wait(self, _raise_cancel: object) -> trio.lowlevel.Abort:
+        self._waiter = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            trio.lowlevel.reschedule(waiter)
+
+    async def wait_done(self) -> None:
+        """Wait until the application has returned."""
+        if self.finished:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._done is None:
+            self._done = trio.Event()
+        await self._done.wait()
 
     def disconnect(self) -> None:
         """The web server gave up on the request: wake a waiting receive()."""
@@ -316,7 +450,7 @@ class _Exchange:
             if not message.get("more_body", False):
                 self.response_done = True
                 self.last = data
-                self.last_ready.set()
+                self._wake()
                 return
             try:
                 if data:
@@ -335,18 +469,13 @@ class _Exchange:
         else:
             raise ValueError(f"unexpected ASGI message type {kind!r} in an http scope")
 
-
-@final
-class _AppRun:
-    """One call of the application, and how to stop it."""
-
-    def __init__(self, request_id: int) -> None:
-        self.request_id = request_id
-        self.scope = trio.CancelScope()
-        self.done = trio.Event()
-        #: Set once its request ended with the response complete while the
-        #: application still runs (see ASGIHandler.__call__).
-        self.detached = False
+    async def send_last(self, last: bytes) -> None:
+        """Send the last block and end stdout, in one write."""
+        self.last = None
+        try:
+            await self.request.stdout._send_last(last)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.disconnect()  # the connection is gone
 
 
 _NEEDS_ASYNCIO: Final = (
@@ -417,7 +546,7 @@ class ASGIHandler:
             raise ValueError(f"background_grace must be >= 0, not {background_grace!r}")
         self.background_grace = background_grace
         #: Applications whose response is complete and that still run.
-        self._background: set[_AppRun] = set()
+        self._background: set[_Exchange] = set()
 
     @property
     def background_count(self) -> int:
@@ -428,31 +557,6 @@ class ASGIHandler:
         scope = build_scope(request, script_name=self.script_name)
         scope["state"] = dict(self.state)
         exchange = _Exchange(request)
-        failure: BaseException | None = None
-        run = _AppRun(request.request_id)
-
-        async def run_app() -> None:
-            nonlocal failure
-            try:
-                with run.scope:
-                    await self.app(scope, exchange.receive, exchange.send)
-            except trio.Cancelled:
-                raise  # only when the whole run ends
-            except BaseException as exc:
-                if run.detached:
-                    # Its request is over: nobody else can report it.
-                    LOGGER.error(
-                        "request %d: the ASGI application failed after its response was complete",
-                        run.request_id,
-                        exc_info=exc,
-                    )
-                else:
-                    failure = exc  # raised again in the request's task
-            finally:
-                run.done.set()
-                exchange.last_ready.set()
-                self._background.discard(run)
-
         # The application runs in a task of its own so that an abort reaches
         # this task first: the application is told and gets DISCONNECT_GRACE
         # seconds. And it may outlive the request: once the response is
@@ -460,36 +564,40 @@ class ASGIHandler:
         # (background tasks). A system task (with this task's context) is
         # outside the request's cancel scope and spares the nursery.
         trio.lowlevel.spawn_system_task(
-            run_app, name="trio_fastcgi.asgi application", context=contextvars.copy_context()
+            exchange.run,
+            self,
+            scope,
+            name="trio_fastcgi.asgi application",
+            context=contextvars.copy_context(),
         )
         try:
             # The last block is sent from here, not from the application's task:
             # when the application returns at once (the usual case), the block,
             # the end of stdout and END_REQUEST are queued in one step and go
             # out in one write.
-            while exchange.last is None and not run.done.is_set():
-                await exchange.last_ready.wait()
-                exchange.last_ready = trio.Event()
-            if exchange.last is not None:
-                await self._send_last(exchange)
+            await exchange.wait_ready()
+            last = exchange.last
+            if last is not None:
+                await exchange.send_last(last)
         except trio.Cancelled:
             # Aborted by the web server, or the connection closed: tell the
             # application, give it a moment, then stop it.
             exchange.disconnect()
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(DISCONNECT_GRACE):
-                    await run.done.wait()
-                run.scope.cancel()
-                await run.done.wait()
+                    await exchange.wait_done()
+                exchange.cancel_scope.cancel()
+                await exchange.wait_done()
             raise
-        if not run.done.is_set():
+        if not exchange.finished:
             # The response is complete and the application goes on: end the
             # request now (END_REQUEST follows when this returns) and leave
             # the application running until it returns or shutdown.
-            run.detached = True
-            self._background.add(run)
+            exchange.detached = True
+            self._background.add(exchange)
             exchange.wake_receive()
             return
+        failure = exchange.failure
         if failure is not None:
             if exchange.disconnected and isinstance(failure, OSError):
                 return
@@ -512,7 +620,7 @@ class ASGIHandler:
         try:
             with trio.move_on_after(self.background_grace):
                 while self._background:
-                    await next(iter(self._background)).done.wait()
+                    await next(iter(self._background)).wait_done()
         finally:
             left = sorted(self._background, key=lambda run: run.request_id)
             if left:
@@ -525,20 +633,9 @@ class ASGIHandler:
                 )
                 with trio.CancelScope(shield=True):
                     for run in left:
-                        run.scope.cancel()
+                        run.cancel_scope.cancel()
                     for run in left:
-                        await run.done.wait()
-
-    @staticmethod
-    async def _send_last(exchange: _Exchange) -> None:
-        last, exchange.last = exchange.last, None
-        stdout = exchange.request.stdout
-        try:
-            if last:
-                await stdout.send_all(last)
-            await stdout.aclose()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            exchange.disconnect()  # the connection is gone
+                        await run.wait_done()
 
     @asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
