@@ -233,15 +233,13 @@ class _AppThreads:
     def __init__(self, queue_delay: float) -> None:
         self._queue_delay = queue_delay
         self._lock = threading.Lock()
-        self._work_ready = threading.Condition(self._lock)
         self._jobs: deque[_Job] = deque()
         self._threads = 0
-        #: Threads waiting for work and not yet woken.
-        self._waiting = 0
+        #: The wake-up locks of the threads waiting for work and not yet woken
+        #: (each is held; releasing it wakes its thread), most recent last.
+        self._idle: list[threading.Lock] = []
         #: Threads in an application (the rest of the awake ones are free).
         self._running = 0
-        #: Wake-ups given to waiting threads and not yet taken.
-        self._wakeups = 0
         #: The run whose watchdog task watches the queue.
         self._watched: trio.lowlevel.TrioToken | None = None
         #: Set when a job is queued while the watchdog is parked.
@@ -260,7 +258,7 @@ class _AppThreads:
         with self._lock:
             jobs = self._jobs
             jobs.append((fn, deliver, now))
-            awake = self._threads - self._waiting
+            awake = self._threads - len(self._idle)
             unserved = len(jobs) - (awake - self._running)
             if unserved <= 0:
                 return  # a free thread takes it
@@ -285,11 +283,11 @@ class _AppThreads:
         """Wake up to *wanted* waiting threads (lock held); how many to start."""
         if wanted <= 0:
             return 0
-        woken = min(wanted, self._waiting)
-        if woken:
-            self._waiting -= woken
-            self._wakeups += woken
-            self._work_ready.notify(woken)
+        idle = self._idle
+        woken = min(wanted, len(idle))
+        for _ in range(woken):
+            # The thread idle last: its stack and caches are the warmest.
+            idle.pop().release()
         self._threads += wanted - woken
         return wanted - woken
 
@@ -299,28 +297,33 @@ class _AppThreads:
     def _work(self) -> None:
         lock = self._lock
         jobs = self._jobs
-        ready = self._work_ready
+        idle = self._idle
+        # Held while the thread runs; released by whoever wakes it. A plain
+        # lock: waking and waiting cost no Python code (a Condition's do).
+        wake = threading.Lock()
+        wake.acquire()
         counted = True  # in self._threads
         try:
             while True:
                 with lock:
                     while not jobs:
-                        self._waiting += 1
-                        while True:
-                            woken = ready.wait(_IDLE_TIMEOUT)
-                            if self._wakeups:
-                                # Woken by submit() or the watchdog, which
-                                # counted this thread out of _waiting.
-                                self._wakeups -= 1
-                                break
-                            if not woken:
-                                # Idle too long: gone in the same breath, so
-                                # submit() never counts on this thread.
-                                self._waiting -= 1
-                                self._threads -= 1
-                                counted = False
-                                return
-                            # Another thread took the wake-up: wait on.
+                        idle.append(wake)
+                        lock.release()
+                        try:
+                            woken = wake.acquire(timeout=_IDLE_TIMEOUT)
+                        finally:
+                            lock.acquire()
+                        if woken:
+                            continue  # by submit() or the watchdog, which took it off idle
+                        if wake in idle:
+                            # Idle too long: gone in the same breath, so
+                            # submit() never counts on this thread.
+                            idle.remove(wake)
+                            self._threads -= 1
+                            counted = False
+                            return
+                        # Woken as the wait timed out: take the wake-up.
+                        wake.acquire()
                     fn, deliver, _queued = jobs.popleft()
                     self._running += 1
                 result = outcome.capture(fn)
@@ -344,7 +347,7 @@ class _AppThreads:
                     new_threads = 0
                 else:
                     idle_ticks = 0
-                    free = self._threads - self._waiting - self._running
+                    free = self._threads - len(self._idle) - self._running
                     stalled = jobs[0][2] <= time.monotonic() - self._queue_delay
                     # The threads in applications hold the queue up: wake more.
                     new_threads = self._wake(len(jobs) - free) if stalled else 0
@@ -937,7 +940,6 @@ class WSGIHandler:
             limiter.acquire_on_behalf_of_nowait(pipe)
         except trio.WouldBlock:
             await limiter.acquire_on_behalf_of(pipe)
-        release = partial(limiter.release_on_behalf_of, pipe)
         self._pipes.add(pipe)
         try:
             run = partial(contextvars.copy_context().run, self._run_app, environ, pipe)
@@ -946,8 +948,10 @@ class WSGIHandler:
         finally:
             self._pipes.discard(pipe)
             # An abandoned thread still in the application keeps its token.
-            if not (pipe.abandoned and pipe.when_returned(release)):
-                release()
+            if not (
+                pipe.abandoned and pipe.when_returned(partial(limiter.release_on_behalf_of, pipe))
+            ):
+                limiter.release_on_behalf_of(pipe)
         if result is None:
             # Abandoned: the request was cancelled (see abandon()).
             await trio.lowlevel.checkpoint()
@@ -967,11 +971,11 @@ class WSGIHandler:
             await trio.lowlevel.checkpoint()
             return
         try:
-            if rest:
-                await request.stdout.send_all(rest)
-            await request.stdout.aclose()
+            # The rest and the end of stdout in one write.
+            await request.stdout._send_last(rest)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the connection is gone
+            # The connection is gone (or the application closed stdout itself).
+            await trio.lowlevel.checkpoint()
 
     def _run_app(self, environ: dict[str, object], pipe: _Pipe) -> bytes:
         """The application thread: returns the output not handed off yet."""
