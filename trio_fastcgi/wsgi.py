@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import socket
 import threading
 import time
 from collections import deque
@@ -187,27 +188,71 @@ def _url_scheme(environ: dict[str, str]) -> str:
 @final
 class _Rescheduler:
     """Reschedules Trio tasks from other threads, waking the loop once per batch:
-    tasks handed in while the loop has not run the batch yet join it."""
+    tasks handed in while the loop has not run the batch yet join it.
 
-    __slots__ = ("_lock", "_tasks", "token")
+    It has its own wake-up socket pair and a system task waiting on it, rather
+    than :meth:`trio.lowlevel.TrioToken.run_sync_soon`: a thread's wake-up is
+    one ``send`` of a byte, and the loop's is one ``recv`` (the entry queue
+    pays for a lock, a queue, a callback and a drain to ``EWOULDBLOCK`` on
+    each side).
+    """
+
+    __slots__ = ("_lock", "_receive", "_send", "_tasks", "token")
 
     def __init__(self, token: trio.lowlevel.TrioToken) -> None:
         self.token: trio.lowlevel.TrioToken = token
         self._lock = threading.Lock()
         self._tasks: list[trio.lowlevel.Task] = []
+        receive, send = socket.socketpair()
+        receive.setblocking(False)
+        send.setblocking(False)
+        self._receive = receive
+        #: None once the run is over (the pair is closed).
+        self._send: socket.socket | None = send
+        trio.lowlevel.spawn_system_task(self._dispatch, name="trio-fastcgi WSGI wake-ups")
 
     def reschedule_soon(self, task: trio.lowlevel.Task) -> None:
-        with self._lock:
-            self._tasks.append(task)
-            first = len(self._tasks) == 1
-        if first:
-            self.token.run_sync_soon(self._run)
+        """Reschedule *task* in the loop (call it in another thread).
 
-    def _run(self) -> None:
+        Raises:
+          trio.RunFinishedError: the run is over.
+        """
         with self._lock:
-            tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            trio.lowlevel.reschedule(task)
+            send = self._send
+            if send is None:
+                raise trio.RunFinishedError("the Trio run is over")
+            tasks = self._tasks
+            tasks.append(task)
+            if len(tasks) == 1:
+                # The first of a batch wakes the loop; the others join it.
+                # Sent with the lock held, so the pair is never closed under it.
+                # At most one byte is ever unread (see _dispatch), so this
+                # cannot block; if it could, the unread bytes wake the loop.
+                try:
+                    send.send(b"\0")
+                except BlockingIOError:
+                    return
+
+    async def _dispatch(self) -> None:
+        receive = self._receive
+        lock = self._lock
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(receive)
+                # A byte is sent only for a batch's first task, which comes
+                # after the last take: the bytes read here are all owed to the
+                # tasks taken below (one, unless a send raced the wait).
+                receive.recv(4096)
+                with lock:
+                    tasks, self._tasks = self._tasks, []
+                for task in tasks:
+                    trio.lowlevel.reschedule(task)
+        finally:
+            with lock:
+                send, self._send = self._send, None
+            if send is not None:
+                send.close()
+            receive.close()
 
 
 _Job: TypeAlias = "tuple[Callable[[], Any], Callable[[Outcome[Any]], object], float]"
