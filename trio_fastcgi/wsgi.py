@@ -752,6 +752,13 @@ class WSGIErrors:
         pass
 
 
+#: Heads made so far, by status and headers: most applications answer with a
+#: few. Only checked, well-formed heads are kept (an exact ``str`` equal to
+#: one checked formats the same).
+_HEADS: dict[tuple[object, ...], bytes] = {}
+_MAX_HEADS: Final = 512
+
+
 def _cgi_head(status: object, headers: object) -> bytes:
     """The CGI head for a WSGI status and header list, checked as PEP 3333 asks."""
     if type(status) is not str:
@@ -772,7 +779,13 @@ def _cgi_head(status: object, headers: object) -> bytes:
             raise TypeError(f"WSGI header {item!r} is not a (name, value) tuple")
         if type(item[0]) is not str or type(item[1]) is not str:
             raise TypeError(f"WSGI header {item!r} must be native strings")
-    return format_cgi_head(status, headers)
+    key = (status, *headers)
+    head = _HEADS.get(key)
+    if head is None:
+        head = format_cgi_head(status, headers)
+        if len(_HEADS) < _MAX_HEADS:
+            _HEADS[key] = head
+    return head
 
 
 @final
@@ -968,11 +981,15 @@ class WSGIHandler:
             rescheduler = self._rescheduler = _Rescheduler(token)
         pipe = _Pipe(request, rescheduler)
         cgi_environ = build_environ(request, script_name=self.script_name)
-        try:
-            wsgi_input = await self._preread(request, pipe)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            await trio.lowlevel.checkpoint()
-            return  # the connection is gone before the application started
+        stdin = request.stdin
+        if stdin.at_eof and not stdin.received and not stdin.expected_length:
+            wsgi_input = WSGIInput(pipe, complete=True)  # no body: most requests
+        else:
+            try:
+                wsgi_input = await self._preread(request, pipe)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await trio.lowlevel.checkpoint()
+                return  # the connection is gone before the application started
         environ = cast("dict[str, object]", cgi_environ)
         environ["wsgi.url_scheme"] = _url_scheme(cgi_environ)
         environ.update(self._constant_environ)
