@@ -51,18 +51,14 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias, TypeVar, cast, final
+from typing import Any, Final, Protocol, TypeAlias, TypeVar, cast, final
 
-import outcome
 import trio
 
 from ._cgi import format_cgi_head
 from ._exceptions import ClientDisconnected as ClientDisconnected
 from ._exceptions import InputError
 from ._request import Request
-
-if TYPE_CHECKING:
-    from outcome import Outcome
 
 T = TypeVar("T")
 
@@ -255,7 +251,7 @@ class _Rescheduler:
             receive.close()
 
 
-_Job: TypeAlias = "tuple[Callable[[], Any], Callable[[Outcome[Any]], object], float]"
+_Job: TypeAlias = "tuple[Callable[[], Any], Callable[[Any, BaseException | None], object], float]"
 
 
 @final
@@ -295,8 +291,11 @@ class _AppThreads:
         """Threads alive (running jobs or idle)."""
         return self._threads
 
-    def submit(self, fn: Callable[[], T], deliver: Callable[[Outcome[T]], object]) -> None:
-        """Run *fn* in a thread, then ``deliver(outcome)`` in that thread.
+    def submit(
+        self, fn: Callable[[], T], deliver: Callable[[T | None, BaseException | None], object]
+    ) -> None:
+        """Run *fn* in a thread, then ``deliver(value, None)`` in that thread, or
+        ``deliver(None, exception)`` if it raised.
 
         Call it in the Trio thread."""
         now = time.monotonic()
@@ -371,11 +370,16 @@ class _AppThreads:
                         wake.acquire()
                     fn, deliver, _queued = jobs.popleft()
                     self._running += 1
-                result = outcome.capture(fn)
+                try:
+                    value = fn()
+                    failure = None
+                except BaseException as exc:  # for the Trio side to raise
+                    value = None
+                    failure = exc
                 with lock:
                     self._running -= 1
-                deliver(result)
-                del fn, deliver, result
+                deliver(value, failure)
+                del fn, deliver, value, failure
         finally:
             if counted:  # deliver() failed: the thread is lost
                 with lock:
@@ -450,13 +454,15 @@ class _Pipe:
         "_pending",
         "_reason",
         "_rescheduler",
-        "_result",
+        "_returned",
         "_sleeping",
         "abandoned",
         "cancelled",
         "disconnected",
+        "failure",
         "on_late_return",
         "request",
+        "rest",
     )
 
     def __init__(self, request: Request, rescheduler: _Rescheduler) -> None:
@@ -468,7 +474,11 @@ class _Pipe:
         self._items: deque[_Item] = deque()
         self._pending = 0
         self._sleeping: trio.lowlevel.Task | None = None
-        self._result: Outcome[bytes] | None = None
+        self._returned = False
+        #: What the application thread returned (the output not handed off
+        #: yet), or the exception it raised.
+        self.rest: bytes | None = None
+        self.failure: BaseException | None = None
         #: Set once the request was aborted or its connection is gone.
         self.disconnected: bool = False
         self._reason = _ABORTED
@@ -517,10 +527,12 @@ class _Pipe:
             self._changed = threading.Condition(self._lock)
         self._changed.wait()
 
-    def finish(self, result: Outcome[bytes]) -> None:
+    def finish(self, rest: bytes | None, failure: BaseException | None) -> None:
         """The thread's ``deliver``: the application's outcome (runs in the thread)."""
         with self._lock:
-            self._result = result
+            self.rest = rest
+            self.failure = failure
+            self._returned = True
             task, self._sleeping = self._sleeping, None
             late = self.on_late_return if self.abandoned else None
         if task is not None:
@@ -548,7 +560,7 @@ class _Pipe:
     def abandon(self) -> bool:
         """Stop waiting for the thread (Trio side); False if it has returned."""
         with self._lock:
-            if self._result is not None:
+            if self._returned:
                 return False
             self.abandoned = True
             if not self.disconnected:
@@ -568,13 +580,14 @@ class _Pipe:
     def when_returned(self, fn: Callable[[], None]) -> bool:
         """Have *fn* run in Trio once the abandoned thread returns; False if it has."""
         with self._lock:
-            if self._result is not None:
+            if self._returned:
                 return False
             self.on_late_return = fn
             return True
 
-    async def serve(self) -> Outcome[bytes] | None:
-        """Send what the thread hands off until it returns; its outcome.
+    async def serve(self) -> bool:
+        """Send what the thread hands off until it returns (True; its outcome is
+        in :attr:`rest` or :attr:`failure`) or is abandoned (False).
 
         Cancellation (an abort) does not stop this early: the thread is told
         (its next read or write raises :class:`ClientDisconnected`) and waited
@@ -588,10 +601,10 @@ class _Pipe:
         while True:
             with lock:
                 if self.abandoned:
-                    return None
+                    return False
                 if items:
                     item: _Item | None = items.popleft()
-                elif self._result is not None:
+                elif self._returned:
                     break
                 else:
                     item = None
@@ -635,8 +648,7 @@ class _Pipe:
                     self._changed.notify_all()
         if failure is not None:
             raise failure
-        assert self._result is not None
-        return self._result
+        return True
 
 
 @final
@@ -1006,7 +1018,7 @@ class WSGIHandler:
         try:
             run = partial(contextvars.copy_context().run, self._run_app, environ, pipe)
             self._threads.submit(run, pipe.finish)
-            result = await pipe.serve()
+            returned = await pipe.serve()
         finally:
             self._pipes.discard(pipe)
             # An abandoned thread still in the application keeps its token.
@@ -1014,21 +1026,25 @@ class WSGIHandler:
                 pipe.abandoned and pipe.when_returned(partial(limiter.release_on_behalf_of, pipe))
             ):
                 limiter.release_on_behalf_of(pipe)
-        if result is None:
+        if not returned:
             # Abandoned: the request was cancelled (see abandon()).
             await trio.lowlevel.checkpoint()
             return
         if pipe.cancelled:
             # Aborted: the application has returned; now raise the Cancelled.
             await trio.lowlevel.checkpoint()
-        try:
-            rest = result.unwrap()
-        except Exception:
-            if not pipe.disconnected:
-                raise
+        failure, pipe.failure = pipe.failure, None
+        if failure is not None:
+            try:
+                if not (pipe.disconnected and isinstance(failure, Exception)):
+                    raise failure
+            finally:
+                del failure  # no reference cycle through the traceback
             # The web server gave up on the request: not the application's failure.
             await trio.lowlevel.checkpoint()
             return
+        rest = pipe.rest
+        assert rest is not None
         if pipe.disconnected:
             await trio.lowlevel.checkpoint()
             return
