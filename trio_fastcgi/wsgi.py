@@ -183,32 +183,60 @@ def _url_scheme(environ: dict[str, str]) -> str:
 
 @final
 class _Rescheduler:
-    """Reschedules Trio tasks from other threads, waking the loop once per batch:
-    tasks handed in while the loop has not run the batch yet join it.
+    """Wakes Trio tasks from other threads, through the handler's own socket
+    pair rather than :meth:`trio.lowlevel.TrioToken.run_sync_soon` (a thread's
+    wake-up is one ``send`` of a byte, the loop's one ``recv``; the entry queue
+    pays for a lock, a queue, a callback and a drain to ``EWOULDBLOCK``).
 
-    It has its own wake-up socket pair and a system task waiting on it, rather
-    than :meth:`trio.lowlevel.TrioToken.run_sync_soon`: a thread's wake-up is
-    one ``send`` of a byte, and the loop's is one ``recv`` (the entry queue
-    pays for a lock, a queue, a callback and a drain to ``EWOULDBLOCK`` on
-    each side).
+    One Trio task at a time, the *reader*, waits for the pair to be readable.
+    A request's task that has to wait while no task reads becomes the reader
+    itself (:meth:`wait_woken`): its thread's wake-up then reaches it straight
+    from the loop's I/O poll, with no task in between. The others wait to be
+    rescheduled (:meth:`wait_rescheduled`) by whichever task reads when their
+    wake-up comes, all of those queued at once; while any waits so, a system
+    task (the dispatcher) reads if no request's task does.
     """
 
-    __slots__ = ("_lock", "_receive", "_send", "_tasks", "token")
+    __slots__ = (
+        "_dispatcher",
+        "_lock",
+        "_parked",
+        "_pending",
+        "_receive",
+        "_send",
+        "_sleepers",
+        "_tasks",
+        "reader",
+        "token",
+    )
 
     def __init__(self, token: trio.lowlevel.TrioToken) -> None:
         self.token: trio.lowlevel.TrioToken = token
         self._lock = threading.Lock()
+        #: Tasks to reschedule at the next read (they wait in wait_rescheduled).
         self._tasks: list[trio.lowlevel.Task] = []
+        #: A byte was sent and not read yet: the next wake-up needs none.
+        self._pending = False
         receive, send = socket.socketpair()
         receive.setblocking(False)
         send.setblocking(False)
         self._receive = receive
         #: None once the run is over (the pair is closed).
         self._send: socket.socket | None = send
-        trio.lowlevel.spawn_system_task(self._dispatch, name="trio-fastcgi WSGI wake-ups")
+        # The rest is only used in the Trio thread.
+        #: The task waiting for the pair to be readable, if any.
+        self.reader: trio.lowlevel.Task | None = None
+        #: Tasks in wait_rescheduled and not rescheduled yet.
+        self._sleepers = 0
+        #: Set while the dispatcher waits to be needed.
+        self._parked = False
+        self._dispatcher = trio.lowlevel.spawn_system_task(
+            self._dispatch, name="trio-fastcgi WSGI wake-ups"
+        )
 
-    def reschedule_soon(self, task: trio.lowlevel.Task) -> None:
-        """Reschedule *task* in the loop (call it in another thread).
+    def wake_soon(self, task: trio.lowlevel.Task | None) -> None:
+        """Reschedule *task*, waiting in :meth:`wait_rescheduled`, or with
+        None wake the reader (call it in another thread).
 
         Raises:
           trio.RunFinishedError: the run is over.
@@ -217,34 +245,81 @@ class _Rescheduler:
             send = self._send
             if send is None:
                 raise trio.RunFinishedError("the Trio run is over")
-            tasks = self._tasks
-            tasks.append(task)
-            if len(tasks) == 1:
-                # The first of a batch wakes the loop; the others join it.
-                # Sent with the lock held, so the pair is never closed under it.
-                # At most one byte is ever unread (see _dispatch), so this
-                # cannot block; if it could, the unread bytes wake the loop.
+            if task is not None:
+                self._tasks.append(task)
+            if not self._pending:
+                # The first wake-up since the last read sends the byte; the
+                # others join it. Sent with the lock held, so the pair is
+                # never closed under it. At most one byte is ever unread, so
+                # this cannot block; if it could, the unread bytes wake the loop.
+                self._pending = True
                 try:
                     send.send(b"\0")
                 except BlockingIOError:
                     return
 
+    def _take(self) -> None:
+        """The pair is readable: reschedule the tasks queued (Trio thread)."""
+        self._receive.recv(4096)
+        with self._lock:
+            self._pending = False
+            tasks, self._tasks = self._tasks, []
+        if tasks:
+            self._sleepers -= len(tasks)
+            for task in tasks:
+                trio.lowlevel.reschedule(task)
+
+    async def wait_woken(self) -> None:
+        """Wait as the reader (there is none) until a byte comes, then
+        reschedule the tasks queued. Cancellable."""
+        self.reader = trio.lowlevel.current_task()
+        try:
+            await trio.lowlevel.wait_readable(self._receive)
+            self._take()
+        finally:
+            self.reader = None
+            if self._sleepers:
+                self._unpark()
+
+    async def wait_rescheduled(self, abort_fn: Callable[[object], trio.lowlevel.Abort]) -> None:
+        """``wait_task_rescheduled(abort_fn)``, for a task that a thread wakes
+        with :meth:`wake_soon`."""
+        self._sleepers += 1
+        if self.reader is None:
+            self._unpark()
+        await trio.lowlevel.wait_task_rescheduled(abort_fn)
+
+    def rescheduled(self) -> None:
+        """A task in :meth:`wait_rescheduled` was rescheduled directly."""
+        self._sleepers -= 1
+
+    def _unpark(self) -> None:
+        if self._parked:
+            self._parked = False
+            trio.lowlevel.reschedule(self._dispatcher)
+
+    def _abort_parked(self, _raise_cancel: object) -> trio.lowlevel.Abort:
+        self._parked = False
+        return trio.lowlevel.Abort.SUCCEEDED
+
     async def _dispatch(self) -> None:
         receive = self._receive
-        lock = self._lock
+        me = trio.lowlevel.current_task()
         try:
             while True:
-                await trio.lowlevel.wait_readable(receive)
-                # A byte is sent only for a batch's first task, which comes
-                # after the last take: the bytes read here are all owed to the
-                # tasks taken below (one, unless a send raced the wait).
-                receive.recv(4096)
-                with lock:
-                    tasks, self._tasks = self._tasks, []
-                for task in tasks:
-                    trio.lowlevel.reschedule(task)
+                if self.reader is None and self._sleepers:
+                    self.reader = me
+                    try:
+                        await trio.lowlevel.wait_readable(receive)
+                    finally:
+                        self.reader = None
+                    self._take()
+                else:
+                    # Not needed: a request's task reads, or no task waits.
+                    self._parked = True
+                    await trio.lowlevel.wait_task_rescheduled(self._abort_parked)
         finally:
-            with lock:
+            with self._lock:
                 send, self._send = self._send, None
             if send is not None:
                 send.close()
@@ -452,6 +527,7 @@ class _Pipe:
         "_items",
         "_lock",
         "_pending",
+        "_reader_waits",
         "_reason",
         "_rescheduler",
         "_returned",
@@ -473,7 +549,10 @@ class _Pipe:
         self._changed: threading.Condition | None = None
         self._items: deque[_Item] = deque()
         self._pending = 0
+        #: The Trio task when it waits to be rescheduled (wait_rescheduled).
         self._sleeping: trio.lowlevel.Task | None = None
+        #: Set when the Trio task waits as the rescheduler's reader instead.
+        self._reader_waits = False
         self._returned = False
         #: What the application thread returned (the output not handed off
         #: yet), or the exception it raised.
@@ -500,8 +579,9 @@ class _Pipe:
             self._items.append(item)
             self._pending += size
             task, self._sleeping = self._sleeping, None
-        if task is not None:
-            self._rescheduler.reschedule_soon(task)
+            woken, self._reader_waits = self._reader_waits, False
+        if task is not None or woken:
+            self._rescheduler.wake_soon(task)
 
     def send(self, data: bytes) -> None:
         """Hand *data* to stdout; waits only while the output buffer is full."""
@@ -534,9 +614,10 @@ class _Pipe:
             self.failure = failure
             self._returned = True
             task, self._sleeping = self._sleeping, None
+            woken, self._reader_waits = self._reader_waits, False
             late = self.on_late_return if self.abandoned else None
-        if task is not None:
-            self._rescheduler.reschedule_soon(task)
+        if task is not None or woken:
+            self._rescheduler.wake_soon(task)
         if late is not None:
             with contextlib.suppress(trio.RunFinishedError):
                 self._rescheduler.token.run_sync_soon(late)
@@ -572,8 +653,10 @@ class _Pipe:
                     item.done = True
             if self._changed is not None:
                 self._changed.notify_all()
+            # (A task waiting as the reader is woken by the cancellation.)
             task, self._sleeping = self._sleeping, None
         if task is not None:
+            self._rescheduler.rescheduled()
             trio.lowlevel.reschedule(task)
         return True
 
@@ -596,9 +679,11 @@ class _Pipe:
         self.cancelled = False
         failure: Exception | None = None
         request = self.request
+        rescheduler = self._rescheduler
         lock = self._lock
         items = self._items
         while True:
+            direct = False
             with lock:
                 if self.abandoned:
                     return False
@@ -608,9 +693,24 @@ class _Pipe:
                     break
                 else:
                     item = None
-                    self._sleeping = trio.lowlevel.current_task()
+                    # The reader's wait is cancellable, so not once cancelled.
+                    direct = rescheduler.reader is None and not self.cancelled
+                    if direct:
+                        self._reader_waits = True
+                    else:
+                        self._sleeping = trio.lowlevel.current_task()
             if item is None:
-                await trio.lowlevel.wait_task_rescheduled(self._abort)
+                if not direct:
+                    await rescheduler.wait_rescheduled(self._abort)
+                    continue
+                try:
+                    await rescheduler.wait_woken()
+                except trio.Cancelled:
+                    # The request was aborted: finish the thread first.
+                    self.cancelled = True
+                    self._disconnect(_ABORTED)
+                    with lock:
+                        self._reader_waits = False
                 continue
             size = 0
             succeeded = False
