@@ -544,6 +544,36 @@ async def test_wsgi_limiter_bounds_threads(nursery: trio.Nursery) -> None:
     assert peak == 2
 
 
+@pytest.mark.parametrize("order", [(0, 1, 2), (2, 1, 0), (1, 0, 2)])
+async def test_wsgi_concurrent_requests_each_woken_whatever_order_threads_end(
+    nursery: trio.Nursery, order: tuple[int, int, int]
+) -> None:
+    # One request's task waits as the wake-up reader, the others to be
+    # rescheduled; whichever thread ends first, each task is woken in turn.
+    started = threading.Semaphore(0)
+    releases = [threading.Event() for _ in range(3)]
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        index = int(str(environ["QUERY_STRING"]))
+        started.release()
+        releases[index].wait(10)
+        start_response("200 OK", [])
+        return [str(index).encode()]
+
+    handler = WSGIHandler(app, queue_delay=0)
+    web = await serve(nursery, handler)
+    with trio.fail_after(10):
+        for index in range(3):
+            await web.request(index + 1, params={**GET, "QUERY_STRING": str(index)})
+        for _ in range(3):
+            assert await trio.to_thread.run_sync(started.acquire, True, 10)
+        await trio.testing.wait_all_tasks_blocked()
+        for index in order:
+            releases[index].set()
+            assert (await web.read_response(index + 1)).body == str(index).encode()
+    assert handler._threads.threads == 3
+
+
 async def test_wsgi_authorizer_variables_pass_through(nursery: trio.Nursery) -> None:
     def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
         if environ.get("HTTP_AUTHORIZATION") == "Bearer good":
