@@ -519,7 +519,8 @@ class _Pipe:
     (:meth:`serve`) takes them in order until the thread has returned. Output
     is not waited for, only bounded: a block waits while :data:`OUTPUT_BUFFER`
     bytes or more are queued here and not yet on stdout. The Trio task is
-    woken (one ``run_sync_soon``) only when it sleeps for want of work.
+    woken (by the handler's :class:`_Rescheduler`) only when it sleeps for
+    want of work.
     """
 
     __slots__ = (
