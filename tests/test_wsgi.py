@@ -359,6 +359,35 @@ async def test_wsgi_bad_status_or_headers_is_500(
     assert response.head.startswith(b"Status: 500")
 
 
+async def test_wsgi_repeated_head_is_checked_each_time(nursery: trio.Nursery) -> None:
+    # The second response's head equals the first's but for the types: a head
+    # made before is reused only for a status and headers checked again.
+    class Text(str):
+        pass
+
+    answers = iter(
+        [
+            ("200 OK", [("X-Same", "1")]),
+            ("200 OK", [("X-Same", Text("1"))]),
+            (Text("200 OK"), [("X-Same", "1")]),
+            ("200 OK", [("X-Same", "1")]),
+        ]
+    )
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        start_response(*next(answers))
+        return [b"body"]
+
+    web = await serve(nursery, WSGIHandler(app))
+    heads = []
+    for request_id in range(1, 5):
+        await web.request(request_id, params=GET)
+        heads.append((await web.read_response(request_id)).head)
+    assert heads[0] == heads[3] == b"Status: 200 OK\r\nX-Same: 1"
+    assert heads[1].startswith(b"Status: 500")
+    assert heads[2].startswith(b"Status: 500")
+
+
 async def test_wsgi_no_start_response_is_500(nursery: trio.Nursery) -> None:
     def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
         return []
@@ -513,6 +542,36 @@ async def test_wsgi_limiter_bounds_threads(nursery: trio.Nursery) -> None:
     for rid in range(1, 6):
         assert (await web.read_response(rid)).body == b"x"
     assert peak == 2
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (2, 1, 0), (1, 0, 2)])
+async def test_wsgi_concurrent_requests_each_woken_whatever_order_threads_end(
+    nursery: trio.Nursery, order: tuple[int, int, int]
+) -> None:
+    # One request's task waits as the wake-up reader, the others to be
+    # rescheduled; whichever thread ends first, each task is woken in turn.
+    started = threading.Semaphore(0)
+    releases = [threading.Event() for _ in range(3)]
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        index = int(str(environ["QUERY_STRING"]))
+        started.release()
+        releases[index].wait(10)
+        start_response("200 OK", [])
+        return [str(index).encode()]
+
+    handler = WSGIHandler(app, queue_delay=0)
+    web = await serve(nursery, handler)
+    with trio.fail_after(10):
+        for index in range(3):
+            await web.request(index + 1, params={**GET, "QUERY_STRING": str(index)})
+        for _ in range(3):
+            assert await trio.to_thread.run_sync(started.acquire, True, 10)
+        await trio.testing.wait_all_tasks_blocked()
+        for index in order:
+            releases[index].set()
+            assert (await web.read_response(index + 1)).body == str(index).encode()
+    assert handler._threads.threads == 3
 
 
 async def test_wsgi_authorizer_variables_pass_through(nursery: trio.Nursery) -> None:
@@ -911,3 +970,18 @@ async def test_wsgi_idle_threads_exit_and_new_ones_start(
     with trio.fail_after(10):
         assert (await web.read_response(2)).body == b"/b"
     assert len(entered) == 2
+
+
+def test_wsgi_handler_serves_in_successive_runs() -> None:
+    # Each Trio run gets its own wake-up pair and task; the first run's are
+    # gone with it, and its worker thread serves the second run's request.
+    handler = WSGIHandler(capture_environ([]))
+
+    async def one_request() -> bytes:
+        with trio.fail_after(10):  # a lost wake-up would hang
+            async with testing.open_test_client(handler) as client:
+                return (await client.get("/")).body
+
+    assert trio.run(one_request) == b"ok"
+    assert trio.run(one_request) == b"ok"
+    assert handler._threads.threads == 1

@@ -44,24 +44,21 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias, TypeVar, cast, final
+from typing import Any, Final, Protocol, TypeAlias, TypeVar, cast, final
 
-import outcome
 import trio
 
 from ._cgi import format_cgi_head
 from ._exceptions import ClientDisconnected as ClientDisconnected
 from ._exceptions import InputError
 from ._request import Request
-
-if TYPE_CHECKING:
-    from outcome import Outcome
 
 T = TypeVar("T")
 
@@ -186,31 +183,150 @@ def _url_scheme(environ: dict[str, str]) -> str:
 
 @final
 class _Rescheduler:
-    """Reschedules Trio tasks from other threads, waking the loop once per batch:
-    tasks handed in while the loop has not run the batch yet join it."""
+    """Wakes Trio tasks from other threads, through the handler's own socket
+    pair rather than :meth:`trio.lowlevel.TrioToken.run_sync_soon` (a thread's
+    wake-up is one ``send`` of a byte, the loop's one ``recv``; the entry queue
+    pays for a lock, a queue, a callback and a drain to ``EWOULDBLOCK``).
 
-    __slots__ = ("_lock", "_tasks", "token")
+    One Trio task at a time, the *reader*, waits for the pair to be readable.
+    A request's task that has to wait while no task reads becomes the reader
+    itself (:meth:`wait_woken`): its thread's wake-up then reaches it straight
+    from the loop's I/O poll, with no task in between. The others wait to be
+    rescheduled (:meth:`wait_rescheduled`) by whichever task reads when their
+    wake-up comes, all of those queued at once; while any waits so, a system
+    task (the dispatcher) reads if no request's task does.
+    """
+
+    __slots__ = (
+        "_dispatcher",
+        "_lock",
+        "_parked",
+        "_pending",
+        "_receive",
+        "_send",
+        "_sleepers",
+        "_tasks",
+        "reader",
+        "token",
+    )
 
     def __init__(self, token: trio.lowlevel.TrioToken) -> None:
         self.token: trio.lowlevel.TrioToken = token
         self._lock = threading.Lock()
+        #: Tasks to reschedule at the next read (they wait in wait_rescheduled).
         self._tasks: list[trio.lowlevel.Task] = []
+        #: A byte was sent and not read yet: the next wake-up needs none.
+        self._pending = False
+        receive, send = socket.socketpair()
+        receive.setblocking(False)
+        send.setblocking(False)
+        self._receive = receive
+        #: None once the run is over (the pair is closed).
+        self._send: socket.socket | None = send
+        # The rest is only used in the Trio thread.
+        #: The task waiting for the pair to be readable, if any.
+        self.reader: trio.lowlevel.Task | None = None
+        #: Tasks in wait_rescheduled and not rescheduled yet.
+        self._sleepers = 0
+        #: Set while the dispatcher waits to be needed.
+        self._parked = False
+        self._dispatcher = trio.lowlevel.spawn_system_task(
+            self._dispatch, name="trio-fastcgi WSGI wake-ups"
+        )
 
-    def reschedule_soon(self, task: trio.lowlevel.Task) -> None:
-        with self._lock:
-            self._tasks.append(task)
-            first = len(self._tasks) == 1
-        if first:
-            self.token.run_sync_soon(self._run)
+    def wake_soon(self, task: trio.lowlevel.Task | None) -> None:
+        """Reschedule *task*, waiting in :meth:`wait_rescheduled`, or with
+        None wake the reader (call it in another thread).
 
-    def _run(self) -> None:
+        Raises:
+          trio.RunFinishedError: the run is over.
+        """
         with self._lock:
+            send = self._send
+            if send is None:
+                raise trio.RunFinishedError("the Trio run is over")
+            if task is not None:
+                self._tasks.append(task)
+            if not self._pending:
+                # The first wake-up since the last read sends the byte; the
+                # others join it. Sent with the lock held, so the pair is
+                # never closed under it. At most one byte is ever unread, so
+                # this cannot block; if it could, the unread bytes wake the loop.
+                self._pending = True
+                try:
+                    send.send(b"\0")
+                except BlockingIOError:
+                    return
+
+    def _take(self) -> None:
+        """The pair is readable: reschedule the tasks queued (Trio thread)."""
+        self._receive.recv(4096)
+        with self._lock:
+            self._pending = False
             tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            trio.lowlevel.reschedule(task)
+        if tasks:
+            self._sleepers -= len(tasks)
+            for task in tasks:
+                trio.lowlevel.reschedule(task)
+
+    async def wait_woken(self) -> None:
+        """Wait as the reader (there is none) until a byte comes, then
+        reschedule the tasks queued. Cancellable."""
+        self.reader = trio.lowlevel.current_task()
+        try:
+            await trio.lowlevel.wait_readable(self._receive)
+            self._take()
+        finally:
+            self.reader = None
+            if self._sleepers:
+                self._unpark()
+
+    async def wait_rescheduled(self, abort_fn: Callable[[object], trio.lowlevel.Abort]) -> None:
+        """``wait_task_rescheduled(abort_fn)``, for a task that a thread wakes
+        with :meth:`wake_soon`."""
+        self._sleepers += 1
+        if self.reader is None:
+            self._unpark()
+        await trio.lowlevel.wait_task_rescheduled(abort_fn)
+
+    def rescheduled(self) -> None:
+        """A task in :meth:`wait_rescheduled` was rescheduled directly."""
+        self._sleepers -= 1
+
+    def _unpark(self) -> None:
+        if self._parked:
+            self._parked = False
+            trio.lowlevel.reschedule(self._dispatcher)
+
+    def _abort_parked(self, _raise_cancel: object) -> trio.lowlevel.Abort:
+        self._parked = False
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    async def _dispatch(self) -> None:
+        receive = self._receive
+        me = trio.lowlevel.current_task()
+        try:
+            while True:
+                if self.reader is None and self._sleepers:
+                    self.reader = me
+                    try:
+                        await trio.lowlevel.wait_readable(receive)
+                    finally:
+                        self.reader = None
+                    self._take()
+                else:
+                    # Not needed: a request's task reads, or no task waits.
+                    self._parked = True
+                    await trio.lowlevel.wait_task_rescheduled(self._abort_parked)
+        finally:
+            with self._lock:
+                send, self._send = self._send, None
+            if send is not None:
+                send.close()
+            receive.close()
 
 
-_Job: TypeAlias = "tuple[Callable[[], Any], Callable[[Outcome[Any]], object], float]"
+_Job: TypeAlias = "tuple[Callable[[], Any], Callable[[Any, BaseException | None], object], float]"
 
 
 @final
@@ -233,15 +349,13 @@ class _AppThreads:
     def __init__(self, queue_delay: float) -> None:
         self._queue_delay = queue_delay
         self._lock = threading.Lock()
-        self._work_ready = threading.Condition(self._lock)
         self._jobs: deque[_Job] = deque()
         self._threads = 0
-        #: Threads waiting for work and not yet woken.
-        self._waiting = 0
+        #: The wake-up locks of the threads waiting for work and not yet woken
+        #: (each is held; releasing it wakes its thread), most recent last.
+        self._idle: list[threading.Lock] = []
         #: Threads in an application (the rest of the awake ones are free).
         self._running = 0
-        #: Wake-ups given to waiting threads and not yet taken.
-        self._wakeups = 0
         #: The run whose watchdog task watches the queue.
         self._watched: trio.lowlevel.TrioToken | None = None
         #: Set when a job is queued while the watchdog is parked.
@@ -252,15 +366,18 @@ class _AppThreads:
         """Threads alive (running jobs or idle)."""
         return self._threads
 
-    def submit(self, fn: Callable[[], T], deliver: Callable[[Outcome[T]], object]) -> None:
-        """Run *fn* in a thread, then ``deliver(outcome)`` in that thread.
+    def submit(
+        self, fn: Callable[[], T], deliver: Callable[[T | None, BaseException | None], object]
+    ) -> None:
+        """Run *fn* in a thread, then ``deliver(value, None)`` in that thread, or
+        ``deliver(None, exception)`` if it raised.
 
         Call it in the Trio thread."""
         now = time.monotonic()
         with self._lock:
             jobs = self._jobs
             jobs.append((fn, deliver, now))
-            awake = self._threads - self._waiting
+            awake = self._threads - len(self._idle)
             unserved = len(jobs) - (awake - self._running)
             if unserved <= 0:
                 return  # a free thread takes it
@@ -285,11 +402,11 @@ class _AppThreads:
         """Wake up to *wanted* waiting threads (lock held); how many to start."""
         if wanted <= 0:
             return 0
-        woken = min(wanted, self._waiting)
-        if woken:
-            self._waiting -= woken
-            self._wakeups += woken
-            self._work_ready.notify(woken)
+        idle = self._idle
+        woken = min(wanted, len(idle))
+        for _ in range(woken):
+            # The thread idle last: its stack and caches are the warmest.
+            idle.pop().release()
         self._threads += wanted - woken
         return wanted - woken
 
@@ -299,35 +416,45 @@ class _AppThreads:
     def _work(self) -> None:
         lock = self._lock
         jobs = self._jobs
-        ready = self._work_ready
+        idle = self._idle
+        # Held while the thread runs; released by whoever wakes it. A plain
+        # lock: waking and waiting cost no Python code (a Condition's do).
+        wake = threading.Lock()
+        wake.acquire()
         counted = True  # in self._threads
         try:
             while True:
                 with lock:
                     while not jobs:
-                        self._waiting += 1
-                        while True:
-                            woken = ready.wait(_IDLE_TIMEOUT)
-                            if self._wakeups:
-                                # Woken by submit() or the watchdog, which
-                                # counted this thread out of _waiting.
-                                self._wakeups -= 1
-                                break
-                            if not woken:
-                                # Idle too long: gone in the same breath, so
-                                # submit() never counts on this thread.
-                                self._waiting -= 1
-                                self._threads -= 1
-                                counted = False
-                                return
-                            # Another thread took the wake-up: wait on.
+                        idle.append(wake)
+                        lock.release()
+                        try:
+                            woken = wake.acquire(timeout=_IDLE_TIMEOUT)
+                        finally:
+                            lock.acquire()
+                        if woken:
+                            continue  # by submit() or the watchdog, which took it off idle
+                        if wake in idle:
+                            # Idle too long: gone in the same breath, so
+                            # submit() never counts on this thread.
+                            idle.remove(wake)
+                            self._threads -= 1
+                            counted = False
+                            return
+                        # Woken as the wait timed out: take the wake-up.
+                        wake.acquire()
                     fn, deliver, _queued = jobs.popleft()
                     self._running += 1
-                result = outcome.capture(fn)
+                try:
+                    value = fn()
+                    failure = None
+                except BaseException as exc:  # for the Trio side to raise
+                    value = None
+                    failure = exc
                 with lock:
                     self._running -= 1
-                deliver(result)
-                del fn, deliver, result
+                deliver(value, failure)
+                del fn, deliver, value, failure
         finally:
             if counted:  # deliver() failed: the thread is lost
                 with lock:
@@ -344,7 +471,7 @@ class _AppThreads:
                     new_threads = 0
                 else:
                     idle_ticks = 0
-                    free = self._threads - self._waiting - self._running
+                    free = self._threads - len(self._idle) - self._running
                     stalled = jobs[0][2] <= time.monotonic() - self._queue_delay
                     # The threads in applications hold the queue up: wake more.
                     new_threads = self._wake(len(jobs) - free) if stalled else 0
@@ -392,7 +519,8 @@ class _Pipe:
     (:meth:`serve`) takes them in order until the thread has returned. Output
     is not waited for, only bounded: a block waits while :data:`OUTPUT_BUFFER`
     bytes or more are queued here and not yet on stdout. The Trio task is
-    woken (one ``run_sync_soon``) only when it sleeps for want of work.
+    woken (by the handler's :class:`_Rescheduler`) only when it sleeps for
+    want of work.
     """
 
     __slots__ = (
@@ -400,15 +528,18 @@ class _Pipe:
         "_items",
         "_lock",
         "_pending",
+        "_reader_waits",
         "_reason",
         "_rescheduler",
-        "_result",
+        "_returned",
         "_sleeping",
         "abandoned",
         "cancelled",
         "disconnected",
+        "failure",
         "on_late_return",
         "request",
+        "rest",
     )
 
     def __init__(self, request: Request, rescheduler: _Rescheduler) -> None:
@@ -419,8 +550,15 @@ class _Pipe:
         self._changed: threading.Condition | None = None
         self._items: deque[_Item] = deque()
         self._pending = 0
+        #: The Trio task when it waits to be rescheduled (wait_rescheduled).
         self._sleeping: trio.lowlevel.Task | None = None
-        self._result: Outcome[bytes] | None = None
+        #: Set when the Trio task waits as the rescheduler's reader instead.
+        self._reader_waits = False
+        self._returned = False
+        #: What the application thread returned (the output not handed off
+        #: yet), or the exception it raised.
+        self.rest: bytes | None = None
+        self.failure: BaseException | None = None
         #: Set once the request was aborted or its connection is gone.
         self.disconnected: bool = False
         self._reason = _ABORTED
@@ -442,8 +580,9 @@ class _Pipe:
             self._items.append(item)
             self._pending += size
             task, self._sleeping = self._sleeping, None
-        if task is not None:
-            self._rescheduler.reschedule_soon(task)
+            woken, self._reader_waits = self._reader_waits, False
+        if task is not None or woken:
+            self._rescheduler.wake_soon(task)
 
     def send(self, data: bytes) -> None:
         """Hand *data* to stdout; waits only while the output buffer is full."""
@@ -469,14 +608,17 @@ class _Pipe:
             self._changed = threading.Condition(self._lock)
         self._changed.wait()
 
-    def finish(self, result: Outcome[bytes]) -> None:
+    def finish(self, rest: bytes | None, failure: BaseException | None) -> None:
         """The thread's ``deliver``: the application's outcome (runs in the thread)."""
         with self._lock:
-            self._result = result
+            self.rest = rest
+            self.failure = failure
+            self._returned = True
             task, self._sleeping = self._sleeping, None
+            woken, self._reader_waits = self._reader_waits, False
             late = self.on_late_return if self.abandoned else None
-        if task is not None:
-            self._rescheduler.reschedule_soon(task)
+        if task is not None or woken:
+            self._rescheduler.wake_soon(task)
         if late is not None:
             with contextlib.suppress(trio.RunFinishedError):
                 self._rescheduler.token.run_sync_soon(late)
@@ -500,7 +642,7 @@ class _Pipe:
     def abandon(self) -> bool:
         """Stop waiting for the thread (Trio side); False if it has returned."""
         with self._lock:
-            if self._result is not None:
+            if self._returned:
                 return False
             self.abandoned = True
             if not self.disconnected:
@@ -512,21 +654,24 @@ class _Pipe:
                     item.done = True
             if self._changed is not None:
                 self._changed.notify_all()
+            # (A task waiting as the reader is woken by the cancellation.)
             task, self._sleeping = self._sleeping, None
         if task is not None:
+            self._rescheduler.rescheduled()
             trio.lowlevel.reschedule(task)
         return True
 
     def when_returned(self, fn: Callable[[], None]) -> bool:
         """Have *fn* run in Trio once the abandoned thread returns; False if it has."""
         with self._lock:
-            if self._result is not None:
+            if self._returned:
                 return False
             self.on_late_return = fn
             return True
 
-    async def serve(self) -> Outcome[bytes] | None:
-        """Send what the thread hands off until it returns; its outcome.
+    async def serve(self) -> bool:
+        """Send what the thread hands off until it returns (True; its outcome is
+        in :attr:`rest` or :attr:`failure`) or is abandoned (False).
 
         Cancellation (an abort) does not stop this early: the thread is told
         (its next read or write raises :class:`ClientDisconnected`) and waited
@@ -535,21 +680,38 @@ class _Pipe:
         self.cancelled = False
         failure: Exception | None = None
         request = self.request
+        rescheduler = self._rescheduler
         lock = self._lock
         items = self._items
         while True:
+            direct = False
             with lock:
                 if self.abandoned:
-                    return None
+                    return False
                 if items:
                     item: _Item | None = items.popleft()
-                elif self._result is not None:
+                elif self._returned:
                     break
                 else:
                     item = None
-                    self._sleeping = trio.lowlevel.current_task()
+                    # The reader's wait is cancellable, so not once cancelled.
+                    direct = rescheduler.reader is None and not self.cancelled
+                    if direct:
+                        self._reader_waits = True
+                    else:
+                        self._sleeping = trio.lowlevel.current_task()
             if item is None:
-                await trio.lowlevel.wait_task_rescheduled(self._abort)
+                if not direct:
+                    await rescheduler.wait_rescheduled(self._abort)
+                    continue
+                try:
+                    await rescheduler.wait_woken()
+                except trio.Cancelled:
+                    # The request was aborted: finish the thread first.
+                    self.cancelled = True
+                    self._disconnect(_ABORTED)
+                    with lock:
+                        self._reader_waits = False
                 continue
             size = 0
             succeeded = False
@@ -587,8 +749,7 @@ class _Pipe:
                     self._changed.notify_all()
         if failure is not None:
             raise failure
-        assert self._result is not None
-        return self._result
+        return True
 
 
 @final
@@ -704,6 +865,13 @@ class WSGIErrors:
         pass
 
 
+#: Heads made so far, by status and headers: most applications answer with a
+#: few. Only checked, well-formed heads are kept (an exact ``str`` equal to
+#: one checked formats the same).
+_HEADS: dict[tuple[object, ...], bytes] = {}
+_MAX_HEADS: Final = 512
+
+
 def _cgi_head(status: object, headers: object) -> bytes:
     """The CGI head for a WSGI status and header list, checked as PEP 3333 asks."""
     if type(status) is not str:
@@ -724,7 +892,13 @@ def _cgi_head(status: object, headers: object) -> bytes:
             raise TypeError(f"WSGI header {item!r} is not a (name, value) tuple")
         if type(item[0]) is not str or type(item[1]) is not str:
             raise TypeError(f"WSGI header {item!r} must be native strings")
-    return format_cgi_head(status, headers)
+    key = (status, *headers)
+    head = _HEADS.get(key)
+    if head is None:
+        head = format_cgi_head(status, headers)
+        if len(_HEADS) < _MAX_HEADS:
+            _HEADS[key] = head
+    return head
 
 
 @final
@@ -920,11 +1094,15 @@ class WSGIHandler:
             rescheduler = self._rescheduler = _Rescheduler(token)
         pipe = _Pipe(request, rescheduler)
         cgi_environ = build_environ(request, script_name=self.script_name)
-        try:
-            wsgi_input = await self._preread(request, pipe)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            await trio.lowlevel.checkpoint()
-            return  # the connection is gone before the application started
+        stdin = request.stdin
+        if stdin.at_eof and not stdin.received and not stdin.expected_length:
+            wsgi_input = WSGIInput(pipe, complete=True)  # no body: most requests
+        else:
+            try:
+                wsgi_input = await self._preread(request, pipe)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await trio.lowlevel.checkpoint()
+                return  # the connection is gone before the application started
         environ = cast("dict[str, object]", cgi_environ)
         environ["wsgi.url_scheme"] = _url_scheme(cgi_environ)
         environ.update(self._constant_environ)
@@ -937,41 +1115,46 @@ class WSGIHandler:
             limiter.acquire_on_behalf_of_nowait(pipe)
         except trio.WouldBlock:
             await limiter.acquire_on_behalf_of(pipe)
-        release = partial(limiter.release_on_behalf_of, pipe)
         self._pipes.add(pipe)
         try:
             run = partial(contextvars.copy_context().run, self._run_app, environ, pipe)
             self._threads.submit(run, pipe.finish)
-            result = await pipe.serve()
+            returned = await pipe.serve()
         finally:
             self._pipes.discard(pipe)
             # An abandoned thread still in the application keeps its token.
-            if not (pipe.abandoned and pipe.when_returned(release)):
-                release()
-        if result is None:
+            if not (
+                pipe.abandoned and pipe.when_returned(partial(limiter.release_on_behalf_of, pipe))
+            ):
+                limiter.release_on_behalf_of(pipe)
+        if not returned:
             # Abandoned: the request was cancelled (see abandon()).
             await trio.lowlevel.checkpoint()
             return
         if pipe.cancelled:
             # Aborted: the application has returned; now raise the Cancelled.
             await trio.lowlevel.checkpoint()
-        try:
-            rest = result.unwrap()
-        except Exception:
-            if not pipe.disconnected:
-                raise
+        failure, pipe.failure = pipe.failure, None
+        if failure is not None:
+            try:
+                if not (pipe.disconnected and isinstance(failure, Exception)):
+                    raise failure
+            finally:
+                del failure  # no reference cycle through the traceback
             # The web server gave up on the request: not the application's failure.
             await trio.lowlevel.checkpoint()
             return
+        rest = pipe.rest
+        assert rest is not None
         if pipe.disconnected:
             await trio.lowlevel.checkpoint()
             return
         try:
-            if rest:
-                await request.stdout.send_all(rest)
-            await request.stdout.aclose()
+            # The rest and the end of stdout in one write.
+            await request.stdout._send_last(rest)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the connection is gone
+            # The connection is gone (or the application closed stdout itself).
+            await trio.lowlevel.checkpoint()
 
     def _run_app(self, environ: dict[str, object], pipe: _Pipe) -> bytes:
         """The application thread: returns the output not handed off yet."""
