@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import reprlib
 from collections.abc import Callable
-from typing import Any, Final, Literal, NoReturn, TypeAlias
+from typing import Any, Final, Literal, NoReturn, TypeAlias, TypeVar
 
 import attrs
 
@@ -123,6 +123,7 @@ class ConnectionClosed(Event):
 # for about a quarter less. Input events have no validators to skip.
 
 _new: Final = object.__new__
+_E = TypeVar("_E", bound="Event")
 
 
 def _slot_setter(cls: type[Event], name: str) -> Callable[[Event, object], None]:
@@ -133,12 +134,6 @@ def _slot_setter(cls: type[Event], name: str) -> Callable[[Event, object], None]
 _set_begin_request_id: Final = _slot_setter(BeginRequest, "request_id")
 _set_begin_role: Final = _slot_setter(BeginRequest, "role")
 _set_begin_keep_conn: Final = _slot_setter(BeginRequest, "keep_conn")
-_set_params_request_id: Final = _slot_setter(Params, "request_id")
-_set_params_params: Final = _slot_setter(Params, "params")
-_set_stdin_request_id: Final = _slot_setter(Stdin, "request_id")
-_set_stdin_data: Final = _slot_setter(Stdin, "data")
-_set_data_request_id: Final = _slot_setter(Data, "request_id")
-_set_data_data: Final = _slot_setter(Data, "data")
 
 
 def _make_begin_request(request_id: int, role: Role, keep_conn: bool) -> BeginRequest:
@@ -150,28 +145,26 @@ def _make_begin_request(request_id: int, role: Role, keep_conn: bool) -> BeginRe
     return event
 
 
-def _make_params(request_id: int, params: tuple[tuple[bytes, bytes], ...]) -> Params:
-    """``Params(request_id, params)``, built for the core."""
-    event = _new(Params)
-    _set_params_request_id(event, request_id)
-    _set_params_params(event, params)
-    return event
+def _request_event_builder(cls: type[_E], field: str) -> Callable[[int, Any], _E]:
+    """A builder of ``cls(request_id, value)`` events (*field* holds the
+    value) that sets their two slots directly."""
+    set_request_id = _slot_setter(cls, "request_id")
+    set_field = _slot_setter(cls, field)
+
+    def build(request_id: int, value: Any) -> _E:
+        event = _new(cls)
+        set_request_id(event, request_id)
+        set_field(event, value)
+        return event
+
+    return build
 
 
-def _make_stdin(request_id: int, data: bytes) -> Stdin:
-    """``Stdin(request_id, data)``, built for the core."""
-    event = _new(Stdin)
-    _set_stdin_request_id(event, request_id)
-    _set_stdin_data(event, data)
-    return event
-
-
-def _make_data(request_id: int, data: bytes) -> Data:
-    """``Data(request_id, data)``, built for the core."""
-    event = _new(Data)
-    _set_data_request_id(event, request_id)
-    _set_data_data(event, data)
-    return event
+_make_params: Final[Callable[[int, tuple[tuple[bytes, bytes], ...]], Params]] = (
+    _request_event_builder(Params, "params")
+)
+_make_stdin: Final[Callable[[int, bytes], Stdin]] = _request_event_builder(Stdin, "data")
+_make_data: Final[Callable[[int, bytes], Data]] = _request_event_builder(Data, "data")
 
 
 # -- sent to the web server ------------------------------------------------------
@@ -338,29 +331,13 @@ OutputEvent: TypeAlias = Stdout | Stderr | EndRequest | GetValuesResult | Unknow
 # The output events the library itself builds (a request's stdout and stderr
 # from bytes it made, its END_REQUEST from a status it checked) are valid by
 # construction: they skip the validators, which are for events users build.
-_set_stdout_request_id: Final = _slot_setter(Stdout, "request_id")
-_set_stdout_data: Final = _slot_setter(Stdout, "data")
-_set_stderr_request_id: Final = _slot_setter(Stderr, "request_id")
-_set_stderr_data: Final = _slot_setter(Stderr, "data")
+#: ``Stdout(request_id, data)`` and ``Stderr(request_id, data)`` for a valid
+#: id and data that is exactly ``bytes``.
+_make_stdout: Final[Callable[[int, bytes], Stdout]] = _request_event_builder(Stdout, "data")
+_make_stderr: Final[Callable[[int, bytes], Stderr]] = _request_event_builder(Stderr, "data")
 _set_end_request_id: Final = _slot_setter(EndRequest, "request_id")
 _set_end_app_status: Final = _slot_setter(EndRequest, "app_status")
 _set_end_protocol_status: Final = _slot_setter(EndRequest, "protocol_status")
-
-
-def _make_stdout(request_id: int, data: bytes) -> Stdout:
-    """``Stdout(request_id, data)`` for a valid id and exactly ``bytes``."""
-    event = _new(Stdout)
-    _set_stdout_request_id(event, request_id)
-    _set_stdout_data(event, data)
-    return event
-
-
-def _make_stderr(request_id: int, data: bytes) -> Stderr:
-    """``Stderr(request_id, data)`` for a valid id and exactly ``bytes``."""
-    event = _new(Stderr)
-    _set_stderr_request_id(event, request_id)
-    _set_stderr_data(event, data)
-    return event
 
 
 def _make_end_request(

@@ -186,9 +186,9 @@ class SocketTransport(Transport):
                     self._eager = 0
                     await trio.lowlevel.checkpoint()
                 return data
-        # The last receive took less than it could, so the socket was empty
-        # then: wait at once rather than try a recv(2) that would fail (a
-        # request that came meanwhile is reported by the wait at once).
+        # The socket is empty, or was at the last receive, which took less
+        # than it could: then no recv(2) is tried that would fail (input
+        # that came meanwhile is reported by the wait at once).
         self._eager = 0
         # Cancellation can only strike inside wait_readable, before recv: a
         # receive that timed out has taken nothing from the socket.
