@@ -140,7 +140,7 @@ class ServedConnection:
         self._transport = transport
         transport.write_timeout = config.write_timeout
         self._config = config
-        # trio's clock, read directly: self._now() goes through three
+        # trio's clock, read directly: trio.current_time() goes through three
         # more calls, and the reader asks for the time on every request.
         self._now = trio.lowlevel.current_clock().current_time
         self._life = Lifecycle(
@@ -204,7 +204,9 @@ class ServedConnection:
                 else:
                     self._writer.wake()  # woken from hibernation to close, say
                 wants_sleep = await self._read_loop()
-                self._alarm.stop()  # nothing waits for input any more
+                # Nothing waits for input any more: a clock of the connection's
+                # own ends its task now, so the nursery can close.
+                self._alarm.stop()
                 if wants_sleep:
                     # No request is left and the writer is idle: it serves again
                     # when the connection wakes.
