@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import heapq
 import os
-import socket
 import sys
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
@@ -30,7 +29,7 @@ from ._events import (
     UnknownType,
 )
 from ._sender import Sender
-from ._transport import SocketTransport, StreamTransport, Transport
+from ._transport import open_transport
 from ._wire import MAX_ALIGNED_CONTENT_LEN, RecordType, Role
 
 if sys.version_info < (3, 11):
@@ -124,7 +123,8 @@ class Client:
         if stdout_buffer_size < 1:
             raise ValueError("stdout_buffer_size must be >= 1")
         self.stream = stream
-        self._transport = _transport_over(stream)
+        # The stream stays the caller's: a socket is driven through a duplicate.
+        self._transport = open_transport(stream, borrow=True)
         self._conn = FastCGIClientConnection()
         self._limit = max_concurrent or MAX_CONCURRENT_REQUESTS
         self._stdout_buffer_size = stdout_buffer_size
@@ -636,17 +636,3 @@ async def open_unix_client(
         stream, max_concurrent=max_concurrent, stdout_buffer_size=stdout_buffer_size
     ) as client:
         yield client
-
-
-def _transport_over(stream: trio.abc.Stream) -> Transport:
-    """Drive *stream* without taking it over: a plain :class:`trio.SocketStream`
-    is driven directly through a duplicate of its socket's file descriptor
-    (closed by the client, before the stream), any other stream through its
-    own methods."""
-    if type(stream) is trio.SocketStream:
-        trio_sock = stream.socket
-        duplicate = socket.socket(
-            trio_sock.family, trio_sock.type, trio_sock.proto, fileno=os.dup(trio_sock.fileno())
-        )
-        return SocketTransport(duplicate)
-    return StreamTransport(stream)

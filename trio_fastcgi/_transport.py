@@ -319,12 +319,17 @@ def _consume(parts: list[bytes | memoryview], sent: int) -> None:
         parts[0] = memoryview(parts[0])[sent:]
 
 
-def open_transport(stream: trio.abc.Stream) -> Transport:
-    """Drive *stream*; a plain :class:`trio.SocketStream` gives up its socket."""
+def open_transport(stream: trio.abc.Stream, *, borrow: bool = False) -> Transport:
+    """Drive *stream*: a plain :class:`trio.SocketStream` directly, through its
+    socket, which it gives up; with *borrow*, through a duplicate of the
+    socket's file descriptor, so the stream stays usable (whoever borrowed
+    closes the transport, then the stream). Any other stream through its own
+    methods."""
     if type(stream) is trio.SocketStream:
         trio_sock = stream.socket
+        fileno = os.dup(trio_sock.fileno()) if borrow else trio_sock.detach()
         family, type_, proto = trio_sock.family, trio_sock.type, trio_sock.proto
-        return SocketTransport(socket.socket(family, type_, proto, fileno=trio_sock.detach()))
+        return SocketTransport(socket.socket(family, type_, proto, fileno=fileno))
     return StreamTransport(stream)
 
 
