@@ -24,8 +24,8 @@ from tests.helpers import (
 )
 from tests.test_asgi import GET, serve
 from trio_fastcgi._asyncio_bridge import AsyncioApp
+from trio_fastcgi._sender import QUEUE_LIMIT
 from trio_fastcgi._workers import serve_worker
-from trio_fastcgi._writer import QUEUE_LIMIT
 from trio_fastcgi.asgi import ASGIHandler, ClientDisconnected, mark_asyncio
 from trio_fastcgi.client import open_tcp_client
 

@@ -16,7 +16,7 @@ from trio_fastcgi import Request, serve_connection
 from trio_fastcgi._alarm import Alarm
 from trio_fastcgi._connection import FastCGIConnection
 from trio_fastcgi._events import NEED_DATA, EndRequest, Stdout
-from trio_fastcgi._sender import Sender
+from trio_fastcgi._sender import QUEUE_LIMIT, Sender
 from trio_fastcgi._transport import SocketTransport, Transport
 from trio_fastcgi._wire import (
     KEEP_CONN_FLAG,
@@ -26,7 +26,7 @@ from trio_fastcgi._wire import (
     encode_pairs,
     encode_record,
 )
-from trio_fastcgi._writer import QUEUE_LIMIT, Writer
+from trio_fastcgi._writer import Writer
 from trio_fastcgi.client import Client
 
 

@@ -151,11 +151,6 @@ class Alarm:
         #: What the alarm cancels: the scope the reader reads in.
         self.scope: trio.CancelScope | None = None
 
-    @property
-    def waiting(self) -> bool:
-        """Whether a receive is waiting now."""
-        return self._waiting
-
     def watch(self) -> None:
         """A receive begins to wait: cancel :attr:`scope` when the deadline comes."""
         assert self.scope is not None

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any, Final, final
 
 from ._events import EndRequest
 from ._exceptions import LocalProtocolError
-from ._sender import QUEUE_LIMIT as QUEUE_LIMIT
 from ._sender import Sender
 from ._streams import Outbox
 from ._transport import WriteTimeout
