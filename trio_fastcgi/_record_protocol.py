@@ -47,8 +47,10 @@ class RecordProtocol(Generic[EventT]):
             while True:
                 try:
                     record = reader.next_record()
-                except WireError as exc:
-                    raise self._error_type(self._describe(exc)) from None
+                except WireError as wire_error:
+                    # Not also named exc: one name for two exception types in
+                    # one function is one variable to a compiled (mypyc) build.
+                    raise self._error_type(self._describe(wire_error)) from None
                 if record is None:
                     return ConnectionClosed() if reader.eof else NEED_DATA
                 # Unpacked: a call with *record costs more than one with three names.

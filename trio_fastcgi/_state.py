@@ -10,21 +10,13 @@ a stream that is not (or no longer) being read.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from ._wire import RecordType, Role
 
 
 class RequestState(enum.Enum):
     """Where an active request's input is."""
-
-    # Members are compared by identity: hash them so too (Enum's own
-    # __hash__ is Python code, and these are dict keys on the hot path).
-    if TYPE_CHECKING:
-
-        def __hash__(self) -> int: ...
-    else:
-        __hash__ = object.__hash__
 
     PARAMS = "reading params"
     STDIN = "reading stdin"
@@ -51,17 +43,15 @@ STREAM_STATES: Final[dict[int, RequestState]] = {
 class Action(enum.Enum):
     """What to do with one input-stream record of an active request."""
 
-    # Members are compared by identity: hash them so too (Enum's own
-    # __hash__ is Python code, and these are dict keys on the hot path).
-    if TYPE_CHECKING:
-
-        def __hash__(self) -> int: ...
-    else:
-        __hash__ = object.__hash__
-
     DELIVER = "deliver"
     IGNORE = "ignore"
     ERROR = "error"
+
+
+# Members are compared by identity: hash them so too (Enum's own __hash__ is
+# Python code, and these are dict keys on the hot path). Set after the class
+# bodies, which a compiled build (mypyc) keeps to plain statements.
+RequestState.__hash__ = Action.__hash__ = object.__hash__  # type: ignore[method-assign]
 
 
 def stream_action(state: RequestState, record_type: int, empty: bool) -> Action:

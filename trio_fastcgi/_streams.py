@@ -7,10 +7,9 @@ event handed to the connection's :class:`Outbox`, its single sender.
 
 from __future__ import annotations
 
-import abc
 import contextlib
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Final, final
+from typing import TYPE_CHECKING, Final, Protocol, final
 
 import trio
 
@@ -25,12 +24,14 @@ if TYPE_CHECKING:
 DEFAULT_MAX_BODY_SIZE: Final = 16 * 1024 * 1024
 
 
-class Outbox(abc.ABC):
-    """Where a connection's output events go, in order (its writer)."""
+class Outbox(Protocol):
+    """Where a connection's output events go, in order (its writer).
+
+    A protocol, so that the connection's writer (compiled, in a mypyc build)
+    need not inherit from it; a class that does inherits :meth:`send_many`."""
 
     __slots__ = ()
 
-    @abc.abstractmethod
     async def send(self, event: OutputEvent) -> None:
         """Send (or queue) *event*; :class:`trio.BrokenResourceError` if the
         connection is gone."""

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any, Final, final
 from ._events import EndRequest
 from ._exceptions import LocalProtocolError
 from ._sender import Sender
-from ._streams import Outbox
 from ._transport import WriteTimeout
 
 if TYPE_CHECKING:
@@ -37,7 +36,7 @@ LOGGER: Final = logging.getLogger("trio_fastcgi")
 
 
 @final
-class Writer(Sender, Outbox):
+class Writer(Sender):
     """Sends one connection's output, in the order it was given.
 
     Args:
