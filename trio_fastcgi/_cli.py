@@ -25,6 +25,7 @@ from ._app import (
     whole_number,
 )
 from ._bind import Bind, BindError, BoundSocket, default_binds, open_binds, parse_bind
+from ._compiled import build_description
 from ._config import (
     DEFAULT_GRACE_PERIOD,
     DEFAULT_HIBERNATE_AFTER,
@@ -168,7 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
             "of web servers allowed to connect over TCP."
         ),
     )
-    parser.add_argument("--version", action="version", version=f"trio-fastcgi {__version__}")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"trio-fastcgi {__version__} ({build_description()})",
+    )
     add_app_arguments(parser)
 
     group = parser.add_argument_group("listening")

@@ -79,6 +79,9 @@ def _copy_for_apache_user(target: Path) -> str:
     code, site = target / "code", target / "site"
     ignore = shutil.ignore_patterns("__pycache__", "djangoproject")
     shutil.copytree(REPO_ROOT / "trio_fastcgi", code / "trio_fastcgi", ignore=ignore)
+    # A compiled build (TRIO_FASTCGI_COMPILE=1) keeps its runtime beside the package.
+    for library in REPO_ROOT.glob("trio_fastcgi__mypyc.*"):
+        shutil.copy2(library, code / library.name)
     shutil.copytree(
         REPO_ROOT / "tests" / "integration" / "apps", code / "tests/integration/apps", ignore=ignore
     )
