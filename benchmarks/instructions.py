@@ -40,6 +40,7 @@ REPO = HERE.parent
 BACKENDS_DIR = HERE / "backends"
 sys.path[:0] = [str(BACKENDS_DIR), str(HERE), str(REPO)]
 
+import compiled_build  # noqa: E402
 from common import HELLO, ONE_MIB, POST_SIZE  # noqa: E402
 from fcgi_load import RecordReader, body_of, encode_request  # noqa: E402
 
@@ -55,11 +56,18 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "floor-trio-shape": ("floor (c): trio, design card shape", "floor_trio_shape.py"),
     "floor-trio-lazy": ("floor (d): design card shape, lazy writer", "floor_trio_lazy.py"),
 }
+#: The trio-fastcgi rows again, on the compiled build (compiled_build.py).
+MYPYC = "-mypyc"
+BACKENDS.update(
+    {
+        key + MYPYC: (f"{label}, compiled (mypyc)", script)
+        for key, (label, script) in list(BACKENDS.items())
+        if key.startswith("trio-")
+    }
+)
 #: Backends that serve /post and /1m (every one here does).
 FULL_ROUTES = {
-    "trio-native",
-    "trio-asgi",
-    "trio-wsgi",
+    *(k for k in BACKENDS if k.startswith("trio-")),
     "fcgisgi-asgi",
     "fcgisgi-wsgi",
     *(k for k in BACKENDS if k.startswith("floor")),
@@ -169,8 +177,9 @@ def measure(key: str, scenario: Scenario, requests: int, log: Callable[[str], No
     with tempfile.TemporaryDirectory(prefix="instructions-") as tmp:
         out_dir = Path(tmp)
         env = dict(os.environ)
+        package = compiled_build.compiled_tree() if key.endswith(MYPYC) else REPO
         env["PYTHONPATH"] = os.pathsep.join(
-            [str(BACKENDS_DIR), str(REPO), *filter(None, [env.get("PYTHONPATH")])]
+            [str(BACKENDS_DIR), str(package), *filter(None, [env.get("PYTHONPATH")])]
         )
         proc = subprocess.Popen(
             [

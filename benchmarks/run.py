@@ -34,7 +34,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ REPO = HERE.parent
 BACKENDS_DIR = HERE / "backends"
 sys.path[:0] = [str(BACKENDS_DIR), str(REPO)]
 
+import compiled_build  # noqa: E402
 from common import HELLO, ONE_MIB, POST_SIZE, raise_nofile  # noqa: E402
 
 #: One wrk run's numbers; a backend's runs per scenario; all of them per backend.
@@ -236,21 +237,42 @@ class Backend:
     skip_reason: str | None = field(default=None, init=False)
 
 
-def python_env() -> dict[str, str]:
+def python_env(*, compiled: bool = False) -> dict[str, str]:
+    """The environment of a Python backend: this checkout's trio_fastcgi, or
+    with *compiled* its compiled copy (compiled_build.py)."""
     env = dict(os.environ)
+    package = compiled_build.compiled_tree() if compiled else REPO
     env["PYTHONPATH"] = os.pathsep.join(
-        [str(BACKENDS_DIR), str(REPO), *filter(None, [env.get("PYTHONPATH")])]
+        [str(BACKENDS_DIR), str(package), *filter(None, [env.get("PYTHONPATH")])]
     )
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
 
 
-def python_backend(script: str, *extra: str) -> Callable[[Path, int], Proc]:
+def python_backend(script: str, *extra: str, compiled: bool = False) -> Callable[[Path, int], Proc]:
     def start(work: Path, port: int) -> Proc:
         argv = [sys.executable, str(BACKENDS_DIR / script), "--port", str(port), *extra]
-        return Proc(argv, log_path=work / "backend.log", env=python_env())
+        return Proc(argv, log_path=work / "backend.log", env=python_env(compiled=compiled))
 
     return start
+
+
+def compiled_check() -> str | None:
+    """None once the compiled copy is built, else why it cannot be."""
+    reason = compiled_build.missing()
+    if reason is None:
+        compiled_build.compiled_tree()
+    return reason
+
+
+#: The trio-fastcgi rows that also run compiled: (key, label, script).
+TRIO_ROWS = [
+    ("trio-native", "trio-fastcgi, native handler", "trio_native.py"),
+    ("trio-wsgi", "trio-fastcgi WSGI adapter", "trio_wsgi.py"),
+    ("trio-asgi", "trio-fastcgi ASGI adapter", "trio_asgi.py"),
+]
+#: The suffix of a compiled row's key: trio-native-mypyc and so on.
+MYPYC = "-mypyc"
 
 
 def module_missing(*modules: str) -> str | None:
@@ -261,17 +283,6 @@ def module_missing(*modules: str) -> str | None:
         except ModuleNotFoundError:
             return f"Python module {module} is not installed"
     return None
-
-
-def trio_module_missing(module: str, script: str) -> Callable[[], str | None]:
-    def check() -> str | None:
-        if importlib.util.find_spec(module) is None:
-            return f"not available yet ({module} does not exist)"
-        if not (BACKENDS_DIR / script).exists():
-            return f"not available yet (benchmarks/backends/{script} does not exist)"
-        return None
-
-    return check
 
 
 def pip_version(dist: str) -> Callable[[], str]:
@@ -472,26 +483,25 @@ FLOOR = "floor-trio-lazy"
 def make_backends() -> list[Backend]:
     nginx_version = command_version(["nginx", "-v"], r"nginx/\S+")
     return [
-        Backend(
-            "trio-native",
-            "trio-fastcgi, native handler",
-            lambda: None,
-            python_backend("trio_native.py"),
-            version=pip_version("trio-fastcgi"),
+        *(
+            Backend(
+                key,
+                label,
+                lambda: None,
+                python_backend(script),
+                version=pip_version("trio-fastcgi"),
+            )
+            for key, label, script in TRIO_ROWS
         ),
-        Backend(
-            "trio-wsgi",
-            "trio-fastcgi WSGI adapter",
-            trio_module_missing("trio_fastcgi.wsgi", "trio_wsgi.py"),
-            python_backend("trio_wsgi.py"),
-            version=pip_version("trio-fastcgi"),
-        ),
-        Backend(
-            "trio-asgi",
-            "trio-fastcgi ASGI adapter",
-            trio_module_missing("trio_fastcgi.asgi", "trio_asgi.py"),
-            python_backend("trio_asgi.py"),
-            version=pip_version("trio-fastcgi"),
+        *(
+            Backend(
+                key + MYPYC,
+                f"{label}, compiled (mypyc)",
+                compiled_check,
+                python_backend(script, compiled=True),
+                version=pip_version("trio-fastcgi"),
+            )
+            for key, label, script in TRIO_ROWS
         ),
         Backend(
             "trio-workers2",
@@ -813,6 +823,12 @@ RATIOS = [
     ("native vs Go", "trio-native", "go", None, None),
     ("native vs php-fpm (4 children)", "trio-native", "php-fpm", None, None),
     ("floor (d) vs fcgisgi ASGI", FLOOR, "fcgisgi-asgi", None, None),
+    ("native (mypyc) vs fcgisgi ASGI", "trio-native-mypyc", "fcgisgi-asgi", None, None),
+    ("native (mypyc) vs floor (d)", "trio-native-mypyc", FLOOR, None, None),
+    ("native (mypyc) vs native", "trio-native-mypyc", "trio-native", None, None),
+    ("ASGI (mypyc) vs fcgisgi ASGI", "trio-asgi-mypyc", "fcgisgi-asgi", None, None),
+    ("WSGI (mypyc) vs fcgisgi WSGI", "trio-wsgi-mypyc", "fcgisgi-wsgi", None, None),
+    ("WSGI (mypyc) vs uWSGI", "trio-wsgi-mypyc", "uwsgi", None, None),
 ]
 
 HELLOS = ("hello-ka", "hello-new")
@@ -863,9 +879,20 @@ TARGETS = [
     ),
     Target("--workers 2 vs Go", "trio-workers2", "go", dict.fromkeys(HELLOS, 1.0)),
 ]
+# The same targets for the compiled build's rows (the --workers 2 row is pure).
+TARGETS += [
+    Target(f"{target.label}, compiled", target.backend + MYPYC, *astuple(target)[2:])
+    for target in TARGETS
+    if target.backend != "trio-workers2"
+]
 
 #: Which fcgisgi a backend's row is compared with in the per-workload summary.
-FCGISGI_OF = {"trio-wsgi": "fcgisgi-wsgi", "uwsgi": "fcgisgi-wsgi", "flup": "fcgisgi-wsgi"}
+FCGISGI_OF = {
+    "trio-wsgi": "fcgisgi-wsgi",
+    "trio-wsgi-mypyc": "fcgisgi-wsgi",
+    "uwsgi": "fcgisgi-wsgi",
+    "flup": "fcgisgi-wsgi",
+}
 #: The idle-connection target: RSS of trio-fastcgi holding that many, in MB.
 IDLE_RSS_LIMIT_MB = 100.0
 #: Peak RSS under the POST load: (backend, the fcgisgi it must not exceed).
@@ -874,6 +901,7 @@ POST_RSS_PAIRS = [
     ("trio-asgi", "fcgisgi-asgi"),
     ("trio-wsgi", "fcgisgi-wsgi"),
 ]
+POST_RSS_PAIRS += [(backend + MYPYC, baseline) for backend, baseline in POST_RSS_PAIRS]
 
 
 def ratio(rounds: Rounds, backend: str, baseline: str, scenario: str) -> float | None:
