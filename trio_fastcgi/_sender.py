@@ -77,11 +77,13 @@ class Sender:
         self._transport = transport
         self._fail = fail
         self._gone = gone
-        self._queue: deque[bytes | memoryview] = deque()
+        # Made when first needed and dropped when drained: most connections
+        # never queue, and an idle one should hold little (a deque is 760 bytes).
+        self._queue: deque[bytes | memoryview] | None = None
         self._queued = 0
         self._running = False
         self._closed = False
-        self._room = trio.lowlevel.ParkingLot()
+        self._room: trio.lowlevel.ParkingLot | None = None
         #: Where the writer task starts.
         self.nursery: trio.Nursery | None = None
 
@@ -99,9 +101,11 @@ class Sender:
         """Refuse all bytes from now on; senders waiting for room are woken
         with BrokenResourceError. Whatever is queued is dropped."""
         self._closed = True
-        self._queue.clear()
+        if self._queue is not None:
+            self._queue.clear()
         self._queued = 0
-        self._room.unpark_all()
+        if self._room is not None:
+            self._room.unpark_all()
 
     async def send_all(self, data: bytes) -> None:
         """Send *data* after everything handed over before, or queue it.
@@ -151,6 +155,8 @@ class Sender:
                 raise trio.BrokenResourceError(self._gone)
             if self._queued < QUEUE_LIMIT:
                 return
+            if self._room is None:
+                self._room = trio.lowlevel.ParkingLot()
             await self._room.park()
 
     async def _write(self, parts: list[bytes | memoryview]) -> bool:
@@ -184,6 +190,8 @@ class Sender:
 
     def _enqueue(self, parts: list[bytes | memoryview]) -> None:
         queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
         for piece in parts:
             queue.append(piece)
             self._queued += len(piece)
@@ -219,8 +227,9 @@ class Sender:
                     parts = [b"".join(parts)]
                 await transport.send_parts(parts)
                 self._queued -= size  # counted until sent: it is still held
-                if self._queued < QUEUE_LIMIT:
+                if self._queued < QUEUE_LIMIT and self._room is not None:
                     self._room.unpark_all()
+            self._queue = None  # drained
             await self._drained()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._failed(exc)
