@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import sys
 
 import pytest
 from hypothesis import given
@@ -160,6 +161,31 @@ def test_record_reader_splits_records_fed_in_pieces() -> None:
     assert reader.next_record() is None
     with pytest.raises(ValueError, match="after end of file"):
         reader.feed(b"x")
+
+
+def test_record_reader_lets_go_of_a_chunk_once_it_is_read() -> None:
+    # An idle connection must not keep the last chunk the kernel gave it: a
+    # chunk from a large recv() can hold a whole page of memory.
+    first = helpers.record(helpers.STDIN, 3, b"abc")
+    chunk = first + helpers.record(helpers.STDIN, 3)
+    held = sys.getrefcount(chunk)
+    reader = RecordReader()
+    reader.feed(chunk)
+    assert sys.getrefcount(chunk) == held + 1
+    while reader.next_record() is not None:
+        pass
+    assert sys.getrefcount(chunk) == held
+    assert not reader.has_partial_record
+    # A partial record is kept until it is complete.
+    cut = len(first) + 4
+    reader.feed(chunk[:cut])
+    assert reader.next_record() == (helpers.STDIN, 3, b"abc")
+    assert reader.next_record() is None
+    assert reader.has_partial_record
+    reader.feed(chunk[cut:])
+    assert reader.next_record() == (helpers.STDIN, 3, b"")
+    assert reader.next_record() is None
+    assert not reader.has_partial_record
 
 
 def test_record_reader_errors() -> None:

@@ -287,8 +287,15 @@ class RecordReader:
                 # One copy: slicing the bytearray itself would make two.
                 with memoryview(buffer) as view:
                     return record_type, request_id, bytes(view[start:end])
-        if self._eof and size > pos:
-            raise WireError(
-                f"connection closed in the middle of a record ({size - pos} bytes of it received)"
-            )
+        if size > pos:
+            if self._eof:
+                raise WireError(
+                    "connection closed in the middle of a record "
+                    f"({size - pos} bytes of it received)"
+                )
+        elif size:
+            # All of it was read: let the chunk go, or an idle connection keeps
+            # its last one (a page of memory, for a chunk the kernel gave us).
+            self._buffer = b""
+            self._pos = 0
         return None
