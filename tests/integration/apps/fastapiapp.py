@@ -31,11 +31,19 @@ GO_TIMEOUT = 60.0
 POLL = 0.05
 
 
+def mark(name: str, text: str) -> None:
+    """Write the marker *name* whole: the test polls for it, and a file that
+    ``write_text`` has created but not yet filled would read as empty."""
+    partial = MARKERS / f".{name}.partial"
+    partial.write_text(text)
+    partial.replace(MARKERS / name)
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, int]]:
-    (MARKERS / "startup").write_text(str(os.getpid()))
+    mark("startup", str(os.getpid()))
     yield {"pid": os.getpid()}
-    (MARKERS / "shutdown").write_text(str(os.getpid()))
+    mark("shutdown", str(os.getpid()))
 
 
 app = FastAPI(lifespan=lifespan)
@@ -50,7 +58,7 @@ async def wait_then_mark(name: str) -> None:
     else:
         raise TimeoutError(f"no {name}.go")
     await anyio.sleep(OUTLIVE)
-    (MARKERS / f"{name}.done").write_text("async")
+    mark(f"{name}.done", "async")
 
 
 def wait_then_mark_in_thread(name: str) -> None:
@@ -61,7 +69,7 @@ def wait_then_mark_in_thread(name: str) -> None:
             raise TimeoutError(f"no {name}.go")
         time.sleep(POLL)
     time.sleep(OUTLIVE)
-    (MARKERS / f"{name}.done").write_text("thread")
+    mark(f"{name}.done", "thread")
 
 
 @app.get("/json")
