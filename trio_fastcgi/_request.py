@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Final, TypeVar, final, overload
 
 import trio
@@ -11,10 +11,14 @@ from ._cgi import HeaderItems, format_cgi_head, header_items
 from ._events import Stderr, Stdout
 from ._streams import InputStream, OutputStream
 from ._util import NoPublicConstructor
-from ._wire import Role
+from ._wire import ProtocolStatus, Role
 
 if TYPE_CHECKING:
     from ._streams import Outbox
+
+#: How the connection ends a request: ``end(request, app_status, protocol_status)``
+#: sends its FCGI_END_REQUEST, once.
+RequestEnder = Callable[["Request", int, ProtocolStatus], Awaitable[None]]
 
 
 def _length_param(value: str | bytes | None) -> int | None:
@@ -27,6 +31,7 @@ def _length_param(value: str | bytes | None) -> int | None:
 
 _D = TypeVar("_D")
 _AUTHORIZER: Final = Role.AUTHORIZER
+_REQUEST_COMPLETE: Final = ProtocolStatus.REQUEST_COMPLETE
 
 
 def _decode(value: bytes) -> str:
@@ -106,6 +111,15 @@ class Request(metaclass=NoPublicConstructor):
     _data: InputStream | None
     _stderr: OutputStream | None
     _finished: bool
+    # Class-level defaults: only some requests set them.
+    #: Called instead of cancelling the request's scope when the request is
+    #: stopped (see _cancel): a handler that tells its application first.
+    _cancel_hook: Callable[[], None] | None = None
+    #: Called once when the request ends (see _finish).
+    _on_end: Callable[[], None] | None = None
+    #: The connection's way to end the request (see _end_early); None for a
+    #: request made without one.
+    _end: RequestEnder | None = None
 
     @classmethod
     def _create(
@@ -169,7 +183,8 @@ class Request(metaclass=NoPublicConstructor):
         return self._stderr
 
     def _finish(self) -> None:
-        """The handler is done: drop unread input, refuse further output."""
+        """The request ends (its handler is done, or it ended early): drop
+        unread input, refuse further output."""
         self._finished = True
         self.stdin._discard()
         if self._data is not None:
@@ -177,6 +192,26 @@ class Request(metaclass=NoPublicConstructor):
         self.stdout._closed = True
         if self._stderr is not None:
             self._stderr._closed = True
+        if self._on_end is not None:
+            self._on_end()
+
+    async def _end_early(self) -> None:
+        """End the request now, with app status 0, while its handler goes on:
+        what an ASGI application's complete response does."""
+        if self._end is not None:
+            await self._end(self, 0, _REQUEST_COMPLETE)
+        elif not self._finished:
+            self._finish()  # no connection: only refuse further output
+
+    def _cancel(self) -> None:
+        """Stop the request: what an abort or the end of its connection does.
+        Cancels its scope, unless its handler set a _cancel_hook to be told
+        instead."""
+        hook = self._cancel_hook
+        if hook is None:
+            self.cancel_scope.cancel()
+        else:
+            hook()
 
     def _close_input(self) -> None:
         """The connection is gone: wake any reader with ClosedResourceError."""

@@ -7,6 +7,13 @@ Task tree of one connection::
     ├── request task (N) one per request, handler inside request.cancel_scope
     └── writer task      only while output waits: sends the queue in order
 
+A handler may run its requests in tasks of its own instead (see
+:func:`request_spawner`: the ASGI adapter): the connection then stops them with
+``request._cancel()`` and does not wait for them. Every request ends in
+:meth:`ServedConnection._end_request`, once: when its handler returns, or
+earlier if the handler ends it (``request._end_early()``, an ASGI response that
+is complete while the application runs on).
+
 All output goes through the connection's :class:`~._writer.Writer`, its one
 sender: it turns each output event into whole records with the sans-IO core and
 sends them from the task that wrote them when nothing is queued and the socket
@@ -89,6 +96,27 @@ _ROLE_OPTIONS: Final[dict[int, str]] = {
 }
 
 
+#: A handler's ``spawn_request(run, request)`` (see request_spawner).
+Spawn = Callable[[Callable[[Request], Awaitable[None]], Request], None]
+
+
+def request_spawner(handler: object) -> Spawn | None:
+    """*handler*'s ``spawn_request``, if it has one (and it is not None).
+
+    A handler with one runs its requests in tasks of its own, not the
+    connection's: the ASGI adapter, whose applications may run on after their
+    response (background tasks) and after their connection closed.
+    ``spawn_request(run, request)`` must start ``run(request)`` (the
+    connection's own code around the handler) at once, in a task outside the
+    connection's nursery. The connection does not wait for that task and
+    cannot cancel it: it stops the request with ``request._cancel()``, so the
+    handler sets ``request._cancel_hook`` or leaves the request's cancel scope
+    to do it. A handler that wraps another passes its ``spawn_request`` on.
+    """
+    spawn: Spawn | None = getattr(handler, "spawn_request", None)
+    return spawn
+
+
 def timeout_policy(config: Config) -> TimeoutPolicy:
     """The timeouts that connections served with *config* follow."""
     return TimeoutPolicy(
@@ -119,6 +147,7 @@ class ServedConnection:
         "_pending",
         "_refusals",
         "_requests",
+        "_spawn",
         "_transport",
         "_writer",
     )
@@ -137,6 +166,7 @@ class ServedConnection:
     ) -> None:
         self._number = next(self._ids)
         self._handler = handler
+        self._spawn = request_spawner(handler)
         self._transport = transport
         transport.write_timeout = config.write_timeout
         self._config = config
@@ -221,8 +251,14 @@ class ServedConnection:
             self._nursery = self._writer.nursery = None
             if not hibernating:
                 self._life.close(self._now())
+                # Its tasks are gone, however it ended: from now on every send
+                # fails at once. The connection's own request tasks are gone
+                # too; this stops the ones in tasks of their handler's
+                # (request_spawner), which the connection does not wait for.
+                self._writer.close()
                 for request in self._requests.values():
                     request._close_input()
+                    request._cancel()
                 await self._transport.close()
                 LOGGER.debug("%s: closed", self.name)
         if hibernating:
@@ -446,16 +482,20 @@ class ServedConnection:
             outbox=self._writer,
             input_buffer_size=self._config.input_buffer_size,
         )
+        request._end = self._end_request
         self._requests[event.request_id] = request
-        assert self._nursery is not None
-        self._nursery.start_soon(self._run_request, request, name="trio_fastcgi.request")
+        if self._spawn is not None:
+            self._spawn(self._run_request, request)
+        else:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._run_request, request, name="trio_fastcgi.request")
 
     async def _abort(self, request_id: int) -> None:
         request = self._requests.get(request_id)
         if request is not None:
             LOGGER.debug("%s: request %d aborted by the web server", self.name, request_id)
             request._aborted = True
-            request.cancel_scope.cancel()
+            request._cancel()
         elif self._pending.pop(request_id, None) is not None:
             # Aborted before its params were complete: the handler never ran.
             self._request_ended()
@@ -480,9 +520,20 @@ class ServedConnection:
                     await self._send_error_response(request)
                 else:
                     app_status = self._app_status(result)
-        finally:
-            del self._requests[request.request_id]
-            request._finish()
+        except BaseException:
+            if not request._finished:
+                self._forget(request)
+            raise
+        await self._end_request(request, app_status, protocol_status)
+
+    async def _end_request(
+        self, request: Request, app_status: int, protocol_status: ProtocolStatus
+    ) -> None:
+        """End *request*, once: refuse its further output and send its
+        END_REQUEST. When its handler returns, or earlier (Request._end_early)."""
+        if request._finished:
+            return
+        self._forget(request)
         self._request_ended()
         # Not contextlib.suppress: a context manager per request costs more.
         try:  # noqa: SIM105
@@ -494,6 +545,13 @@ class ServedConnection:
             )
         except trio.BrokenResourceError:
             pass  # the connection is gone
+
+    def _forget(self, request: Request) -> None:
+        """*request* ends: it is no longer the connection's, and takes no more
+        input or output. Once per request, before its END_REQUEST: until then
+        no other request can have its id."""
+        del self._requests[request.request_id]
+        request._finish()
 
     def _app_status(self, result: object) -> int:
         if result is None:
