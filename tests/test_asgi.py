@@ -350,12 +350,17 @@ async def test_asgi_starlette_streaming_response(nursery: trio.Nursery) -> None:
     assert len([r for r in response.records if r.type == STDOUT and r.content]) >= 3
 
 
-async def test_asgi_starlette_error_is_500(nursery: trio.Nursery) -> None:
+async def test_asgi_starlette_error_is_500(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
     web = await serve(nursery, ASGIHandler(starlette_app, lifespan="off"))
     await web.request(1, params={**GET, "SCRIPT_NAME": "/fail"})
     response = await web.read_response(1)
     assert response.head.startswith(b"Status: 500")
-    assert response.app_status == 1
+    # Starlette sends its 500, which ends the request, then raises: logged.
+    assert response.app_status == 0
+    await trio.testing.wait_all_tasks_blocked()
+    assert "failed after its response was complete" in caplog.text
 
 
 async def test_asgi_starlette_mounted_under_script_name(nursery: trio.Nursery) -> None:
@@ -526,7 +531,9 @@ async def test_asgi_connection_closed_while_receive_waits(nursery: trio.Nursery)
     assert received[-1] == {"type": "http.disconnect"}
 
 
-async def test_asgi_app_runs_in_the_request_context(nursery: trio.Nursery) -> None:
+async def test_asgi_app_runs_in_a_copy_of_the_serving_context(nursery: trio.Nursery) -> None:
+    """Each request's application runs in its own task, with a copy of the
+    context the connection was served in: its changes stay its own."""
     import contextvars
 
     var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
@@ -534,23 +541,21 @@ async def test_asgi_app_runs_in_the_request_context(nursery: trio.Nursery) -> No
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         seen.append(var.get())
-        var.set("changed by the app")
+        var.set(f"changed by request {scope['extensions']['fastcgi']['request_id']}")
         await send({"type": "http.response.start", "status": 204})
         await send({"type": "http.response.body"})
 
-    inner = ASGIHandler(app)
-
-    async def handler(request: Request) -> None:
-        var.set(f"request {request.request_id}")
-        await inner(request)
-        seen.append(var.get())  # the app's changes stay in its own copy
+    async def serve_in_context() -> None:
+        var.set("served")
+        await trio_fastcgi.serve_connection(ASGIHandler(app), server)
 
     client, server = trio.testing.memory_stream_pair()
-    nursery.start_soon(trio_fastcgi.serve_connection, handler, server)
+    nursery.start_soon(serve_in_context)
     web = FakeWebServer(client)
-    await web.request(4, params=GET)
-    await web.read_response(4)
-    assert seen == ["request 4", "request 4"]
+    for request_id in (4, 5):
+        await web.request(request_id, params=GET)
+        await web.read_response(request_id)
+    assert seen == ["served", "served"]
 
 
 async def test_build_scope_header_names_cache_is_bounded() -> None:
@@ -585,11 +590,14 @@ async def test_asgi_last_block_goes_out_before_the_app_returns(nursery: trio.Nur
 
 
 async def test_asgi_failure_after_the_last_block_keeps_the_response(
-    nursery: trio.Nursery,
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
 ) -> None:
+    failed = trio.Event()
+
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 201})
         await send({"type": "http.response.body", "body": b"made"})
+        failed.set()
         raise ValueError("after the response")
 
     web = await serve(nursery, ASGIHandler(app))
@@ -597,7 +605,17 @@ async def test_asgi_failure_after_the_last_block_keeps_the_response(
     response = await web.read_response(1)
     assert (response.head, response.body) == (b"Status: 201 Created", b"made")
     assert response.stdout_closed
-    assert response.app_status == 1
+    # The complete response ended the request (app status 0); the failure is logged.
+    assert response.app_status == 0
+    with trio.fail_after(5):
+        await failed.wait()
+    await trio.testing.wait_all_tasks_blocked()
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.getMessage() for r in errors] == [
+        "request 1: the ASGI application failed after its response was complete"
+    ]
+    assert errors[0].exc_info is not None
+    assert isinstance(errors[0].exc_info[1], ValueError)
 
 
 async def test_asgi_short_response_is_one_write(nursery: trio.Nursery) -> None:

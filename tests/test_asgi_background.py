@@ -336,3 +336,117 @@ async def test_asyncio_app_runs_on_after_its_response(nursery: trio.Nursery) -> 
     assert not finished.is_set()
     release.set()
     assert await trio.to_thread.run_sync(finished.wait, 10)
+
+
+# -- the application's task is its own: the connection stops it, never waits -------
+
+
+def ignoring_disconnect(events: list[str]) -> Any:
+    """An app that reads the disconnect, records it with the time, and goes on
+    until it is cancelled."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()  # the (empty) body
+        events.append(f"{(await receive())['type']} at {trio.current_time():g}")
+        try:
+            await trio.sleep_forever()
+        finally:
+            events.append(f"cancelled at {trio.current_time():g}")
+
+    return app
+
+
+async def test_connection_closed_tells_the_app_and_cancels_it_after_the_grace(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    events: list[str] = []
+    client, server = trio.testing.memory_stream_pair()
+    served = trio.Event()
+
+    async def serve_then_mark() -> None:
+        await trio_fastcgi.serve_connection(ASGIHandler(ignoring_disconnect(events)), server)
+        events.append(f"connection done at {trio.current_time():g}")
+        served.set()
+
+    nursery.start_soon(serve_then_mark)
+    await FakeWebServer(client).request(1, params=GET)
+    await trio.testing.wait_all_tasks_blocked()
+    await client.aclose()  # the web server gives up on the request
+    await served.wait()
+    await trio.sleep(5)
+    # The connection ends at once; the application, told, gets its grace.
+    assert "connection done at 0" in events
+    events.remove("connection done at 0")
+    assert events == ["http.disconnect at 0", "cancelled at 1"]
+
+
+async def test_cancelled_serving_tells_the_app_and_cancels_it_after_the_grace(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The application's task is outside the serving's cancel scope: cancelling
+    the server reaches it through its request, as an abort does."""
+    events: list[str] = []
+    client, server = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as inner:
+        inner.start_soon(
+            trio_fastcgi.serve_connection, ASGIHandler(ignoring_disconnect(events)), server
+        )
+        await FakeWebServer(client).request(1, params=GET)
+        await trio.testing.wait_all_tasks_blocked()
+        inner.cancel_scope.cancel()
+    assert trio.current_time() == 0
+    await trio.sleep(5)
+    assert events == ["http.disconnect at 0", "cancelled at 1"]
+
+
+async def test_same_request_id_while_the_first_app_runs_on(nursery: trio.Nursery) -> None:
+    """nginx reuses request id 1 once END_REQUEST came: the next request with
+    that id is served, aborted and ended on its own while the first request's
+    application still runs."""
+    release = trio.Event()
+    events: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        name = scope["path"]
+        await send({"type": "http.response.start", "status": 200})
+        if name == "/first":
+            await send({"type": "http.response.body", "body": b"first"})
+            await release.wait()
+            events.append("first returned")
+        else:
+            await receive()  # the body
+            events.append(f"second got {(await receive())['type']}")
+
+    web = await serve(nursery, ASGIHandler(app))
+    with trio.fail_after(5):
+        await web.request(1, params={**GET, "SCRIPT_NAME": "/first"})
+        assert (await web.read_response(1)).body == b"first"
+        await web.request(1, params={**GET, "SCRIPT_NAME": "/second"})
+        await trio.testing.wait_all_tasks_blocked()
+        await web.send(record(ABORT, 1))  # the second request's, not the first's
+        second = await web.read_response(1)
+        release.set()
+        await trio.testing.wait_all_tasks_blocked()
+    assert (second.stdout, second.protocol_status) == (b"", 0)
+    assert events == ["second got http.disconnect", "first returned"]
+    assert web.responses == {}  # nothing more came for either
+
+
+async def test_access_log_line_comes_with_the_response_not_the_background_work(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    from trio_fastcgi._access_log import AccessLogHandler
+
+    release = trio.Event()
+    handler = AccessLogHandler(ASGIHandler(response_then(release.wait)))
+    assert handler.spawn_request is not None  # the adapter's own tasks, passed on
+    web = await serve(nursery, handler)
+    with caplog.at_level(logging.INFO, logger="trio_fastcgi.access"):
+        await web.request(1, params=GET)
+        with trio.fail_after(5):
+            await web.read_response(1)
+        [line] = [r.getMessage() for r in caplog.records if r.name == "trio_fastcgi.access"]
+        assert '"GET - HTTP/1.1" 200 8 ' in line
+        release.set()
+        await trio.testing.wait_all_tasks_blocked()
+    assert len([r for r in caplog.records if r.name == "trio_fastcgi.access"]) == 1

@@ -24,13 +24,14 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Final, final
 
 from ._exceptions import EndRequestWith
+from ._served_connection import request_spawner
 from ._workers import Abandoning
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from ._request import Request
-    from ._served_connection import Handler
+    from ._served_connection import Handler, Spawn
 
 ACCESS_LOGGER: Final = logging.getLogger("trio_fastcgi.access")
 
@@ -124,11 +125,25 @@ class AccessLogHandler:
     def __init__(self, handler: Handler, logger: logging.Logger = ACCESS_LOGGER) -> None:
         self.handler = handler
         self.logger = logger
+        #: The wrapped handler's, passed on: its requests still run in its
+        #: own tasks (the ASGI adapter's).
+        self.spawn_request: Spawn | None = request_spawner(handler)
 
     async def __call__(self, request: Request) -> int | None:
-        """Serve *request* with the wrapped handler, then log it."""
+        """Serve *request* with the wrapped handler, then log it: once the
+        handler returns, or when the request ends if that is earlier (an ASGI
+        response is complete while its application runs on)."""
+        if not self.logger.isEnabledFor(logging.INFO):
+            return await self.handler(request)
         when = datetime.now(timezone.utc).astimezone()
         started = time.perf_counter()
+
+        def log(failed: bool) -> None:
+            if request._on_end is not None:  # not logged yet
+                request._on_end = None
+                self._log(request, when, time.perf_counter() - started, failed)
+
+        request._on_end = lambda: log(False)
         failed = False
         try:
             return await self.handler(request)
@@ -136,8 +151,7 @@ class AccessLogHandler:
             failed = not isinstance(exc, EndRequestWith)
             raise
         finally:
-            if self.logger.isEnabledFor(logging.INFO):
-                self._log(request, when, time.perf_counter() - started, failed)
+            log(failed)
 
     def _log(self, request: Request, when: datetime, duration: float, failed: bool) -> None:
         stdout = request.stdout

@@ -1,8 +1,10 @@
 """Serve an ASGI 3 application over FastCGI, on Trio.
 
 ``ASGIHandler(app)`` is a native handler: pass it to any ``serve_*`` function.
-The application runs in the request's own Trio task, so it must be able to run
-on Trio (anyio-based frameworks such as Starlette and FastAPI do, as does
+The application runs in the request's own Trio task (one the adapter starts
+for each request, outside the connection: :meth:`ASGIHandler.spawn_request`;
+a handler that calls the adapter itself runs it in its own task), so it must
+be able to run on Trio (anyio-based frameworks such as Starlette and FastAPI do, as does
 Quart-Trio). An application that needs asyncio (Django's ASGIHandler,
 asgiref-based code, anything calling ``asyncio.get_running_loop()``) runs on
 one asyncio loop in a thread of its own instead: ``loop="auto"`` picks that for
@@ -25,11 +27,13 @@ Supported: the ``http`` scope (ASGI spec 2.4) and ``lifespan``.
   returns ``http.disconnect`` at once, and another ``http.response.*`` message
   raises :class:`RuntimeError` (it would be an application bug, as uvicorn
   treats it). An exception the application raises then is logged at ERROR
-  with the request id. Such applications are bounded only by shutdown: when
-  :meth:`ASGIHandler.lifespan` exits they get ``background_grace`` seconds
-  more, then are cancelled with a WARNING.
+  with the request id (the request ended with appStatus 0). Such
+  applications are bounded only by shutdown: when :meth:`ASGIHandler.lifespan`
+  exits they get ``background_grace`` seconds more, then are cancelled with a
+  WARNING.
 - If the web server aborts the request (``FCGI_ABORT_REQUEST`` or a closed
-  connection), ``receive()`` returns ``http.disconnect`` and ``send()`` raises
+  connection), or serving is cancelled, ``receive()`` returns
+  ``http.disconnect`` and ``send()`` raises
   :class:`ClientDisconnected`; the application then has
   :data:`DISCONNECT_GRACE` seconds to return before it is cancelled.
 - ``scope["extensions"]["fastcgi"]`` holds the raw params (``raw_params``, the
@@ -293,8 +297,7 @@ _DISCONNECT: Final = "http.disconnect"
 
 @final
 class _Exchange:
-    """One call of the application for one request: its receive() and send(),
-    and how to stop it."""
+    """One call of the application for one request: its receive() and send()."""
 
     # Class-level defaults: a request pays only for the flags it changes.
     disconnected: bool = False
@@ -303,71 +306,36 @@ class _Exchange:
     started: bool = False
     #: Set once the application returned, or failed.
     finished: bool = False
-    #: Set once its request ended with the response complete while the
-    #: application still runs (see ASGIHandler.__call__).
-    detached: bool = False
-    #: What the application raised before its request ended, raised again in
-    #: the request's task.
-    failure: BaseException | None = None
-    #: The response's last block, left for the request's own task to send
-    #: with the end of stdout (see ASGIHandler.__call__).
-    last: bytes | None = None
     _head: bytes = b""
     _disconnect_event: trio.Event | None = None
     _reading: trio.CancelScope | None = None
-    #: The request's task, while it waits in wait_ready().
-    _waiter: trio.lowlevel.Task | None = None
     #: Made when something waits for the application to return (wait_done()).
     _done: trio.Event | None = None
 
-    def __init__(self, request: Request) -> None:
+    def __init__(self, handler: ASGIHandler, request: Request) -> None:
+        self.handler = handler
         self.request = request
         self.request_id = request.request_id
-        #: Cancels the application (its task runs in this scope).
-        self.cancel_scope = trio.CancelScope()
 
-    async def run(self, handler: ASGIHandler, scope: Scope) -> None:
-        """Run the application: the body of its task."""
-        try:
-            with self.cancel_scope:
-                await handler.app(scope, self.receive, self.send)
-        except trio.Cancelled:
-            raise  # only when the whole run ends
-        except BaseException as exc:
-            if self.detached:
-                # Its request is over: nobody else can report it.
-                LOGGER.error(
-                    "request %d: the ASGI application failed after its response was complete",
-                    self.request_id,
-                    exc_info=exc,
-                )
-            else:
-                self.failure = exc  # raised again in the request's task
-        finally:
-            self.finished = True
-            self._wake()
-            if self._done is not None:
-                self._done.set()
-            if self.detached:
-                handler._background.discard(self)
+    def abort(self) -> None:
+        """The request's _cancel_hook: the web server gave up on it (an abort
+        or a closed connection). Tell the application, and cancel it if it has
+        not returned within DISCONNECT_GRACE seconds."""
+        self.disconnect()
+        scope = self.request.cancel_scope
+        scope.deadline = min(scope.deadline, trio.current_time() + DISCONNECT_GRACE)
 
-    async def wait_ready(self) -> None:
-        """Wait until the last block is there or the application has returned
-        (without a checkpoint if it is so already). Only the request's task waits."""
-        # What an Event does, without making one for each request.
-        if self.last is None and not self.finished:
-            self._waiter = trio.lowlevel.current_task()
-            await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
+    def cancel(self) -> None:
+        """Cancel the application now (it runs in its request's cancel scope)."""
+        self.request.cancel_scope.cancel()
 
-    def _abort_wait(self, _raise_cancel: object) -> trio.lowlevel.Abort:
-        self._waiter = None
-        return trio.lowlevel.Abort.SUCCEEDED
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            trio.lowlevel.reschedule(waiter)
+    def returned(self) -> None:
+        """The application has returned, or failed."""
+        self.finished = True
+        if self.response_done:
+            self.handler._background.discard(self)
+        if self._done is not None:
+            self._done.set()
 
     async def wait_done(self) -> None:
         """Wait until the application has returned."""
@@ -448,9 +416,7 @@ class _Exchange:
             else:
                 data = body
             if not message.get("more_body", False):
-                self.response_done = True
-                self.last = data
-                self._wake()
+                await self._send_last(data)
                 return
             try:
                 if data:
@@ -469,13 +435,18 @@ class _Exchange:
         else:
             raise ValueError(f"unexpected ASGI message type {kind!r} in an http scope")
 
-    async def send_last(self, last: bytes) -> None:
-        """Send the last block and end stdout, in one write."""
-        self.last = None
+    async def _send_last(self, last: bytes) -> None:
+        """The response is complete: send its last block with the end of
+        stdout, and end the request, while the application may go on."""
+        self.response_done = True
+        self.handler._background.add(self)
+        self.wake_receive()
+        request = self.request
         try:
-            await self.request.stdout._send_last(last)
+            await request.stdout._send_last(last)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.disconnect()  # the connection is gone
+        await request._end_early()
 
 
 _NEEDS_ASYNCIO: Final = (
@@ -553,57 +524,45 @@ class ASGIHandler:
         """How many applications still run after their response was complete."""
         return len(self._background)
 
+    def spawn_request(self, run: Callable[[Request], Awaitable[None]], request: Request) -> None:
+        """Start ``run(request)`` in a task of the adapter's own: the server
+        calls this for each request, so that the application may outlive its
+        request and its connection (background tasks). Its task is a system
+        task with the context of the caller, outside every connection's cancel
+        scope; the request stops it through its _cancel_hook."""
+        trio.lowlevel.spawn_system_task(
+            run, request, name="trio_fastcgi.asgi request", context=contextvars.copy_context()
+        )
+
     async def __call__(self, request: Request) -> None:
         scope = build_scope(request, script_name=self.script_name)
         scope["state"] = dict(self.state)
-        exchange = _Exchange(request)
-        # The application runs in a task of its own so that an abort reaches
-        # this task first: the application is told and gets DISCONNECT_GRACE
-        # seconds. And it may outlive the request: once the response is
-        # complete the request ends, while the application may go on
-        # (background tasks). A system task (with this task's context) is
-        # outside the request's cancel scope and spares the nursery.
-        trio.lowlevel.spawn_system_task(
-            exchange.run,
-            self,
-            scope,
-            name="trio_fastcgi.asgi application",
-            context=contextvars.copy_context(),
-        )
+        exchange = _Exchange(self, request)
+        # An abort, or the connection's end, tells the application and gives
+        # it DISCONNECT_GRACE seconds before its request's scope cancels it.
+        request._cancel_hook = exchange.abort
         try:
-            # The last block is sent from here, not from the application's task:
-            # when the application returns at once (the usual case), the block,
-            # the end of stdout and END_REQUEST are queued in one step and go
-            # out in one write.
-            await exchange.wait_ready()
-            last = exchange.last
-            if last is not None:
-                await exchange.send_last(last)
+            await self.app(scope, exchange.receive, exchange.send)
         except trio.Cancelled:
-            # Aborted by the web server, or the connection closed: tell the
-            # application, give it a moment, then stop it.
-            exchange.disconnect()
-            with trio.CancelScope(shield=True):
-                with trio.move_on_after(DISCONNECT_GRACE):
-                    await exchange.wait_done()
-                exchange.cancel_scope.cancel()
-                await exchange.wait_done()
             raise
-        if not exchange.finished:
-            # The response is complete and the application goes on: end the
-            # request now (END_REQUEST follows when this returns) and leave
-            # the application running until it returns or shutdown.
-            exchange.detached = True
-            self._background.add(exchange)
-            exchange.wake_receive()
-            return
-        failure = exchange.failure
-        if failure is not None:
-            if exchange.disconnected and isinstance(failure, OSError):
+        except BaseException as exc:
+            if exchange.response_done:
+                # Its request is over: nobody else can report it.
+                LOGGER.error(
+                    "request %d: the ASGI application failed after its response was complete",
+                    request.request_id,
+                    exc_info=exc,
+                )
                 return
-            if self._asyncio is None and _needs_asyncio_error(failure):
-                raise RuntimeError(_NEEDS_ASYNCIO) from failure
-            raise failure
+            if exchange.disconnected and isinstance(exc, OSError):
+                return
+            if self._asyncio is None and _needs_asyncio_error(exc):
+                raise RuntimeError(_NEEDS_ASYNCIO) from exc
+            raise
+        finally:
+            exchange.returned()
+        if exchange.disconnected:
+            return  # the client is gone: what was sent of the response is all
         if not exchange.started:
             raise RuntimeError("the ASGI application returned without sending a response")
         if not exchange.response_done:
@@ -633,7 +592,7 @@ class ASGIHandler:
                 )
                 with trio.CancelScope(shield=True):
                     for run in left:
-                        run.cancel_scope.cancel()
+                        run.cancel()
                     for run in left:
                         await run.wait_done()
 

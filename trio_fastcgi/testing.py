@@ -55,7 +55,7 @@ from ._config import DEFAULT_INPUT_BUFFER_SIZE, Config, ServerOptions
 from ._events import OutputEvent, Stderr, Stdout
 from ._exceptions import EndRequestWith
 from ._request import Request
-from ._served_connection import Handler
+from ._served_connection import Handler, Spawn, request_spawner
 from ._server import serve_connection
 from ._streams import Outbox
 from ._version import __version__
@@ -478,6 +478,26 @@ class TestClient:
         return await self.fastcgi.request(params, stdin, **kwargs)
 
 
+@final
+class _RecordingHandler:
+    """Calls *handler* and keeps what it raised, by request id."""
+
+    def __init__(self, handler: Handler, errors: dict[int, Exception]) -> None:
+        self.handler = handler
+        self.errors = errors
+        #: Passed on: the wrapped handler's requests still run in its own tasks.
+        self.spawn_request: Spawn | None = request_spawner(handler)
+
+    async def __call__(self, request: Request) -> int | None:
+        try:
+            return await self.handler(request)
+        except EndRequestWith:
+            raise
+        except Exception as exc:
+            self.errors[request.request_id] = exc
+            raise
+
+
 @contextlib.asynccontextmanager
 async def open_test_client(
     handler: Handler,
@@ -506,15 +526,7 @@ async def open_test_client(
     within ``max_reqs``, and sends one at a time if ``mpxs_conns`` is false).
     """
     server_errors: dict[int, Exception] = {}
-
-    async def recording_handler(request: Request) -> int | None:
-        try:
-            return await handler(request)
-        except EndRequestWith:
-            raise
-        except Exception as exc:
-            server_errors[request.request_id] = exc
-            raise
+    recording_handler = _RecordingHandler(handler, server_errors)
 
     max_concurrent: int | None = server_options.get(
         "max_reqs", None if config is None else config.max_reqs
