@@ -5,8 +5,10 @@ shutdown cancels it."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
+import weakref
 from typing import Any
 
 import pytest
@@ -450,3 +452,42 @@ async def test_access_log_line_comes_with_the_response_not_the_background_work(
         release.set()
         await trio.testing.wait_all_tasks_blocked()
     assert len([r for r in caplog.records if r.name == "trio_fastcgi.access"]) == 1
+
+
+@pytest.mark.parametrize("access_log", [False, True], ids=["asgi", "asgi-access-log"])
+@pytest.mark.parametrize("native", [False, True], ids=["adapter", "native"])
+async def test_a_served_request_is_freed_without_the_garbage_collector(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture, access_log: bool, native: bool
+) -> None:
+    """No reference cycle keeps a request (and its buffers) after it ended:
+    with 32 connections of 1 MiB responses, such cycles added 15 MiB of peak
+    RSS until the collector ran."""
+    from trio_fastcgi._access_log import AccessLogHandler
+
+    refs: list[weakref.ref[trio_fastcgi.Request]] = []
+
+    async def hello(request: trio_fastcgi.Request) -> None:
+        await request.respond(b"hello")
+
+    inner: Any = hello if native else ASGIHandler(response_then(trio.lowlevel.checkpoint))
+
+    class Recording:
+        spawn_request = getattr(inner, "spawn_request", None)
+
+        async def __call__(self, request: trio_fastcgi.Request) -> None:
+            refs.append(weakref.ref(request))
+            await inner(request)
+
+    handler: Any = AccessLogHandler(Recording()) if access_log else Recording()
+    caplog.set_level(logging.INFO, logger="trio_fastcgi.access")
+    gc.collect()
+    gc.disable()
+    try:
+        web = await serve(nursery, handler)
+        for request_id in (1, 2, 3):
+            await web.request(request_id, params=GET)
+            await web.read_response(request_id)
+        await trio.testing.wait_all_tasks_blocked()
+        assert [ref() for ref in refs] == [None, None, None]
+    finally:
+        gc.enable()

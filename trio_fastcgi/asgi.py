@@ -560,6 +560,10 @@ class ASGIHandler:
                 raise RuntimeError(_NEEDS_ASYNCIO) from exc
             raise
         finally:
+            # The hook refers to the exchange, which refers to the request:
+            # without this the cycle would keep both, and the request's
+            # buffers, until the garbage collector runs.
+            request._cancel_hook = None
             exchange.returned()
         if exchange.disconnected:
             return  # the client is gone: what was sent of the response is all
