@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -28,7 +29,9 @@ from tests.helpers import (
     record,
 )
 from tests.serving import serve as serve  # also used by test_asgi_asyncio, test_asgi_background
-from trio_fastcgi import Request, Role, testing
+from trio_fastcgi import Config, Request, Role, testing
+from trio_fastcgi._served_connection import ServedConnection
+from trio_fastcgi._transport import SocketTransport
 from trio_fastcgi.asgi import ASGIHandler, ClientDisconnected, LifespanFailure, build_scope
 
 Message = dict[str, Any]
@@ -640,3 +643,37 @@ async def test_asgi_short_response_is_one_write(nursery: trio.Nursery) -> None:
         assert response.body == b"hello"
     # Stdout, its end and END_REQUEST of each request in one write.
     assert len(writes) == 20
+
+
+class CountingSocket(socket.socket):
+    """A socket that counts the writes the transport makes on it."""
+
+    writes = 0
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        self.writes += 1
+        return super().send(data, flags)
+
+    def sendmsg(self, buffers: Any, *args: Any) -> int:
+        self.writes += 1
+        return super().sendmsg(buffers, *args)
+
+
+async def test_asgi_short_response_is_one_system_call_on_a_socket(nursery: trio.Nursery) -> None:
+    """Sent from the request's task (the lazy writer): its last block, the end
+    of stdout and END_REQUEST still go in one write."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"hello"})
+
+    ours, theirs = socket.socketpair()
+    counting = CountingSocket(ours.family, ours.type, ours.proto, fileno=ours.detach())
+    connection = ServedConnection(ASGIHandler(app), SocketTransport(counting), Config())
+    nursery.start_soon(connection.run)
+    web = FakeWebServer(trio.SocketStream(trio.socket.from_stdlib_socket(theirs)))
+    for rid in range(1, 21):
+        await web.request(rid, params=GET)
+        assert (await web.read_response(rid)).body == b"hello"
+    assert counting.writes == 20
+    await web.stream.aclose()

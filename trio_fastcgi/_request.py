@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Final, TypeVar, final, overload
 
 import trio
@@ -14,11 +14,12 @@ from ._util import NoPublicConstructor
 from ._wire import ProtocolStatus, Role
 
 if TYPE_CHECKING:
+    from ._events import OutputEvent
     from ._streams import Outbox
 
-#: How the connection ends a request: ``end(request, app_status, protocol_status)``
-#: sends its FCGI_END_REQUEST, once.
-RequestEnder = Callable[["Request", int, ProtocolStatus], Awaitable[None]]
+#: How the connection ends a request: ``end(request, app_status,
+#: protocol_status, output)`` sends *output* and its FCGI_END_REQUEST, once.
+RequestEnder = Callable[["Request", int, ProtocolStatus, Sequence["OutputEvent"]], Awaitable[None]]
 
 
 def _length_param(value: str | bytes | None) -> int | None:
@@ -117,7 +118,7 @@ class Request(metaclass=NoPublicConstructor):
     _cancel_hook: Callable[[], None] | None = None
     #: Called once when the request ends (see _finish).
     _on_end: Callable[[], None] | None = None
-    #: The connection's way to end the request (see _end_early); None for a
+    #: The connection's way to end the request (see _end_with); None for a
     #: request made without one.
     _end: RequestEnder | None = None
 
@@ -195,13 +196,18 @@ class Request(metaclass=NoPublicConstructor):
         if self._on_end is not None:
             self._on_end()
 
-    async def _end_early(self) -> None:
-        """End the request now, with app status 0, while its handler goes on:
-        what an ASGI application's complete response does."""
+    async def _end_with(self, last: bytes) -> None:
+        """Send *last*, end stdout and end the request with app status 0, in
+        one write, while its handler goes on: what an ASGI application's
+        complete response does."""
+        output = self.stdout._last_events(last)
         if self._end is not None:
-            await self._end(self, 0, _REQUEST_COMPLETE)
-        elif not self._finished:
-            self._finish()  # no connection: only refuse further output
+            await self._end(self, 0, _REQUEST_COMPLETE, output)
+        else:  # no connection: send, then refuse further output
+            try:
+                await self._outbox.send_many(output)
+            finally:
+                self._finish()
 
     def _cancel(self) -> None:
         """Stop the request: what an abort or the end of its connection does.

@@ -11,7 +11,7 @@ A handler may run its requests in tasks of its own instead (see
 :func:`request_spawner`: the ASGI adapter): the connection then stops them with
 ``request._cancel()`` and does not wait for them. Every request ends in
 :meth:`ServedConnection._end_request`, once: when its handler returns, or
-earlier if the handler ends it (``request._end_early()``, an ASGI response that
+earlier if the handler ends it (``request._end_with()``, an ASGI response that
 is complete while the application runs on).
 
 All output goes through the connection's :class:`~._writer.Writer`, its one
@@ -33,7 +33,7 @@ import contextlib
 import itertools
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Final, final
 
 import trio
@@ -50,6 +50,7 @@ from ._events import (
     EndRequest,
     GetValues,
     InputEvent,
+    OutputEvent,
     Params,
     RequestRejected,
     Stdin,
@@ -527,22 +528,31 @@ class ServedConnection:
         await self._end_request(request, app_status, protocol_status)
 
     async def _end_request(
-        self, request: Request, app_status: int, protocol_status: ProtocolStatus
+        self,
+        request: Request,
+        app_status: int,
+        protocol_status: ProtocolStatus,
+        output: Sequence[OutputEvent] = (),
     ) -> None:
-        """End *request*, once: refuse its further output and send its
-        END_REQUEST. When its handler returns, or earlier (Request._end_early)."""
+        """End *request*, once: refuse its further output, and send *output*
+        (its last stdout) and its END_REQUEST in one write. When its handler
+        returns, or earlier (Request._end_with)."""
         if request._finished:
             return
         self._forget(request)
         self._request_ended()
+        # Built without validation when the values are known good.
+        end = (
+            _make_end_request(request.request_id, app_status, protocol_status)
+            if protocol_status is _REQUEST_COMPLETE
+            else EndRequest(request.request_id, app_status, protocol_status)
+        )
         # Not contextlib.suppress: a context manager per request costs more.
-        try:  # noqa: SIM105
-            await self._writer.send(
-                # Built without validation when the values are known good.
-                _make_end_request(request.request_id, app_status, protocol_status)
-                if protocol_status is _REQUEST_COMPLETE
-                else EndRequest(request.request_id, app_status, protocol_status)
-            )
+        try:
+            if output:
+                await self._writer.send_many([*output, end])
+            else:
+                await self._writer.send(end)
         except trio.BrokenResourceError:
             pass  # the connection is gone
 

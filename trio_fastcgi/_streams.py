@@ -257,23 +257,30 @@ class OutputStream(trio.abc.SendStream, metaclass=NoPublicConstructor):
 
     async def _send_last(self, data: bytes) -> None:
         """Send *data* and end the stream, in one write."""
+        events = self._last_events(data)
+        self._busy = True
+        try:
+            await self._outbox.send_many(events)
+        finally:
+            self._busy = False
+
+    def _last_events(self, data: bytes) -> list[OutputEvent]:
+        """End the stream: the events that send *data* and its end, for the
+        caller to send at once (nothing else may be written to it now)."""
         if self._busy:
             raise trio.BusyResourceError("another task is already writing this stream")
         if self._closed:
             raise trio.ClosedResourceError(self._closed_reason)
-        self._busy = True
-        try:
-            if data:
-                if not self._sent_data:
-                    self._first_chunk = data
-                self._sent_data = True
-                self._bytes_sent += len(data)
-            self._closed = True
-            make, request_id = self._make_event, self._request_id
-            last = make(request_id, b"")
-            await self._outbox.send_many([make(request_id, data), last] if data else [last])
-        finally:
-            self._busy = False
+        self._closed = True
+        make, request_id = self._make_event, self._request_id
+        last = make(request_id, b"")
+        if not data:
+            return [last]
+        if not self._sent_data:
+            self._first_chunk = data
+        self._sent_data = True
+        self._bytes_sent += len(data)
+        return [make(request_id, data), last]
 
     async def wait_send_all_might_not_block(self) -> None:
         """Returns at once: the output queue gives no finer readiness signal."""

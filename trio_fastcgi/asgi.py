@@ -436,17 +436,15 @@ class _Exchange:
             raise ValueError(f"unexpected ASGI message type {kind!r} in an http scope")
 
     async def _send_last(self, last: bytes) -> None:
-        """The response is complete: send its last block with the end of
-        stdout, and end the request, while the application may go on."""
+        """The response is complete: send its last block, the end of stdout
+        and END_REQUEST in one write, while the application may go on."""
         self.response_done = True
         self.handler._background.add(self)
         self.wake_receive()
-        request = self.request
         try:
-            await request.stdout._send_last(last)
+            await self.request._end_with(last)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.disconnect()  # the connection is gone
-        await request._end_early()
 
 
 _NEEDS_ASYNCIO: Final = (
