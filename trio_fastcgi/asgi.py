@@ -4,8 +4,8 @@
 The application runs in the request's own Trio task (one the adapter starts
 for each request, outside the connection: :meth:`ASGIHandler.spawn_request`;
 a handler that calls the adapter itself runs it in its own task), so it must
-be able to run on Trio (anyio-based frameworks such as Starlette and FastAPI do, as does
-Quart-Trio). An application that needs asyncio (Django's ASGIHandler,
+be able to run on Trio (anyio-based frameworks such as Starlette and FastAPI
+do, as does Quart-Trio). An application that needs asyncio (Django's ASGIHandler,
 asgiref-based code, anything calling ``asyncio.get_running_loop()``) runs on
 one asyncio loop in a thread of its own instead: ``loop="auto"`` picks that for
 Django and for apps marked with :func:`mark_asyncio`; ``loop="asyncio"`` forces
