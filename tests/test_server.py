@@ -500,3 +500,29 @@ async def test_writing_after_respond_says_respond_ended_the_response() -> None:
     assert response.body == b"first"
     assert len(errors) == 2
     assert all(e.startswith("respond() already ended the response") for e in errors)
+
+
+async def test_the_accept_loop_is_protected_from_ctrl_c() -> None:
+    """Ctrl+C never lands between accepting a socket and starting its task
+    (which printed "coroutine '_Server._serve_one' was never awaited"): the
+    accept loop, and what it calls, runs protected, and KeyboardInterrupt
+    comes at a checkpoint of the main task instead."""
+    from trio_fastcgi._config import Config
+    from trio_fastcgi._server import _Server
+    from trio_fastcgi._transport import Transport
+
+    protected: list[bool] = []
+
+    class Stop(Exception):
+        pass
+
+    async def accept() -> Transport:
+        protected.append(trio.lowlevel.currently_ki_protected())
+        raise Stop
+
+    server = _Server(hello, Config())
+    async with trio.open_nursery() as nursery:
+        with pytest.raises(Stop):
+            await server._accept_each(accept, nursery)
+    assert protected == [True]
+    assert not trio.lowlevel.currently_ki_protected()  # only the loop is

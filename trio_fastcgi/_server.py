@@ -246,6 +246,11 @@ class _Server:
     async def _accept_stream(listener: AnyListener) -> Transport:
         return open_transport(await listener.accept())
 
+    # Ctrl+C comes at a checkpoint of the main task, never in the middle of
+    # this loop: between accepting a socket and starting its task it would
+    # leave the socket unserved and the task's coroutine never awaited (trio's
+    # start_soon is not protected itself).
+    @trio.lowlevel.enable_ki_protection
     async def _accept_each(
         self, accept: Callable[[], Awaitable[Transport]], nursery: trio.Nursery
     ) -> None:
