@@ -7,7 +7,8 @@ incomplete, GET_VALUES, unknown record types, stray records for ids that were
 never begun, sleeps, and sometimes garbage or an abrupt close. The byte stream
 is then cut into random pieces. ``tests/fuzz/connection_harness.py`` plays it
 against ``serve_connection`` (memory or lockstep stream pair, autojump clock)
-with a handler that echoes, streams, sleeps, raises or ignores its body, and
+with a handler that echoes, streams, sleeps, raises or ignores its body (in
+the connection's tasks, or in tasks of its own as the ASGI adapter's run), and
 checks the generic properties (nothing escapes, nothing leaks, no traceback
 but the handler's own, output is whole records and exactly what each finished
 handler wrote). Because each id is begun once, this test also checks:
@@ -148,6 +149,7 @@ def plans(draw: st.DrawFn) -> Plan:
         read_timeout=draw(st.sampled_from([None, 60.0])),
         idle_timeout=None,
         lockstep=draw(st.booleans()),
+        own_tasks=draw(st.booleans()),
     )
     reqs = [draw(requests(rid)) for rid in range(1, draw(st.integers(1, 10)) + 1)]
     # Per-request record queues, merged in a random order.

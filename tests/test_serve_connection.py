@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import Any
 
 import pytest
 import trio
@@ -804,3 +805,42 @@ async def test_shutdown_closes_a_fresh_connection_that_stays_silent(
         start = trio.current_time()
         await web.read_eof()
         assert trio.current_time() - start == pytest.approx(2.0)
+
+
+# -- requests in tasks of their handler's own (spawn_request) -------------------
+
+
+@pytest.mark.parametrize("how", ["peer closes", "serving cancelled"])
+async def test_a_request_in_its_own_task_is_cancelled_when_the_connection_ends(
+    how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A handler whose requests run in tasks of its own (as the ASGI
+    adapter's do) is stopped like one in the connection's nursery: while it
+    waits for room in the output queue, the connection's end gives it
+    Cancelled, not BrokenResourceError (which would log "handler failed")."""
+    outcome: list[str] = []
+
+    class OwnTasks:
+        def spawn_request(self, run: Any, request: Request) -> None:
+            trio.lowlevel.spawn_system_task(run, request)
+
+        async def __call__(self, request: Request) -> None:
+            try:
+                while True:
+                    await request.stdout.send_all(b"x" * 65536)
+            except BaseException as exc:
+                outcome.append(type(exc).__name__)
+                raise
+
+    client, server = trio.testing.lockstep_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_connection, OwnTasks(), server)
+        await client.send_all(helpers.request_bytes(1, params={"REQUEST_METHOD": "GET"}))
+        await trio.testing.wait_all_tasks_blocked()  # nobody reads: the handler waits
+        if how == "peer closes":
+            await client.aclose()
+        else:
+            nursery.cancel_scope.cancel()
+    await trio.testing.wait_all_tasks_blocked()
+    assert outcome == ["Cancelled"]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

@@ -252,14 +252,14 @@ class ServedConnection:
             self._nursery = self._writer.nursery = None
             if not hibernating:
                 self._life.close(self._now())
-                # Its tasks are gone, however it ended: from now on every send
-                # fails at once. The connection's own request tasks are gone
-                # too; this stops the ones in tasks of their handler's
-                # (request_spawner), which the connection does not wait for.
-                self._writer.close()
+                # However the connection ended (cancelled from outside, too):
+                # the requests left are in tasks of their handler's, which it
+                # does not wait for. Stopped first, as in _stop_tasks; then
+                # their reads and every send fail at once.
+                self._cancel_requests()
                 for request in self._requests.values():
                     request._close_input()
-                    request._cancel()
+                self._writer.close()
                 await self._transport.close()
                 LOGGER.debug("%s: closed", self.name)
         if hibernating:
@@ -300,7 +300,16 @@ class ServedConnection:
         waiting for room in the output queue Cancelled, as everywhere else."""
         assert self._nursery is not None
         self._nursery.cancel_scope.cancel()
+        self._cancel_requests()
         self._writer.close()
+
+    def _cancel_requests(self) -> None:
+        """Stop every request of the connection, also those in tasks of their
+        handler's (request_spawner), which cancelling the nursery does not
+        reach. Before the writer closes: a handler waiting for room in the
+        output queue gets Cancelled, not BrokenResourceError."""
+        for request in self._requests.values():
+            request._cancel()
 
     def begin_shutdown(self) -> None:
         """Finish the requests in flight, then close. New requests that arrive

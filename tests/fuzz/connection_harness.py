@@ -15,6 +15,11 @@ time), with a handler whose behaviour each request picks through its params:
 ``MODE=raise``           write ``W`` bytes, then raise ``RuntimeError``
 ``MODE=noread``          respond at once without reading stdin
 
+The handler runs in the connection's request tasks, or (``Options.own_tasks``,
+flag bit 32 of a fuzz input) in system tasks of its own, started through its
+``spawn_request`` as the ASGI adapter's requests are: the connection then stops
+them through their requests and does not wait for them.
+
 Every run checks, whatever bytes were sent:
 
 - no exception escapes ``serve_connection``, and it returns (within a virtual
@@ -43,7 +48,7 @@ import contextlib
 import logging
 import struct
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -83,6 +88,9 @@ class Options:
     idle_timeout: float | None = None
     roles: frozenset[Role] = frozenset({Role.RESPONDER})
     lockstep: bool = False
+    #: The handler runs its requests in tasks of its own, outside the
+    #: connection (``spawn_request``, as the ASGI adapter does).
+    own_tasks: bool = False
 
 
 @dataclass(frozen=True)
@@ -153,7 +161,9 @@ def payload(request_id: int, index: int, size: int) -> bytes:
 class EchoHandler:
     """The handler every connection program runs; records what it wrote."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, own_tasks: bool = False) -> None:
+        #: Passed to the connection: None, or where it starts each request.
+        self.spawn_request = self._spawn if own_tasks else None
         self.started: Counter[int] = Counter()
         self.running = 0
         self.running_ids: Counter[int] = Counter()
@@ -191,6 +201,9 @@ class EchoHandler:
         finally:
             self.running -= 1
             self.running_ids[rid] -= 1
+
+    def _spawn(self, run: Callable[[Request], Awaitable[None]], request: Request) -> None:
+        trio.lowlevel.spawn_system_task(run, request, name="echo handler request")
 
     def finished_ids(self) -> frozenset[int]:
         """Ids all of whose handlers have returned."""
@@ -342,7 +355,7 @@ def _total_sleep(program: Program) -> float:
 
 
 def run_connection_program(program: Program) -> Outcome:
-    handler = EchoHandler()
+    handler = EchoHandler(own_tasks=program.options.own_tasks)
     log_handler = _ListHandler()
     logger = logging.getLogger("trio_fastcgi")
     old_level = logger.level
@@ -448,6 +461,7 @@ def decode_program(data: bytes) -> Program:
         idle_timeout=(None, 30.0, 2000.0)[timeouts // 3 % 3],
         roles=roles or frozenset({Role.RESPONDER}),
         lockstep=bool(flags & 16),
+        own_tasks=bool(flags & 32),
     )
     program = Program(options)
     while not reader.exhausted:
@@ -467,6 +481,7 @@ def decode_program(data: bytes) -> Program:
 def encode_options(options: Options) -> bytes:
     flags = sum(1 << (role - 1) for role in options.roles)
     flags |= (0 if options.mpxs_conns else 8) | (16 if options.lockstep else 0)
+    flags |= 32 if options.own_tasks else 0
     timeouts = (None, 5.0, 60.0).index(options.read_timeout) + 3 * (None, 30.0, 2000.0).index(
         options.idle_timeout
     )
