@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 
 import trio_fastcgi
 from trio_fastcgi import InputStream, OutputStream, Request, Role
@@ -79,3 +80,31 @@ async def test_finish_drops_input_and_refuses_output() -> None:
     with pytest.raises(trio.ClosedResourceError):
         await request.stderr.send_all(b"late")
     assert output.events == []
+
+
+@pytest.mark.parametrize("woken", [False, True], ids=["not started", "woken with data"])
+async def test_a_cancelled_reader_of_closed_input_gets_cancelled(woken: bool) -> None:
+    """The connection ends (cancel, then close the input) while a reader is
+    not running: it already had data to wake for, or had not read yet (a
+    request in a task of its handler's, which the connection does not wait
+    for). It gets Cancelled, as at any checkpoint, not ClosedResourceError."""
+    stdin = InputStream._create("stdin", buffer_size=1024, expected_length=None)
+    outcome: list[str] = []
+
+    async def read() -> None:
+        with scope:
+            try:
+                await stdin.receive_some()
+            except BaseException as exc:
+                outcome.append(type(exc).__name__)
+                raise
+
+    scope = trio.CancelScope()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read)
+        if woken:
+            await trio.testing.wait_all_tasks_blocked()  # the reader waits
+            assert stdin._offer(b"data")  # wakes it; it has not run yet
+        scope.cancel()
+        stdin._close()
+    assert outcome == ["Cancelled"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Final, Protocol, final
+from typing import TYPE_CHECKING, Final, NoReturn, Protocol, final
 
 import trio
 
@@ -97,16 +97,23 @@ class InputStream(trio.abc.ReceiveStream, metaclass=NoPublicConstructor):
         try:
             buffer = self._buffer
             if buffer.closed:
-                raise trio.ClosedResourceError(f"{self._name} was closed")
+                await self._raise_closed()
             if buffer.full_or_ended if bulk else (buffer.size or buffer.at_eof):
                 await trio.lowlevel.checkpoint()
             else:
                 await (buffer.wait_full_or_ended() if bulk else buffer.wait_readable())
                 if buffer.closed:
-                    raise trio.ClosedResourceError(f"{self._name} was closed")
+                    await self._raise_closed()
             return self._take(max_bytes)
         finally:
             self._busy = False
+
+    async def _raise_closed(self) -> NoReturn:
+        """Raise ClosedResourceError, or Cancelled if the reader is cancelled:
+        a request whose connection ended while it was not running (one in a
+        task of its handler's, see request_spawner) is cancelled, not failed."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        raise trio.ClosedResourceError(f"{self._name} was closed")
 
     def _take(self, max_bytes: int | None) -> bytes:
         data = self._buffer.take(max_bytes, coalesce=True)

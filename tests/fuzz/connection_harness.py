@@ -532,6 +532,7 @@ def seeds() -> dict[str, bytes]:
             lockstep=True,
         )
     )
+    own_tasks = encode_options(Options(read_timeout=60.0, idle_timeout=None, own_tasks=True))
     modes = b""
     for rid, mode in enumerate(_MODES, start=1):
         params = [(b"MODE", mode), (b"N", b"3"), (b"S", b"7"), (b"D", b"5"), (b"W", b"3")]
@@ -558,4 +559,7 @@ def seeds() -> dict[str, bytes]:
         "get-values": default + get_values,
         "partial-record": tight + partial,
         "no-keep-conn": default + no_keep,
+        "modes-own-tasks": own_tasks + modes,
+        "abort-own-tasks": own_tasks + abort,
+        "close-own-tasks": own_tasks + close,
     }
