@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import itertools
 import random
 import struct
@@ -871,3 +872,25 @@ async def test_client_sends_no_input_for_a_request_that_ended_while_the_input_wa
     assert ended == [7, 0]
     assert (RecordType.STDIN, 2, 0) in records
     assert [r for r in records if r[0] == RecordType.STDIN and r[1] == 1] == []
+
+
+async def test_a_closed_client_is_freed_without_the_garbage_collector() -> None:
+    """A client that closed leaves nothing in reference cycles (its sender
+    held its bound method until it closed)."""
+    from trio_fastcgi.client import Client
+
+    def alive() -> set[int]:
+        return {id(o) for o in gc.get_objects() if type(o) is Client}
+
+    gc.collect()
+    earlier = alive()  # other tests' (a test's traceback may hold some)
+    gc.disable()
+    try:
+        for _ in range(2):
+            async with serving(echo) as client:
+                response = await client.request({"CONTENT_LENGTH": "2"}, b"hi")
+                assert response.parse_cgi().body == b"hi"
+            del client
+        assert alive() - earlier == set()
+    finally:
+        gc.enable()

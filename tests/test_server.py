@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import os
 import socket
 import stat
@@ -73,6 +74,38 @@ async def test_serve_tcp_over_a_real_socket(nursery: trio.Nursery) -> None:
     await web.read_response(1)
     await web.read_eof()
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+async def test_closed_connections_are_freed_without_the_garbage_collector(
+    nursery: trio.Nursery,
+) -> None:
+    """A connection that closed leaves nothing for the cycle collector: with
+    nginx's new connection per request, each one left 19 objects in reference
+    cycles (its writer held its bound methods), which made the collector run
+    and pause the server 10 ms at a time under load."""
+    from trio_fastcgi._served_connection import ServedConnection
+    from trio_fastcgi._writer import Writer
+
+    def alive() -> set[int]:
+        # gc.get_objects() lists what the collector tracks, collector off or
+        # not: compiled classes too, which cannot be weakly referenced.
+        return {id(o) for o in gc.get_objects() if type(o) in (ServedConnection, Writer)}
+
+    listeners = await nursery.start(functools.partial(serve_tcp, hello, 0, host="127.0.0.1"))
+    gc.collect()
+    earlier = alive()  # other tests' (a test's traceback may hold some)
+    gc.disable()
+    try:
+        for rid in (1, 2, 3):
+            web = await connect(listeners)
+            await web.request(rid, keep_conn=False)
+            assert (await web.read_response(rid)).body == b"hello world"
+            await web.read_eof()
+            await web.stream.aclose()  # the server drains until our end of file
+        await trio.testing.wait_all_tasks_blocked()
+        assert alive() - earlier == set()
+    finally:
+        gc.enable()
 
 
 async def test_serve_tcp_ipv6_loopback(nursery: trio.Nursery) -> None:

@@ -42,13 +42,17 @@ COALESCE_LIMIT: Final = 256 * 1024
 GATHER_THRESHOLD: Final = 64 * 1024
 
 
+def _ignore_failure(_exc: BaseException) -> None:
+    """What a closed sender calls when a send fails: nothing."""
+
+
 class Sender:
     """Sends bytes over *transport*, one piece after another, in order.
 
     Args:
       transport: where the bytes go.
       fail: called with the error when a send fails; the sender is closed
-        right after it returns.
+        right after it returns. A closed sender drops it.
       gone: the message of the BrokenResourceError that sends raise once the
         sender is closed.
 
@@ -99,8 +103,13 @@ class Sender:
 
     def close(self) -> None:
         """Refuse all bytes from now on; senders waiting for room are woken
-        with BrokenResourceError. Whatever is queued is dropped."""
+        with BrokenResourceError. Whatever is queued is dropped, and a send
+        still running that fails is not reported."""
         self._closed = True
+        # The callback is usually a bound method of the sender's owner, which
+        # holds the sender: dropped, the owner and its sender are freed by
+        # reference counting once closed, not left to the cycle collector.
+        self._fail = _ignore_failure
         if self._queue is not None:
             self._queue.clear()
         self._queued = 0

@@ -35,6 +35,20 @@ if TYPE_CHECKING:
 LOGGER: Final = logging.getLogger("trio_fastcgi")
 
 
+# What a closed writer has instead of its connection's callbacks: a closed
+# writer sends nothing, so it never half-closes nor fails again.
+def _false() -> bool:
+    return False
+
+
+async def _nothing_to_close() -> None:
+    pass
+
+
+def _nothing_to_fail() -> None:
+    pass
+
+
 @final
 class Writer(Sender):
     """Sends one connection's output, in the order it was given.
@@ -81,6 +95,16 @@ class Writer(Sender):
         self._half_close = half_close
         self._half_close_nowait = half_close_nowait
         self._fail_connection = fail
+
+    def close(self) -> None:
+        """As :meth:`Sender.close`; the connection's callbacks are dropped
+        too (they refer back to it: a closed connection and its writer are
+        freed by reference counting, not left to the cycle collector)."""
+        super().close()
+        self._should_close = _false
+        self._half_close_nowait = _false
+        self._half_close = _nothing_to_close
+        self._fail_connection = _nothing_to_fail
 
     async def send(self, event: OutputEvent) -> None:
         """Send *event*'s records, or queue them if they must wait.
