@@ -12,9 +12,14 @@ requests from this process with blocking sockets, one request at a time, dump
 the counters, stop the backend by its PID. Only the backend is counted; the
 client's own work is not. One request at a time gives no batching to any
 backend: the figure is the cost of one request, the event loop's included.
+With ``--concurrency N`` the requests go out in rounds of N, one on each of N
+connections at once: the batching a backend gets under load, which shows the
+costs that grow with the requests in flight (one wake-up serving many
+connections, more live objects for the garbage collector).
 
     python benchmarks/instructions.py                       # every backend, every scenario
     python benchmarks/instructions.py -b trio-native -b floor-trio-lazy -s hello-ka
+    python benchmarks/instructions.py -b trio-native -b floor-trio-lazy -s hello-ka -c 16
 
 Needs valgrind (Debian package ``valgrind``). A backend takes 10 to 60 s.
 """
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import selectors
 import shutil
 import signal
 import socket
@@ -123,6 +129,57 @@ def drive(port: int, scenario: Scenario, count: int) -> None:
             sock.close()
 
 
+def drive_concurrently(port: int, scenario: Scenario, count: int, concurrency: int) -> None:
+    """Send *count* requests in rounds of *concurrency*: one request on each of
+    *concurrency* connections at once, then every answer before the next round.
+
+    What the backend sees under load (many connections ready in one wake-up of
+    its event loop), which one request at a time never shows it.
+    """
+    request = encode_request(
+        1,
+        scenario.path,
+        keep_conn=scenario.keep_conn,
+        method="POST" if scenario.body else "GET",
+        body=scenario.body,
+    )
+    socks: list[socket.socket | None] = [None] * concurrency
+    try:
+        done = 0
+        while done < count:
+            batch = min(concurrency, count - done)
+            readers = {}
+            with selectors.DefaultSelector() as selector:
+                for slot in range(batch):
+                    sock = socks[slot]
+                    if sock is None:
+                        sock = socks[slot] = socket.create_connection(("127.0.0.1", port))
+                    sock.sendall(request)
+                    readers[slot] = RecordReader()
+                    selector.register(sock, selectors.EVENT_READ, slot)
+                while readers:
+                    for key, _ in selector.select():
+                        slot = key.data
+                        sock = socks[slot]
+                        assert sock is not None
+                        if not readers[slot].feed(_receive(sock)):
+                            continue
+                        body = body_of(readers.pop(slot).take_stdout(1))
+                        if body != scenario.expected:
+                            raise RuntimeError(f"{scenario.path}: wrong answer ({len(body)} bytes)")
+                        selector.unregister(sock)
+                        if not scenario.keep_conn:
+                            while _receive(sock, eof_ok=True):
+                                pass
+                            sock.close()
+                            socks[slot] = None
+            done += batch
+    finally:
+        for sock in socks:
+            if sock is not None:
+                sock.close()
+
+
 def _receive(sock: socket.socket, *, eof_ok: bool = False) -> bytes:
     data = sock.recv(256 * 1024)
     if not data and not eof_ok:
@@ -170,8 +227,15 @@ def read_total(out_dir: Path, pid: int) -> int:
     return int(match.group(1))
 
 
-def measure(key: str, scenario: Scenario, requests: int, log: Callable[[str], None]) -> float:
-    """Instructions per request of backend *key* in *scenario*."""
+def measure(
+    key: str,
+    scenario: Scenario,
+    requests: int,
+    log: Callable[[str], None],
+    concurrency: int = 1,
+) -> float:
+    """Instructions per request of backend *key* in *scenario*, with
+    *concurrency* connections served at once."""
     _label, script = BACKENDS[key]
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="instructions-") as tmp:
@@ -200,9 +264,16 @@ def measure(key: str, scenario: Scenario, requests: int, log: Callable[[str], No
         )
         try:
             wait_for_port(port, proc, timeout=180)
-            drive(port, scenario, max(10, requests // 5))  # warm-up: imports, caches
+
+            def run(count: int) -> None:
+                if concurrency == 1:
+                    drive(port, scenario, count)
+                else:
+                    drive_concurrently(port, scenario, count, concurrency)
+
+            run(max(10, requests // 5))  # warm-up: imports, caches
             callgrind_control("--zero", proc.pid)
-            drive(port, scenario, requests)
+            run(requests)
             callgrind_control("--dump", proc.pid)
             per_request = read_total(out_dir, proc.pid) / requests
         finally:
@@ -225,7 +296,16 @@ def main() -> None:
     parser.add_argument(
         "--scale", type=float, default=1.0, help="multiply every scenario's request count"
     )
+    parser.add_argument(
+        "-c",
+        "--concurrency",
+        type=int,
+        default=1,
+        help="connections served at once, one request on each (default 1: one request at a time)",
+    )
     args = parser.parse_args()
+    if args.concurrency < 1:
+        parser.error("--concurrency must be at least 1")
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("needs valgrind (apt-get install valgrind)")
     backends = args.backend or list(BACKENDS)
@@ -238,7 +318,9 @@ def main() -> None:
             if name != "hello-ka" and name != "hello-new" and key not in FULL_ROUTES:
                 continue
             count = max(5, round(scenario.requests * args.scale))
-            results[key, name] = measure(key, scenario, count, lambda line: print(line, flush=True))
+            results[key, name] = measure(
+                key, scenario, count, lambda line: print(line, flush=True), args.concurrency
+            )
     print()
     print("instructions per request (k), and ratio to each reference present")
     refs = [ref for ref in ("fcgisgi-asgi", "floor-trio-lazy") if ref in backends]

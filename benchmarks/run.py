@@ -159,17 +159,25 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
-def cpu_seconds(root: int) -> float:
-    """utime+stime of the tree, plus what reaped children of the root used."""
-    ticks = 0
+def cpu_times(root: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of the tree, with what reaped children of
+    the root used."""
+    user = system = 0
     for pid in process_tree(root):
         fields = _stat_fields(pid)
         if fields is None:
             continue
-        ticks += int(fields[11]) + int(fields[12])
+        user += int(fields[11])
+        system += int(fields[12])
         if pid == root:
-            ticks += int(fields[13]) + int(fields[14])
-    return ticks / CLK_TCK
+            user += int(fields[13])
+            system += int(fields[14])
+    return user / CLK_TCK, system / CLK_TCK
+
+
+def cpu_seconds(root: int) -> float:
+    """utime+stime of the tree, plus what reaped children of the root used."""
+    return sum(cpu_times(root))
 
 
 def status_kib(pid: int, key: str) -> int:
@@ -750,11 +758,16 @@ def measure(started: Started, scenario: Scenario, wrk: str, duration: float, wor
     port = started.keepalive_port if scenario.keepalive else started.new_conn_port
     pid = started.measured_pid
     peak_reset = reset_peak_rss(pid)
-    cpu_before = cpu_seconds(pid)
+    user_before, system_before = cpu_times(pid)
     result, raw = run_wrk(wrk, port, scenario, duration, work)
-    cpu = cpu_seconds(pid) - cpu_before
+    user_after, system_after = cpu_times(pid)
+    system = system_after - system_before
+    cpu = user_after - user_before + system
     result["cpu_s"] = cpu
-    result["cpu_us_per_req"] = cpu * 1e6 / result["requests"] if result["requests"] else None
+    requests = result["requests"]
+    result["cpu_us_per_req"] = cpu * 1e6 / requests if requests else None
+    # The kernel's share (system calls, loopback TCP): callgrind does not count it.
+    result["sys_us_per_req"] = system * 1e6 / requests if requests else None
     result["peak_rss_mib"] = peak_rss_mib(pid)
     result["peak_rss_reset"] = peak_reset
     if scenario.bandwidth:
@@ -780,6 +793,7 @@ def summarize(runs: list[Result]) -> dict[str, Any]:
         "p99_ms": median([r["p99_ms"] for r in runs]),
         "p50_ms": median([r["p50_ms"] for r in runs]),
         "cpu_us_per_req": median([r["cpu_us_per_req"] for r in runs]),
+        "sys_us_per_req": median([r.get("sys_us_per_req") for r in runs]),
         "peak_rss_mib": max((r["peak_rss_mib"] for r in runs), default=None),
         "errors": sum(r["errors"] for r in runs),
         "all_req_per_s": [round(r["req_per_s"], 1) for r in runs],
@@ -945,7 +959,7 @@ def workload_report(backends: list[Backend], rounds: Rounds, scenarios: list[Sce
             "",
             f"{scenario.label}:",
             "",
-            "| backend | rate | CPU µs/req | vs fcgisgi | vs floor (d) |",
+            "| backend | rate | CPU µs/req (of it, system) | vs fcgisgi | vs floor (d) |",
             "|---|---|---|---|---|",
         ]
         for backend in backends:
@@ -959,7 +973,7 @@ def workload_report(backends: list[Backend], rounds: Rounds, scenarios: list[Sce
             to_floor = ratio(rounds, backend.key, FLOOR, scenario.key)
             lines.append(
                 f"| {backend.label} | {fmt_rate(rate)} | "
-                f"{fmt_num(summary['cpu_us_per_req'])} | "
+                f"{fmt_num(summary['cpu_us_per_req'])} ({fmt_num(summary['sys_us_per_req'])}) | "
                 f"{'' if backend.key == fcgisgi else fmt_ratio(to_fcgisgi)} | "
                 f"{'' if backend.key == FLOOR else fmt_ratio(to_floor)} |"
             )
@@ -1645,7 +1659,8 @@ def main() -> int:
                         log(
                             f"  {backend.label:38} {scenario.key:9} {rate:>14}  "
                             f"p99 {fmt_num(result['p99_ms'], 2)} ms  "
-                            f"cpu {fmt_num(result['cpu_us_per_req'], 0)} µs/req  "
+                            f"cpu {fmt_num(result['cpu_us_per_req'], 0)} µs/req "
+                            f"(sys {fmt_num(result.get('sys_us_per_req'), 0)})  "
                             f"rss {result['peak_rss_mib']:.1f} MiB"
                             + (f"  errors {result['errors']}" if result["errors"] else "")
                         )
