@@ -755,3 +755,25 @@ async def test_log_config_replaces_the_default_logging(
     assert re.search(r"^TAGGED INFO trio_fastcgi.cli trio-fastcgi .* with 1 worker", logged, re.M)
     assert "TAGGED INFO trio_fastcgi.workers supervisor" in logged
     assert "INFO trio_fastcgi.cli" not in err  # not the default stderr logging
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("workers", ["--workers=0", "--workers=1"])
+async def test_cli_freezes_what_it_loaded_before_serving(
+    processes: list[subprocess.Popen[bytes]], tmp_path: Path, workers: str
+) -> None:
+    """The application and the modules are moved out of the cycle
+    collector's way before the first request (see freeze_what_is_loaded)."""
+    (tmp_path / "frozen.py").write_text(
+        "import gc\n"
+        "async def handler(request):\n"
+        "    await request.respond(str(gc.get_freeze_count()))\n"
+    )
+    port = free_port()
+    argv = [sys.executable, "-m", "trio_fastcgi", "frozen:handler", f"--bind=127.0.0.1:{port}"]
+    process = start(processes, [*argv, workers, "--app-dir", str(tmp_path)])
+    frozen = int(await hello_over_tcp(port, process))
+    # The modules and the application: thousands of objects (none without the freeze).
+    assert frozen > 5_000
+    stop(process)
+    assert process.returncode == 0

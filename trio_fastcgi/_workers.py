@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import logging
 import os
 import select
@@ -251,6 +252,20 @@ async def _serve_until_stopped(
         nursery.cancel_scope.cancel()
 
 
+def freeze_what_is_loaded() -> None:
+    """Move every object alive now (the application, every module loaded) out
+    of the cycle collector's way, for the life of the process.
+
+    The collector's full collections walk every tracked object; without this,
+    a worker under load ran one every few hundred milliseconds, each walking
+    the 25,000 objects of the modules and the application (7.5 ms: the
+    server's slowest responses). Garbage from loading is collected first, so
+    that none of it is kept for ever.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def run_worker(
     load: Callable[[], LoadedApp],
     sockets: Sequence[socket.socket],
@@ -263,6 +278,7 @@ def run_worker(
     """Load the application and serve *sockets* with it in this process; the
     number of requests abandoned (see :func:`serve_worker`)."""
     loaded = load()
+    freeze_what_is_loaded()
     serve = partial(
         serve_worker,
         loaded,
