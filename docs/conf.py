@@ -77,7 +77,7 @@ napoleon_use_ivar = False
 # still fails the build.
 _EXTERNAL = [
     r"(trio|h11|typing|typing_extensions|collections\.abc|enum|os|socket|ipaddress|"
-    r"logging|attrs?|types|argparse|contextlib|signal|http)(\..*)?",
+    r"logging|attrs?|types|argparse|contextlib|signal|http|gc)(\..*)?",
     r"(builtins\.)?(int|str|bytes|bytearray|memoryview|bool|float|object|None|type|tuple|"
     r"list|dict|set|frozenset|Exception|BaseException|BaseExceptionGroup|OSError|"
     r"ValueError|TypeError|RuntimeError|FileExistsError|FileNotFoundError|KeyboardInterrupt|NotImplemented|Ellipsis)",
