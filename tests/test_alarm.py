@@ -15,12 +15,14 @@ async def wait_for_alarm(alarm: Alarm) -> float | None:
     """Wait as a reader does, until the alarm cancels the wait: the time it
     rang, or None if the wait ended without it (cancelled from outside)."""
     with trio.CancelScope() as scope:
-        alarm.scope = scope
+        alarm.read_in(scope)
         alarm.watch()
         try:
             await trio.sleep_forever()
         finally:
             alarm.unwatch()
+    # What the reader tests instead of scope.cancel_called (no clock read).
+    assert alarm.rang is scope.cancel_called
     return trio.current_time() if scope.cancelled_caught else None
 
 
@@ -56,11 +58,25 @@ async def test_an_alarm_rings_only_while_its_reader_waits(
     async with trio.open_nursery() as nursery:
         alarm = AlarmClock(nursery).alarm(lambda: start + 1)
         with trio.CancelScope() as scope:
-            alarm.scope = scope
+            alarm.read_in(scope)
             alarm.watch()
             alarm.unwatch()  # the wait ended before the deadline
             await trio.sleep(10)  # the reader's own work, past the deadline
         assert not scope.cancel_called
+        assert not alarm.rang
+        alarm.stop()
+
+
+async def test_a_new_scope_starts_with_the_alarm_not_rung(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        alarm = AlarmClock(nursery).alarm(lambda: start + 1)
+        assert await wait_for_alarm(alarm) == start + 1
+        assert alarm.rang
+        alarm.read_in(trio.CancelScope())  # the reader reads on in a new scope
+        assert not alarm.rang
         alarm.stop()
 
 
@@ -91,7 +107,7 @@ async def test_the_task_ends_when_no_alarm_is_set(
         clock = AlarmClock(nursery)
         alarm = clock.alarm(lambda: start + 1000)
         with trio.CancelScope() as scope:
-            alarm.scope = scope
+            alarm.read_in(scope)
             alarm.watch()
             await trio.testing.wait_all_tasks_blocked()
             assert len(nursery.child_tasks) == 1  # the clock's task

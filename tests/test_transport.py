@@ -251,7 +251,7 @@ async def receive_until(transport: Transport, alarm: Alarm) -> bytes | None:
     """Receive as the connection's reader does: in a scope that *alarm*
     cancels at its deadline. None if it rang first."""
     with trio.CancelScope() as scope:
-        alarm.scope = scope
+        alarm.read_in(scope)
         data = await transport.receive_some(100, alarm)
         if not scope.cancel_called:
             alarm.stop()

@@ -133,14 +133,14 @@ class AlarmClock:
 class Alarm:
     """Bounds one reader's waits for input by its connection's deadline.
 
-    The reader sets :attr:`scope` to the cancel scope it reads in; the receive
-    calls :meth:`watch` when it must wait and :meth:`unwatch` when the wait
-    ends; whoever makes the deadline earlier while it waits calls
+    The reader gives :meth:`read_in` the cancel scope it reads in; the
+    receive calls :meth:`watch` when it must wait and :meth:`unwatch` when the
+    wait ends; whoever makes the deadline earlier while it waits calls
     :meth:`update`. When the deadline comes during a wait, :attr:`scope` is
-    cancelled.
+    cancelled and :attr:`rang` is set.
     """
 
-    __slots__ = ("_clock", "_deadline", "_time", "_waiting", "scope")
+    __slots__ = ("_clock", "_deadline", "_time", "_waiting", "rang", "scope")
 
     def __init__(self, clock: AlarmClock, deadline: Callable[[], float]) -> None:
         self._clock = clock
@@ -150,6 +150,14 @@ class Alarm:
         self._waiting = False
         #: What the alarm cancels: the scope the reader reads in.
         self.scope: trio.CancelScope | None = None
+        #: Whether the alarm has cancelled :attr:`scope`: the reader's test
+        #: after each receive (``scope.cancel_called`` reads trio's clock).
+        self.rang = False
+
+    def read_in(self, scope: trio.CancelScope) -> None:
+        """The reader reads in *scope* from now on (the alarm has not rung for it)."""
+        self.scope = scope
+        self.rang = False
 
     def watch(self) -> None:
         """A receive begins to wait: cancel :attr:`scope` when the deadline comes."""
@@ -182,6 +190,7 @@ class Alarm:
         deadline = self._deadline()
         if deadline <= now:
             assert self.scope is not None
+            self.rang = True
             self.scope.cancel()
         elif deadline != _INF:
             self._clock._set(self, deadline)

@@ -344,11 +344,11 @@ class ServedConnection:
                 # only while a receive waits, so dispatching never runs in a
                 # cancelled scope.
                 with trio.CancelScope() as scope:
-                    alarm.scope = scope
+                    alarm.read_in(scope)
                     while True:
                         data = None
                         data = await transport.receive_some(RECEIVE_SIZE, alarm)
-                        if scope.cancel_called:
+                        if alarm.rang:
                             break  # the alarm rang just as input came
                         if await self._received(data):
                             return False
