@@ -30,7 +30,7 @@ from tests.helpers import (
 )
 from tests.serving import serve as serve  # also used by test_asgi_asyncio, test_asgi_background
 from trio_fastcgi import Config, Request, Role, testing
-from trio_fastcgi._served_connection import ServedConnection
+from trio_fastcgi._served_connection import ServedConnection, request_spawner
 from trio_fastcgi._transport import SocketTransport
 from trio_fastcgi.asgi import ASGIHandler, ClientDisconnected, LifespanFailure, build_scope
 
@@ -669,7 +669,10 @@ async def test_asgi_short_response_is_one_system_call_on_a_socket(nursery: trio.
 
     ours, theirs = socket.socketpair()
     counting = CountingSocket(ours.family, ours.type, ours.proto, fileno=ours.detach())
-    connection = ServedConnection(ASGIHandler(app), SocketTransport(counting), Config())
+    handler = ASGIHandler(app)
+    connection = ServedConnection(
+        handler, SocketTransport(counting), Config(), spawn=request_spawner(handler)
+    )
     nursery.start_soon(connection.run)
     web = FakeWebServer(trio.SocketStream(trio.socket.from_stdlib_socket(theirs)))
     for rid in range(1, 21):

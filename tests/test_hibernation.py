@@ -189,7 +189,9 @@ async def test_hibernation_a_stopped_watcher_takes_no_connection() -> None:
         scope.cancel()
         await hibernation.watch()
     ours, theirs = socket.socketpair()
-    connection = ServedConnection(echo, SocketTransport(ours), Config(), hibernates=True)
+    connection = ServedConnection(
+        echo, SocketTransport(ours), Config(), spawn=None, hibernates=True
+    )
     assert not hibernation.add(connection)
     assert stopped == []
     assert ours.fileno() != -1

@@ -32,7 +32,7 @@ from ._listeners import (
     protect_std_fds,
     remove_socket_file,
 )
-from ._served_connection import Handler, ServedConnection, timeout_policy
+from ._served_connection import Handler, ServedConnection, request_spawner, timeout_policy
 from ._transport import Acceptor, Transport, open_transport
 
 LOGGER: Final = logging.getLogger("trio_fastcgi")
@@ -93,7 +93,9 @@ async def serve_connection(
     """
     check_handler(handler)
     config = Config.from_options(options, base=config)
-    connection = ServedConnection(handler, open_transport(stream), config)
+    connection = ServedConnection(
+        handler, open_transport(stream), config, spawn=request_spawner(handler)
+    )
     if config.shutdown_event is None:
         await connection.run()
         return
@@ -121,6 +123,7 @@ async def _shut_down_when_set(
 class _Server:
     def __init__(self, handler: Handler, config: Config) -> None:
         self._handler = handler
+        self._spawn = request_spawner(handler)
         self._config = config
         self._connections: set[ServedConnection] = set()
         self._slots = trio.Semaphore(config.max_conns)
@@ -308,6 +311,7 @@ class _Server:
             self._handler,
             transport,
             self._config,
+            spawn=self._spawn,
             policy=self._policy,
             hibernates=self._hibernation is not None,
             clock=self._clock,

@@ -159,10 +159,17 @@ class SocketTransport(Transport):
 
     __slots__ = ("_drained", "_eager", "_sock")
 
-    def __init__(self, sock: socket.socket, peer: object = None) -> None:
+    def __init__(
+        self, sock: socket.socket, peer: object = None, *, tcp: bool | None = None
+    ) -> None:
+        """*tcp*: whether *sock* is a TCP socket, if the caller knows (an
+        acceptor knows its listener's family: ``sock.family`` costs as much as
+        the rest of this); None: ask the socket."""
         super().__init__(peer)
         sock.setblocking(False)
-        if sock.family in _INET_FAMILIES:
+        if tcp is None:
+            tcp = sock.family in _INET_FAMILIES
+        if tcp:
             # Responses leave in one send each; streamed ones must not wait for ACKs.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock = sock
@@ -345,7 +352,7 @@ class Acceptor:
     listener open, and closing the listener does not close it.
     """
 
-    __slots__ = ("_eager", "_sock")
+    __slots__ = ("_eager", "_sock", "_tcp")
 
     def __init__(self, listener: trio.SocketListener) -> None:
         listening = listener.socket
@@ -353,6 +360,7 @@ class Acceptor:
             listening.family, listening.type, listening.proto, fileno=os.dup(listening.fileno())
         )
         self._sock.setblocking(False)
+        self._tcp = listening.family in _INET_FAMILIES
         self._eager = 0
 
     async def accept(self) -> SocketTransport:
@@ -374,7 +382,7 @@ class Acceptor:
                     raise
                 continue
             try:
-                transport = SocketTransport(connection, peer)
+                transport = SocketTransport(connection, peer, tcp=self._tcp)
             except OSError:
                 connection.close()  # reset before we could set it up
                 continue
