@@ -20,6 +20,7 @@ connections, more live objects for the garbage collector).
     python benchmarks/instructions.py                       # every backend, every scenario
     python benchmarks/instructions.py -b trio-native -b floor-trio-lazy -s hello-ka
     python benchmarks/instructions.py -b trio-native -b floor-trio-lazy -s hello-ka -c 16
+    python benchmarks/instructions.py -b trio-native -s hello-ka --keep DIR  # profiles kept
 
 Needs valgrind (Debian package ``valgrind``). A backend takes 10 to 60 s.
 """
@@ -233,9 +234,11 @@ def measure(
     requests: int,
     log: Callable[[str], None],
     concurrency: int = 1,
+    keep_as: Path | None = None,
 ) -> float:
     """Instructions per request of backend *key* in *scenario*, with
-    *concurrency* connections served at once."""
+    *concurrency* connections served at once. With *keep_as*, callgrind's
+    profile of the counted requests is copied to that file."""
     _label, script = BACKENDS[key]
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="instructions-") as tmp:
@@ -276,6 +279,8 @@ def measure(
             run(requests)
             callgrind_control("--dump", proc.pid)
             per_request = read_total(out_dir, proc.pid) / requests
+            if keep_as is not None:
+                shutil.copyfile(out_dir / f"cg.{proc.pid}.1", keep_as)
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -303,11 +308,19 @@ def main() -> None:
         default=1,
         help="connections served at once, one request on each (default 1: one request at a time)",
     )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="copy each callgrind profile into DIR (read with callgrind_annotate --inclusive=yes)",
+    )
     args = parser.parse_args()
     if args.concurrency < 1:
         parser.error("--concurrency must be at least 1")
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("needs valgrind (apt-get install valgrind)")
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
     backends = args.backend or list(BACKENDS)
     scenarios = args.scenario or list(SCENARIOS)
     results: dict[tuple[str, str], float] = {}
@@ -319,7 +332,12 @@ def main() -> None:
                 continue
             count = max(5, round(scenario.requests * args.scale))
             results[key, name] = measure(
-                key, scenario, count, lambda line: print(line, flush=True), args.concurrency
+                key,
+                scenario,
+                count,
+                lambda line: print(line, flush=True),
+                args.concurrency,
+                None if args.keep is None else args.keep / f"{key}-{name}.callgrind",
             )
     print()
     print("instructions per request (k), and ratio to each reference present")
