@@ -21,6 +21,7 @@ connections, more live objects for the garbage collector).
     python benchmarks/instructions.py -b trio-native -b floor-trio-lazy -s hello-ka
     python benchmarks/instructions.py -b trio-native -b floor-trio-lazy -s hello-ka -c 16
     python benchmarks/instructions.py -b trio-native -s hello-ka --keep DIR  # profiles kept
+    python benchmarks/instructions.py -b trio-native -b fcgisgi-asgi -s hello-ka --cache-sim
 
 Needs valgrind (Debian package ``valgrind``). A backend takes 10 to 60 s.
 """
@@ -217,15 +218,31 @@ def callgrind_control(command: str, pid: int) -> None:
     )
 
 
+#: The simulated cache's events that --cache-sim reports.
+CACHE_EVENTS: dict[str, str] = {
+    "I1mr": "first-level instruction cache misses",
+    "D1mr": "first-level data cache read misses",
+    "D1mw": "first-level data cache write misses",
+}
+
+
+def read_totals(out_dir: Path, pid: int) -> dict[str, int]:
+    """Every event's total in the counters' last dump (the file ``cg.PID.1``):
+    ``Ir`` (instructions), and with ``--cache-sim=yes`` the simulated cache's
+    ``I1mr``, ``D1mr``, ``D1mw`` (first-level misses) and the rest."""
+    text = (out_dir / f"cg.{pid}.1").read_text()
+    events = re.search(r"^events:\s*(.+)$", text, re.MULTILINE)
+    match = re.search(r"^summary:\s*(.+)$", text, re.MULTILINE) or re.search(
+        r"^totals:\s*(.+)$", text, re.MULTILINE
+    )
+    if events is None or match is None:
+        raise RuntimeError("no totals in callgrind's dump")
+    return dict(zip(events.group(1).split(), map(int, match.group(1).split()), strict=False))
+
+
 def read_total(out_dir: Path, pid: int) -> int:
     """The instruction total of the counters' last dump (the file ``cg.PID.1``)."""
-    text = (out_dir / f"cg.{pid}.1").read_text()
-    match = re.search(r"^summary:\s+(\d+)", text, re.MULTILINE) or re.search(
-        r"^totals:\s+(\d+)", text, re.MULTILINE
-    )
-    if match is None:
-        raise RuntimeError("no totals in callgrind's dump")
-    return int(match.group(1))
+    return read_totals(out_dir, pid)["Ir"]
 
 
 def measure(
@@ -235,10 +252,12 @@ def measure(
     log: Callable[[str], None],
     concurrency: int = 1,
     keep_as: Path | None = None,
-) -> float:
-    """Instructions per request of backend *key* in *scenario*, with
-    *concurrency* connections served at once. With *keep_as*, callgrind's
-    profile of the counted requests is copied to that file."""
+    cache_sim: bool = False,
+) -> dict[str, float]:
+    """Callgrind's events per request (``Ir``: instructions; with
+    *cache_sim*, the simulated cache's misses too) of backend *key* in
+    *scenario*, with *concurrency* connections served at once. With
+    *keep_as*, the profile of the counted requests is copied to that file."""
     _label, script = BACKENDS[key]
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="instructions-") as tmp:
@@ -252,6 +271,7 @@ def measure(
             [
                 "valgrind",
                 "--tool=callgrind",
+                f"--cache-sim={'yes' if cache_sim else 'no'}",
                 f"--callgrind-out-file={out_dir}/cg.%p",
                 # sys.executable is the interpreter itself (a shim such as
                 # pyenv's has exec'd it already), and its path, not the
@@ -278,7 +298,9 @@ def measure(
             callgrind_control("--zero", proc.pid)
             run(requests)
             callgrind_control("--dump", proc.pid)
-            per_request = read_total(out_dir, proc.pid) / requests
+            per_request = {
+                event: total / requests for event, total in read_totals(out_dir, proc.pid).items()
+            }
             if keep_as is not None:
                 shutil.copyfile(out_dir / f"cg.{proc.pid}.1", keep_as)
         finally:
@@ -288,7 +310,13 @@ def measure(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-    log(f"  {key:18} {scenario.path:7} {per_request / 1000:9.1f} k instructions/request")
+    misses = "".join(
+        f"  {event} {per_request[event]:,.0f}" for event in CACHE_EVENTS if event in per_request
+    )
+    log(
+        f"  {key:18} {scenario.path:7} {per_request['Ir'] / 1000:9.1f} k instructions/request"
+        + misses
+    )
     return per_request
 
 
@@ -309,6 +337,11 @@ def main() -> None:
         help="connections served at once, one request on each (default 1: one request at a time)",
     )
     parser.add_argument(
+        "--cache-sim",
+        action="store_true",
+        help="simulate the caches too: first-level misses per request (slower)",
+    )
+    parser.add_argument(
         "--keep",
         type=Path,
         metavar="DIR",
@@ -323,7 +356,7 @@ def main() -> None:
         args.keep.mkdir(parents=True, exist_ok=True)
     backends = args.backend or list(BACKENDS)
     scenarios = args.scenario or list(SCENARIOS)
-    results: dict[tuple[str, str], float] = {}
+    results: dict[tuple[str, str], dict[str, float]] = {}
     for name in scenarios:
         scenario = SCENARIOS[name]
         print(f"{name}:", flush=True)
@@ -338,24 +371,43 @@ def main() -> None:
                 lambda line: print(line, flush=True),
                 args.concurrency,
                 None if args.keep is None else args.keep / f"{key}-{name}.callgrind",
+                args.cache_sim,
             )
     print()
-    print("instructions per request (k), and ratio to each reference present")
+    print_table(results, backends, scenarios, "Ir", "instructions per request (k)", 1000)
+    if args.cache_sim:
+        for event, title in CACHE_EVENTS.items():
+            print()
+            print_table(results, backends, scenarios, event, f"{title} per request", 1)
+
+
+def print_table(
+    results: dict[tuple[str, str], dict[str, float]],
+    backends: list[str],
+    scenarios: list[str],
+    event: str,
+    title: str,
+    unit: float,
+) -> None:
+    """One event per request for every backend and scenario, then its ratio
+    to each reference backend present."""
+    print(f"{title}, and ratio to each reference present")
     refs = [ref for ref in ("fcgisgi-asgi", "floor-trio-lazy") if ref in backends]
     header = f"{'backend':18}" + "".join(f"{name:>12}" for name in scenarios)
     print(header)
     for key in backends:
         cells = []
         for name in scenarios:
-            value = results.get((key, name))
-            cells.append(f"{value / 1000:12.1f}" if value is not None else f"{'-':>12}")
+            value = results.get((key, name), {}).get(event)
+            cells.append(f"{value / unit:12.1f}" if value is not None else f"{'-':>12}")
         print(f"{key:18}" + "".join(cells))
     for ref in refs:
-        print(f"\nratio to {ref} (below 1.0: fewer instructions than {ref})")
+        print(f"\nratio to {ref} (below 1.0: fewer than {ref})")
         for key in backends:
             cells = []
             for name in scenarios:
-                value, base = results.get((key, name)), results.get((ref, name))
+                value = results.get((key, name), {}).get(event)
+                base = results.get((ref, name), {}).get(event)
                 cells.append(f"{value / base:12.2f}" if value and base else f"{'-':>12}")
             print(f"{key:18}" + "".join(cells))
 
