@@ -326,24 +326,48 @@ def cli_check() -> str | None:
     return None
 
 
-def start_cli_workers(work: Path, port: int) -> Proc:
+def cli_compiled_check() -> str | None:
+    """None once the command runs from the compiled copy, else why it cannot."""
+    reason = compiled_check()
+    if reason is not None:
+        return reason
+    # Not from the checkout's root, which ``-m`` would put first on the path.
+    version = subprocess.run(
+        [sys.executable, "-m", "trio_fastcgi", "--version"],
+        cwd=BACKENDS_DIR,
+        env=python_env(compiled=True),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    if "compiled with mypyc" not in version:
+        return f"the command does not run compiled: {version.strip()!r}"
+    return None
+
+
+def cli_workers(*, compiled: bool = False) -> Callable[[Path, int], Proc]:
     """The ``trio-fastcgi`` command: a supervisor and 2 worker processes sharing
-    the listening socket, serving the native handler of trio_native.py."""
-    argv = [
-        sys.executable,
-        "-m",
-        "trio_fastcgi",
-        "--workers",
-        "2",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--app-dir",
-        str(BACKENDS_DIR),
-        "--log-level",
-        "warning",
-        "trio_native:handler",
-    ]
-    return Proc(argv, log_path=work / "backend.log", env=python_env())
+    the listening socket, serving the native handler of trio_native.py (with
+    *compiled*, from the compiled copy)."""
+
+    def start(work: Path, port: int) -> Proc:
+        argv = [
+            sys.executable,
+            "-m",
+            "trio_fastcgi",
+            "--workers",
+            "2",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--app-dir",
+            str(BACKENDS_DIR),
+            "--log-level",
+            "warning",
+            "trio_native:handler",
+        ]
+        return Proc(argv, log_path=work / "backend.log", env=python_env(compiled=compiled))
+
+    return start
 
 
 def go_check() -> str | None:
@@ -515,7 +539,14 @@ def make_backends() -> list[Backend]:
             "trio-workers2",
             "trio-fastcgi --workers 2",
             cli_check,
-            start_cli_workers,
+            cli_workers(),
+            version=pip_version("trio-fastcgi"),
+        ),
+        Backend(
+            "trio-workers2" + MYPYC,
+            "trio-fastcgi --workers 2, compiled (mypyc)",
+            cli_compiled_check,
+            cli_workers(compiled=True),
             version=pip_version("trio-fastcgi"),
         ),
         Backend(
@@ -834,6 +865,7 @@ RATIOS = [
     ("WSGI adapter vs flup", "trio-wsgi", "flup", None, None),
     ("ASGI adapter vs fcgisgi ASGI", "trio-asgi", "fcgisgi-asgi", None, None),
     ("--workers 2 vs Go", "trio-workers2", "go", ["hello-ka", "hello-new"], None),
+    ("--workers 2 (mypyc) vs Go", "trio-workers2-mypyc", "go", ["hello-ka", "hello-new"], None),
     ("native vs Go", "trio-native", "go", None, None),
     ("native vs php-fpm (4 children)", "trio-native", "php-fpm", None, None),
     ("floor (d) vs fcgisgi ASGI", FLOOR, "fcgisgi-asgi", None, None),
@@ -893,11 +925,10 @@ TARGETS = [
     ),
     Target("--workers 2 vs Go", "trio-workers2", "go", dict.fromkeys(HELLOS, 1.0)),
 ]
-# The same targets for the compiled build's rows (the --workers 2 row is pure).
+# The same targets for the compiled build's rows.
 TARGETS += [
     Target(f"{target.label}, compiled", target.backend + MYPYC, *astuple(target)[2:])
     for target in TARGETS
-    if target.backend != "trio-workers2"
 ]
 
 #: Which fcgisgi a backend's row is compared with in the per-workload summary.
