@@ -33,6 +33,7 @@ COMPILED_MODULES: Final = (
     "_cgi",
     "_client_connection",
     "_connection",
+    "_event_builders",
     "_lifecycle",
     "_record_protocol",
     "_sender",

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from typing import Final, final
 
+from ._event_builders import _make_begin_request, _make_data, _make_params, _make_stdin
 from ._events import (
     AbortRequest,
     BeginRequest,
@@ -25,10 +26,6 @@ from ._events import (
     Stdout,
     UnknownRecord,
     UnknownType,
-    _make_begin_request,
-    _make_data,
-    _make_params,
-    _make_stdin,
 )
 from ._exceptions import LocalProtocolError, RemoteProtocolError
 from ._record_protocol import RecordProtocol

@@ -41,6 +41,7 @@ import trio
 from ._alarm import AlarmClock
 from ._cgi import format_cgi_head
 from ._connection import FastCGIConnection
+from ._event_builders import _make_end_request
 from ._events import (
     NEED_DATA,
     AbortRequest,
@@ -56,7 +57,6 @@ from ._events import (
     Stdin,
     UnknownRecord,
     UnknownType,
-    _make_end_request,
 )
 from ._exceptions import EndRequestWith, RemoteProtocolError
 from ._lifecycle import Expiry, Lifecycle, Phase, TimeoutPolicy

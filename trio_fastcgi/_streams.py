@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Final, NoReturn, Protocol, final
 import trio
 
 from ._buffer import ByteBuffer
-from ._events import Stderr, Stdout, _make_stderr, _make_stdout
+from ._event_builders import _make_stderr, _make_stdout
+from ._events import Stderr, Stdout
 from ._exceptions import IncompleteInput, InputTooLarge
 from ._util import NoPublicConstructor
 
