@@ -24,6 +24,7 @@ from trio_fastcgi import (
     UnknownRole,
     serve_connection,
 )
+from trio_fastcgi.testing import make_request
 
 
 def start(nursery: trio.Nursery, handler: Handler, **options: object) -> FakeWebServer:
@@ -547,6 +548,80 @@ async def test_short_body_raises_incomplete_input(nursery: trio.Nursery) -> None
     await web.request(1, params={"CONTENT_LENGTH": "100"}, stdin=b"x" * 40)
     await web.read_response(1)
     assert errors == ["stdin ended after 40 bytes, but 100 were announced"]
+
+
+async def test_stdin_that_only_ended_is_made_when_read(nursery: trio.Nursery) -> None:
+    """A GET's stdin only ever ends: no stream is made for that (a hello's
+    cheapest path). Made later, it is the stream that the eager path made:
+    ended, checked against CONTENT_LENGTH, read more than once."""
+    seen: dict[str, object] = {}
+    gate = trio.Event()
+
+    async def handler(request: Request) -> None:
+        await gate.wait()  # stdin's end has arrived by now
+        seen[f"made before, {request.request_id}"] = request._stdin is not None
+        stdin = request.stdin
+        assert request.stdin is stdin  # made once
+        try:
+            seen[f"body {request.request_id}"] = await stdin.receive_all()
+            seen[f"again {request.request_id}"] = await stdin.receive_some()
+        except IncompleteInput as exc:
+            seen[f"error {request.request_id}"] = str(exc)
+        seen[f"length {request.request_id}"] = request.content_length
+        await request.respond()
+
+    web = start(nursery, handler)
+    await web.request(1, params={"REQUEST_METHOD": "GET", "CONTENT_LENGTH": ""})
+    await web.request(2, params={"CONTENT_LENGTH": "5"})  # announced, never sent
+    await web.request(3, params={"CONTENT_LENGTH": "5"}, stdin=b"hello")
+    await trio.testing.wait_all_tasks_blocked()
+    gate.set()
+    for request_id in (1, 2, 3):
+        await web.read_response(request_id)
+    assert seen == {
+        "made before, 1": False,
+        "body 1": b"",
+        "again 1": b"",
+        "length 1": None,
+        "made before, 2": False,
+        "error 2": "stdin ended after 0 bytes, but 5 were announced",
+        "length 2": 5,
+        "made before, 3": True,  # input arrived: the stream holds it
+        "body 3": b"hello",
+        "again 3": b"",
+        "length 3": 5,
+    }
+
+
+async def test_stdin_made_after_its_request_ended_or_its_connection_closed() -> None:
+    """A task of the handler's may read stdin after the request ended (its
+    input is dropped) or after the connection closed (ClosedResourceError),
+    whether or not the stream was made before."""
+    _, output = make_request()
+
+    def new_request(made_before: bool) -> Request:
+        request = Request._create(
+            request_id=1,
+            role=Role.RESPONDER,
+            keep_conn=True,
+            raw_params=((b"CONTENT_LENGTH", b"4" if made_before else b""),),
+            outbox=output,
+            input_buffer_size=1024,
+        )
+        if made_before:
+            assert request._offer_stdin(b"body")
+        assert request._offer_stdin(b"")
+        assert (request._stdin is not None) is made_before
+        return request
+
+    for made_before in (False, True):
+        ended = new_request(made_before)
+        ended._finish()
+        assert await ended.stdin.receive_some() == b""
+        closed = new_request(made_before)
+        closed._close_input()
+        with pytest.raises(trio.ClosedResourceError, match="stdin was closed"):
+            await closed.stdin.receive_some()
 
 
 async def test_stdin_streams_in_chunks(nursery: trio.Nursery) -> None:

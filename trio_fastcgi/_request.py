@@ -90,7 +90,6 @@ class Request(metaclass=NoPublicConstructor):
       keep_conn: whether the web server keeps the connection open afterwards.
       raw_params: the params exactly as received: ``(name, value)`` byte
         strings, in order, duplicates kept.
-      stdin: the request body (``FCGI_STDIN``). Empty for an Authorizer.
       stdout: where the CGI response goes (``FCGI_STDOUT``).
 
     Requests are made by the server, one per ``FCGI_BEGIN_REQUEST``; calling
@@ -102,13 +101,16 @@ class Request(metaclass=NoPublicConstructor):
     role: Role
     keep_conn: bool
     raw_params: tuple[tuple[bytes, bytes], ...]
-    stdin: InputStream
     stdout: OutputStream
     cancel_scope: trio.CancelScope
     _params: Params | None
     _aborted: bool
     _input_buffer_size: int
     _outbox: Outbox
+    _stdin: InputStream | None
+    #: The web server ended stdin before it was made (see stdin): it is made
+    #: ended. Only read while _stdin is None.
+    _stdin_ended: bool
     _data: InputStream | None
     _stderr: OutputStream | None
     _finished: bool
@@ -140,25 +142,49 @@ class Request(metaclass=NoPublicConstructor):
         self.raw_params = raw_params
         self._params = None
         self._aborted = False
-        self.stdin = InputStream._create(
-            "stdin",
-            buffer_size=input_buffer_size,
-            expected_length=(
-                None if role is _AUTHORIZER else _length_param(self._raw(b"CONTENT_LENGTH"))
-            ),
-        )
-        if role is _AUTHORIZER:
-            self.stdin._feed_eof()
-        # Only a Filter reads data, and few handlers write stderr: both streams
-        # are made on first use, which keeps a Responder request cheap.
+        # Streams are made on first use, which keeps a Responder request cheap:
+        # stdin when input arrives or the handler reads it (a GET's stdin only
+        # ever ends), data for a Filter, stderr for the few handlers that write
+        # to it.
         self._input_buffer_size = input_buffer_size
         self._outbox = outbox
+        self._stdin = None
+        self._stdin_ended = False
         self._data = None
         self._stderr = None
         self._finished = False
         self.stdout = OutputStream._create(request_id, Stdout, outbox)
         self.cancel_scope = trio.CancelScope()
         return self
+
+    @property
+    def stdin(self) -> InputStream:
+        """The request body (``FCGI_STDIN``). Empty for an Authorizer."""
+        stdin = self._stdin
+        if stdin is None:
+            stdin = self._stdin = self._make_stdin()
+        return stdin
+
+    def _make_stdin(self) -> InputStream:
+        stdin = InputStream._create(
+            "stdin", buffer_size=self._input_buffer_size, expected_length=self.content_length
+        )
+        if self.role is _AUTHORIZER or self._stdin_ended:
+            stdin._feed_eof()
+        if self._finished:
+            stdin._discard()
+        return stdin
+
+    def _offer_stdin(self, data: bytes) -> bool:
+        """The connection's side of stdin: :meth:`InputStream._offer`, without
+        making the stream for its end alone."""
+        stdin = self._stdin
+        if stdin is None:
+            if not data:
+                self._stdin_ended = True
+                return True
+            stdin = self.stdin
+        return stdin._offer(data)
 
     @property
     def data(self) -> InputStream:
@@ -187,7 +213,8 @@ class Request(metaclass=NoPublicConstructor):
         """The request ends (its handler is done, or it ended early): drop
         unread input, refuse further output."""
         self._finished = True
-        self.stdin._discard()
+        if self._stdin is not None:
+            self._stdin._discard()
         if self._data is not None:
             self._data._discard()
         self.stdout._closed = True
@@ -253,7 +280,7 @@ class Request(metaclass=NoPublicConstructor):
     @property
     def content_length(self) -> int | None:
         """``CONTENT_LENGTH`` as an int, or None if absent or empty."""
-        return self.stdin.expected_length
+        return None if self.role is _AUTHORIZER else _length_param(self._raw(b"CONTENT_LENGTH"))
 
     @property
     def data_length(self) -> int | None:

@@ -416,7 +416,7 @@ class ServedConnection:
                 # The events of every request first, without a coroutine each.
                 if isinstance(event, Stdin):
                     request = requests.get(event.request_id)
-                    if request is not None and not request.stdin._offer(event.data):
+                    if request is not None and not request._offer_stdin(event.data):
                         await request.stdin._feed(event.data)
                 elif isinstance(event, Params):
                     self._start_request(event)
