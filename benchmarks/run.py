@@ -175,6 +175,21 @@ def cpu_times(root: int) -> tuple[float, float]:
     return user / CLK_TCK, system / CLK_TCK
 
 
+def minor_faults(root: int) -> int:
+    """Minor page faults of the tree, with those of reaped children of the
+    root: each is a page the kernel maps (and zeroes) on first touch, what a
+    heap that grows again after each trim costs."""
+    faults = 0
+    for pid in process_tree(root):
+        fields = _stat_fields(pid)
+        if fields is None:
+            continue
+        faults += int(fields[7])
+        if pid == root:
+            faults += int(fields[8])
+    return faults
+
+
 def cpu_seconds(root: int) -> float:
     """utime+stime of the tree, plus what reaped children of the root used."""
     return sum(cpu_times(root))
@@ -790,8 +805,10 @@ def measure(started: Started, scenario: Scenario, wrk: str, duration: float, wor
     pid = started.measured_pid
     peak_reset = reset_peak_rss(pid)
     user_before, system_before = cpu_times(pid)
+    faults_before = minor_faults(pid)
     result, raw = run_wrk(wrk, port, scenario, duration, work)
     user_after, system_after = cpu_times(pid)
+    faults = minor_faults(pid) - faults_before
     system = system_after - system_before
     cpu = user_after - user_before + system
     result["cpu_s"] = cpu
@@ -799,6 +816,7 @@ def measure(started: Started, scenario: Scenario, wrk: str, duration: float, wor
     result["cpu_us_per_req"] = cpu * 1e6 / requests if requests else None
     # The kernel's share (system calls, loopback TCP): callgrind does not count it.
     result["sys_us_per_req"] = system * 1e6 / requests if requests else None
+    result["faults_per_req"] = faults / requests if requests else None
     result["peak_rss_mib"] = peak_rss_mib(pid)
     result["peak_rss_reset"] = peak_reset
     if scenario.bandwidth:
@@ -825,6 +843,7 @@ def summarize(runs: list[Result]) -> dict[str, Any]:
         "p50_ms": median([r["p50_ms"] for r in runs]),
         "cpu_us_per_req": median([r["cpu_us_per_req"] for r in runs]),
         "sys_us_per_req": median([r.get("sys_us_per_req") for r in runs]),
+        "faults_per_req": median([r.get("faults_per_req") for r in runs]),
         "peak_rss_mib": max((r["peak_rss_mib"] for r in runs), default=None),
         "errors": sum(r["errors"] for r in runs),
         "all_req_per_s": [round(r["req_per_s"], 1) for r in runs],
@@ -990,8 +1009,9 @@ def workload_report(backends: list[Backend], rounds: Rounds, scenarios: list[Sce
             "",
             f"{scenario.label}:",
             "",
-            "| backend | rate | CPU µs/req (of it, system) | vs fcgisgi | vs floor (d) |",
-            "|---|---|---|---|---|",
+            "| backend | rate | CPU µs/req (of it, system) | page faults/req "
+            "| vs fcgisgi | vs floor (d) |",
+            "|---|---|---|---|---|---|",
         ]
         for backend in backends:
             runs = rounds.get(backend.key, {}).get(scenario.key, [])
@@ -1005,6 +1025,7 @@ def workload_report(backends: list[Backend], rounds: Rounds, scenarios: list[Sce
             lines.append(
                 f"| {backend.label} | {fmt_rate(rate)} | "
                 f"{fmt_num(summary['cpu_us_per_req'])} ({fmt_num(summary['sys_us_per_req'])}) | "
+                f"{fmt_num(summary['faults_per_req'], 1)} | "
                 f"{'' if backend.key == fcgisgi else fmt_ratio(to_fcgisgi)} | "
                 f"{'' if backend.key == FLOOR else fmt_ratio(to_floor)} |"
             )
@@ -1692,6 +1713,7 @@ def main() -> int:
                             f"p99 {fmt_num(result['p99_ms'], 2)} ms  "
                             f"cpu {fmt_num(result['cpu_us_per_req'], 0)} µs/req "
                             f"(sys {fmt_num(result.get('sys_us_per_req'), 0)})  "
+                            f"faults {fmt_num(result.get('faults_per_req'), 1)}/req  "
                             f"rss {result['peak_rss_mib']:.1f} MiB"
                             + (f"  errors {result['errors']}" if result["errors"] else "")
                         )
