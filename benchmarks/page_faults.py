@@ -37,8 +37,8 @@ from instructions import (  # noqa: E402
     free_port,
     wait_for_port,
 )
+from run import cpu_seconds, minor_faults  # noqa: E402
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 #: The environment variants: glibc's defaults, and both thresholds fixed.
 VARIANTS: dict[str, dict[str, str]] = {
     "glibc defaults": {},
@@ -47,12 +47,6 @@ VARIANTS: dict[str, dict[str, str]] = {
         "MALLOC_TRIM_THRESHOLD_": str(8 << 20),
     },
 }
-
-
-def faults_and_cpu(pid: int) -> tuple[int, float]:
-    text = Path(f"/proc/{pid}/stat").read_text()
-    fields = text[text.rindex(")") + 2 :].split()
-    return int(fields[7]), (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def measure(key: str, scenario: str, count: int, extra_env: dict[str, str]) -> tuple[float, float]:
@@ -67,9 +61,9 @@ def measure(key: str, scenario: str, count: int, extra_env: dict[str, str]) -> t
     try:
         wait_for_port(port, proc, 30)
         drive(port, SCENARIOS[scenario], max(count // 10, 10))  # warm up
-        faults_before, cpu_before = faults_and_cpu(proc.pid)
+        faults_before, cpu_before = minor_faults(proc.pid), cpu_seconds(proc.pid)
         drive(port, SCENARIOS[scenario], count)
-        faults_after, cpu_after = faults_and_cpu(proc.pid)
+        faults_after, cpu_after = minor_faults(proc.pid), cpu_seconds(proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -159,19 +159,28 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
-def cpu_times(root: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of the tree, with what reaped children of
-    the root used."""
-    user = system = 0
+#: Fields of /proc/<pid>/stat (after the command name): a process's own count,
+#: and that of its reaped children, which only the root's is added for.
+_MINFLT, _CMINFLT, _UTIME, _STIME, _CUTIME, _CSTIME = 7, 8, 11, 12, 13, 14
+
+
+def _tree_totals(root: int, counters: list[tuple[int, int]]) -> list[int]:
+    """For each (own field, reaped children's field) of *counters*, the sum
+    over the tree, with what reaped children of the root counted."""
+    totals = [0] * len(counters)
     for pid in process_tree(root):
         fields = _stat_fields(pid)
         if fields is None:
             continue
-        user += int(fields[11])
-        system += int(fields[12])
-        if pid == root:
-            user += int(fields[13])
-            system += int(fields[14])
+        for i, (own, reaped) in enumerate(counters):
+            totals[i] += int(fields[own]) + (int(fields[reaped]) if pid == root else 0)
+    return totals
+
+
+def cpu_times(root: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of the tree, with what reaped children of
+    the root used."""
+    user, system = _tree_totals(root, [(_UTIME, _CUTIME), (_STIME, _CSTIME)])
     return user / CLK_TCK, system / CLK_TCK
 
 
@@ -179,15 +188,7 @@ def minor_faults(root: int) -> int:
     """Minor page faults of the tree, with those of reaped children of the
     root: each is a page the kernel maps (and zeroes) on first touch, what a
     heap that grows again after each trim costs."""
-    faults = 0
-    for pid in process_tree(root):
-        fields = _stat_fields(pid)
-        if fields is None:
-            continue
-        faults += int(fields[7])
-        if pid == root:
-            faults += int(fields[8])
-    return faults
+    return _tree_totals(root, [(_MINFLT, _CMINFLT)])[0]
 
 
 def cpu_seconds(root: int) -> float:
